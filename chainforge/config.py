@@ -192,3 +192,23 @@ Temperature = Annotated[Optional[float], typer.Option(
     "--temperature", min=0.0, help="Sampling temperature (0 = greedy).")]
 MaxSteps = Annotated[Optional[int], typer.Option(
     "--max-steps", min=1, help="Stop after N optimizer steps (overrides epochs).")]
+
+# ---- options shared by the training stages (sft, grpo, distill) ------------------------------------
+
+LearningRate = Annotated[Optional[float], typer.Option("--learning-rate", "--lr", min=0.0, help="Peak learning rate.")]
+Epochs = Annotated[float, typer.Option("--epochs", min=0.0, help="Training epochs (ignored when --max-steps is set).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Per-device batch size.")]
+GradAccum = Annotated[int, typer.Option("--grad-accum", min=1, help="Gradient accumulation steps.")]
+WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", min=0.0, max=1.0, help="Fraction of steps spent warming up.")]
+MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Gradient clipping norm.")]
+GradientCheckpointing = Annotated[bool, typer.Option(
+    "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")]
+SaveSteps = Annotated[int, typer.Option("--save-steps", min=1, help="Write a resumable checkpoint-* every N steps.")]
+LoggingSteps = Annotated[int, typer.Option("--logging-steps", min=1, help="Log metrics every N steps.")]
+Lora = Annotated[bool, typer.Option("--lora/--no-lora", help="Train LoRA adapters (peft) instead of all weights.")]
+LoraR = Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")]
+LoraAlpha = Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha.")]
+LoraTargets = Annotated[str, typer.Option(
+    "--lora-targets", help="Comma-separated module names to adapt, or all-linear.")]
+Merge = Annotated[bool, typer.Option("--merge/--no-merge", help="Merge LoRA adapters into the saved checkpoint.")]
+Wandb = Annotated[bool, typer.Option("--wandb/--no-wandb", help="Also log to Weights & Biases (TensorBoard always).")]

@@ -27,6 +27,14 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+# The system prompt that asks a model for the Super CoT format (grpo, reject, eval, distill).
+SUPER_COT_SYSTEM_PROMPT = (
+    "Think step by step. Write your reasoning inside <reasoning_process>...</reasoning_process>, one "
+    "step per <think>...</think> block. When a step is uncertain, add a short factual check inside "
+    "that step as <explanation>...</explanation>. Then give only the final answer inside "
+    "<summary>...</summary>."
+)
+
 TAG_NAMES = ("reasoning_process", "think", "explanation", "summary")
 RESERVED_TAGS = tuple(f"<{slash}{name}>" for name in TAG_NAMES for slash in ("", "/"))
 

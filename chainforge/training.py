@@ -1,0 +1,166 @@
+"""The one trainer skeleton that sft, grpo and distill share.
+
+A training stage reads top to bottom (see chainforge/stages/sft.py):
+
+    plan = plan_output(...)                       # validate --output, nothing created
+    ... data, model, tokenizer, validated ...
+    args = trainer_args(opts, plan.path, ConfigClass, **stage_specific)
+    out = plan.create(inputs=[...])
+    trainer = SomeTRLTrainer(model=..., args=args, ...)
+    result = train(trainer, out)                  # resumes from the last checkpoint-* if any
+    save_trained(trainer, out, tokenizer, merge=opts.merge)
+    out.finish({... train_metrics(trainer, result) ...})
+
+Working files under fixed names in the output folder: `checkpoint-*` (resumable trainer state) and
+`runs/` (TensorBoard event files).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from chainforge.errors import Interrupted, RunFailed, UsageError
+from chainforge.log import info
+
+TENSORBOARD_DIR = "runs"
+
+
+def hardware() -> dict:
+    """Precision flags for this machine: bf16 on GPUs that have it, fp32 on CPU (TRL defaults
+    bf16 on and fails on CPU unless use_cpu=True)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"use_cpu": False, "bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+    return {"use_cpu": True, "bf16": False, "fp16": False}
+
+
+def trainer_args(opts, output_dir: str | Path, config_class, **stage_specific):
+    """The TRL config (SFTConfig, GRPOConfig, …) from the shared training options, plus the
+    stage's own fields. Options a stage does not declare fall back to the defaults here."""
+    get = opts.get
+    report_to = ["tensorboard"] + (["wandb"] if get("wandb") else [])
+    # transformers' TensorBoard callback reads its folder from this variable; fix it under --output.
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir) / TENSORBOARD_DIR)
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        seed=get("seed", 0),
+        data_seed=get("seed", 0),
+        max_steps=get("max_steps") or -1,
+        num_train_epochs=get("epochs", 1.0),
+        learning_rate=get("learning_rate") or 1e-5,
+        per_device_train_batch_size=get("batch_size") or 8,
+        gradient_accumulation_steps=get("grad_accum", 1),
+        warmup_ratio=get("warmup_ratio", 0.1),
+        max_grad_norm=get("max_grad_norm", 1.0),
+        gradient_checkpointing=bool(get("gradient_checkpointing", False)),
+        logging_steps=get("logging_steps", 1),
+        save_steps=get("save_steps", 50),
+        save_total_limit=2,
+        report_to=report_to,
+        disable_tqdm=True,
+        **hardware(),
+    )
+    kwargs.update(stage_specific)
+    try:
+        return config_class(**kwargs)
+    except (ValueError, TypeError) as exc:  # TRL's __post_init__ explains impossible combinations
+        raise UsageError(f"invalid training options: {exc}") from None
+
+
+def last_checkpoint(output_dir: str | Path) -> Optional[str]:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not Path(output_dir).is_dir():
+        return None
+    return get_last_checkpoint(str(output_dir))
+
+
+def lora_config(opts, model, task_type: str = "CAUSAL_LM"):
+    """A peft LoraConfig from --lora-r/--lora-alpha/--lora-targets, or None without --lora.
+    Target modules that the model doesn't have are exit 2, naming the ones it has."""
+    if not opts.get("lora"):
+        return None
+    from peft import LoraConfig
+
+    targets = (opts.get("lora_targets") or "all-linear").strip()
+    if targets != "all-linear":
+        wanted = [t.strip() for t in targets.split(",") if t.strip()]
+        leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+        missing = [t for t in wanted if t not in leaf_names]
+        if missing:
+            linear = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                             if type(mod).__name__ == "Linear"})
+            raise UsageError(f"--lora-targets {', '.join(missing)} not found in the model; its linear "
+                             f"modules are: {', '.join(linear)} (or use all-linear)")
+        target_modules: Any = wanted
+    else:
+        target_modules = "all-linear"
+    return LoraConfig(r=opts.get("lora_r", 16), lora_alpha=opts.get("lora_alpha", 32), lora_dropout=0.05,
+                      target_modules=target_modules, task_type=task_type)
+
+
+def train(trainer, out) -> Any:
+    """Run `trainer.train()`, resuming from the last `checkpoint-*` in the output folder.
+    Ctrl-C → exit 130 and a crash → exit 1, both with the manifest left `incomplete` so the same
+    command resumes."""
+    resume = last_checkpoint(out.path)
+    if resume:
+        info(f"resuming from {Path(resume).name}")
+    try:
+        return trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        out.mark_incomplete()
+        raise Interrupted("training interrupted; checkpoints are kept, resume with the same command") from None
+    except (UsageError, RunFailed):
+        out.mark_incomplete()
+        raise
+    except Exception as exc:
+        out.mark_incomplete()
+        raise RunFailed(f"training stopped: {type(exc).__name__}: {exc}; resume with the same command") from exc
+
+
+def save_trained(trainer, out, tokenizer, merge: bool = True) -> None:
+    """Write the trained model into the output folder so that from_pretrained(out) loads it.
+    LoRA adapters are merged into the base weights unless merge=False (then the adapter is saved)."""
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    out.save_checkpoint(model, tokenizer)
+
+
+def train_metrics(trainer, result, started: Optional[float] = None) -> dict:
+    """train_loss, tokens and tokens_per_s from the trainer's own accounting."""
+    metrics = dict(getattr(result, "metrics", {}) or {})
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    if not tokens:
+        tokens = int(max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0))
+    runtime = metrics.get("train_runtime") or ((time.time() - started) if started else None)
+    out = {
+        "train_loss": metrics.get("train_loss", logs[-1]["loss"] if logs else None),
+        "final_loss": logs[-1]["loss"] if logs else None,
+        "steps": trainer.state.global_step,
+        "tokens": tokens,
+        "tokens_per_s": (tokens / runtime) if tokens and runtime else None,
+    }
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def format_rate(model, tokenizer, prompts: Sequence, max_new_tokens: int = 128, seed: int = 0,
+                system_prompt: Optional[str] = None) -> Optional[float]:
+    """Fraction of greedy generations on `prompts` that parse as Super CoT (None without prompts)."""
+    from chainforge.formats import is_super_cot
+    from chainforge.sampling import generate
+
+    if not prompts:
+        return None
+    outs = generate(model, tokenizer, list(prompts), n=1, temperature=0, max_new_tokens=max_new_tokens,
+                    seed=seed, system_prompt=system_prompt)
+    return sum(is_super_cot(c[0].text) for c in outs) / len(outs)
