@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
 from chainforge import __version__
-from chainforge.config import resolve_options
+from chainforge.config import ConfigFile, resolve_options
 from chainforge.errors import ChainforgeError
 
 app = typer.Typer(
@@ -60,6 +60,28 @@ def run_stage(stage: str, ctx: typer.Context, values: dict) -> None:
 
 
 # ---- stage commands (each: options, then run_stage) ----------------------------------------------
+
+
+@app.command("run")
+def run_recipe(
+    ctx: typer.Context,
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML: run_dir, model, prompts, eval_data, stages.")],
+    start: Annotated[Optional[str], typer.Option("--from", help="Start at this stage (earlier outputs must be complete).")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run every stage of a recipe in order, skipping stages already complete with the same options."""
+    run_stage("run", ctx, locals())
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run_dir: Annotated[str, typer.Argument(help="The run_dir of a `chainforge run` recipe.")],
+    config: ConfigFile = None,
+) -> None:
+    """Write RUN_DIR/report.md (a row per stage, eval before/after) and PNG plots."""
+    run_stage("report", ctx, locals())
 
 
 def main() -> None:

@@ -1,0 +1,345 @@
+"""`chainforge run RECIPE.yaml [--from NAME] [--until NAME]`: every stage of a recipe, in order.
+
+    chainforge run configs/demo.yaml
+    torchrun --nproc_per_node 2 -m chainforge run configs/qwen2.5-0.5b-single-gpu.yaml
+
+A recipe (../shared/CONTRACT.md, "Recipes"):
+
+    run_dir: runs/demo
+    model: smollm2            # base model for the first stage that needs one
+    prompts: data/toy/train.jsonl
+    eval_data: data/toy/test.jsonl
+    stages:
+      - {name: collect, command: collect, teacher: local, teacher_model: smollm2}
+      - {name: sft-cold, command: sft, max_steps: 20}
+      ...
+
+Stage i writes `run_dir/NN-name` (NN = i from 00). Inputs a stage does not set default to the
+latest EARLIER stage's output of the right kind in recipe order (a dataset from collect/reject, a
+checkpoint from sft/grpo/distill); grpo, reject and distill read the recipe's `prompts`, eval its
+`eval_data`. Each stage runs through the same code as its command, in this process.
+
+Skipping and resuming: a stage whose output says `complete` with the options this recipe gives it
+and unchanged inputs is skipped; a changed option (or an input that was redone) re-runs it with
+--overwrite, and so everything after it; an unfinished stage (crash, Ctrl-C) is resumed by the
+stage itself. `run_dir/run.json` records each stage's status and wall time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from chainforge.data import atomic_write_text, read_manifest
+from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
+from chainforge.log import info
+
+RECIPE_KEYS = {"run_dir", "model", "prompts", "eval_data", "stages"}
+# What each command's result is, for "latest earlier output of the right kind".
+PRODUCES = {"collect": "dataset", "reject": "dataset", "sft": "checkpoint", "grpo": "checkpoint",
+            "distill": "checkpoint", "eval": None}
+RUN_STATE = "run.json"
+
+
+@dataclass
+class Stage:
+    index: int
+    name: str
+    command: str
+    options: dict
+    output: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def folder(self) -> str:
+        return self.output.name
+
+
+def command_params(command: str) -> dict[str, Any]:
+    """The options a command takes, by snake_case name (from the CLI's own declarations)."""
+    import typer
+
+    from chainforge.cli import app
+
+    group = typer.main.get_command(app)
+    cmd = group.commands.get(command)  # type: ignore[attr-defined]
+    if cmd is None:
+        return {}
+    return {p.name: p for p in cmd.params if p.name}
+
+
+def load_recipe(path: str | Path) -> dict:
+    from chainforge.config import coerce_value, load_yaml_config
+
+    if not Path(path).is_file():
+        raise UsageError(f"recipe not found: {path} (see configs/demo.yaml for an example)")
+    recipe = load_yaml_config(path)
+    unknown = set(recipe) - RECIPE_KEYS
+    if unknown:
+        raise UsageError(f"recipe {path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(RECIPE_KEYS))}")
+    if not recipe.get("run_dir"):
+        raise UsageError(f"recipe {path}: `run_dir` is required (where stage folders go)")
+    stages = recipe.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise UsageError(f"recipe {path}: `stages` must be a non-empty list of {{name, command, …}}")
+    seen: set[str] = set()
+    hints = {c: _hints(c) for c in PRODUCES}
+    for i, st in enumerate(stages):
+        if not isinstance(st, dict) or not st.get("name") or not st.get("command"):
+            raise UsageError(f"recipe {path}: stage {i} needs `name` and `command`")
+        name, command = str(st["name"]), str(st["command"])
+        if name in seen:
+            raise UsageError(f"recipe {path}: stage name '{name}' is used twice; names must be unique")
+        seen.add(name)
+        if command not in PRODUCES or command in ("run", "report"):
+            raise UsageError(f"recipe {path}: stage '{name}' has unknown command '{command}'; "
+                             f"known: {', '.join(sorted(PRODUCES))}")
+        params = command_params(command)
+        if not params:
+            raise UsageError(f"recipe {path}: stage '{name}': the `{command}` command is not available "
+                             f"in this installation")
+        for key in st:
+            k = str(key).replace("-", "_")
+            if key in ("name", "command"):
+                continue
+            if k not in params or k in ("output", "config", "overwrite"):
+                allowed = sorted(set(params) - {"output", "config", "overwrite"})
+                raise UsageError(f"recipe {path}: stage '{name}' ({command}) has unknown option '{key}'; "
+                                 f"known: {', '.join(allowed)}")
+            coerce_value(k, st[key], hints[command].get(k, str), params[k], f"recipe {path}: stage '{name}'")
+    return recipe
+
+
+def _hints(command: str) -> dict:
+    import typing
+
+    from chainforge.cli import app
+
+    for info_ in app.registered_commands:
+        fn = info_.callback
+        if fn is not None and (info_.name or fn.__name__.replace("_", "-")) == command:
+            return typing.get_type_hints(fn, include_extras=True)
+    return {}
+
+
+def plan_stages(recipe: dict, base_dir: Path) -> list[Stage]:
+    """Each stage's folder and command-line arguments, defaults filled from earlier stages."""
+    run_dir = _path(recipe["run_dir"], base_dir)
+    latest: dict[str, str] = {}
+    if recipe.get("model"):
+        latest["checkpoint"] = str(_model(recipe["model"], base_dir))
+    prompts = str(_path(recipe["prompts"], base_dir)) if recipe.get("prompts") else None
+    eval_data = str(_path(recipe["eval_data"], base_dir)) if recipe.get("eval_data") else None
+    plan = []
+    for i, raw in enumerate(recipe["stages"]):
+        command = raw["command"]
+        options = {str(k).replace("-", "_"): v for k, v in raw.items() if k not in ("name", "command")}
+        defaults: dict[str, Optional[str]] = {}
+        if command == "collect":
+            defaults["prompts"] = prompts
+        elif command == "sft":
+            defaults["model"] = latest.get("checkpoint")
+            defaults["data"] = latest.get("dataset")
+        elif command in ("grpo", "reject"):
+            defaults["model"] = latest.get("checkpoint")
+            defaults["data"] = prompts
+        elif command == "distill":
+            defaults["teacher"] = latest.get("checkpoint")
+            defaults["data"] = prompts
+        elif command == "eval":
+            defaults["model"] = latest.get("checkpoint")
+            defaults["data"] = eval_data or prompts
+        for key, value in defaults.items():
+            if key not in options and value is not None:
+                options[key] = value
+        for key in ("data", "prompts", "eval_data"):
+            if key in raw and isinstance(options.get(key), str):
+                options[key] = str(_path(options[key], base_dir))
+        for key in ("model", "teacher", "student", "teacher_model"):
+            if key in raw and isinstance(options.get(key), str):
+                options[key] = str(_model(options[key], base_dir))
+        out = run_dir / f"{i:02d}-{raw['name']}"
+        stage = Stage(i, str(raw["name"]), command, options, out)
+        stage.args = [command, *_as_args(options), "--output", str(out)]
+        plan.append(stage)
+        kind = PRODUCES[command]
+        if kind:
+            latest[kind] = str(out)
+    return plan
+
+
+def _path(value: Any, base: Path) -> Path:
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() else (Path.cwd() / p)
+
+
+def _model(value: Any, base: Path) -> str:
+    # Embedded names and hub ids stay as they are; relative folders resolve from the cwd.
+    text = str(value)
+    p = Path(text).expanduser()
+    if p.exists() or text.startswith((".", "/", "~")):
+        return str(_path(text, base))
+    return text
+
+
+def _as_args(options: dict) -> list[str]:
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else _negative_flag(key))
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                args += [flag, str(v)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _negative_flag(key: str) -> str:
+    """The `--no-x` (or other declared secondary) form of a boolean option."""
+    for command in PRODUCES:
+        param = command_params(command).get(key)
+        if param is not None and getattr(param, "secondary_opts", None):
+            return param.secondary_opts[0]
+    return "--no-" + key.replace("_", "-")
+
+
+def stage_is_current(stage: Stage, redone: set[str]) -> bool:
+    """Complete, with the options the recipe gives it, and no input redone in this run."""
+    m = read_manifest(stage.output)
+    if not m or m.get("status") != "complete" or m.get("stage") != stage.command:
+        return False
+    recorded = m.get("config", {})
+    for key, value in stage.options.items():
+        if _norm(recorded.get(key)) != _norm(value):
+            return False
+    for rec in m.get("inputs", []):
+        path = rec.get("path")
+        if path in redone:
+            return False
+        if rec.get("fingerprint"):
+            current = read_manifest(path) if path and Path(path).is_dir() else None
+            if current and current.get("fingerprint") != rec["fingerprint"]:
+                return False
+    return True
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+def invoke(args: list[str]) -> int:
+    """Run `chainforge ARGS` in this process and return its exit code."""
+    import typer
+
+    from chainforge.cli import app
+
+    try:
+        rv = typer.main.get_command(app).main(args=args, prog_name="chainforge", standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # click's usage errors in non-standalone mode
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            raise
+        msg = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        info(f"Error: {msg}")
+        return int(code)
+    return int(rv) if isinstance(rv, int) else 0
+
+
+def run(opts) -> None:
+    recipe_path = Path(opts.recipe)
+    recipe = load_recipe(recipe_path)
+    plan = plan_stages(recipe, recipe_path.parent)
+    names = [s.name for s in plan]
+    for flag in ("start", "until"):
+        value = opts.get(flag)
+        if value and value not in names:
+            raise UsageError(f"--{'from' if flag == 'start' else flag} {value}: no such stage; "
+                             f"stages: {', '.join(names)}")
+    first = names.index(opts.start) if opts.get("start") else 0
+    last = names.index(opts.until) if opts.get("until") else len(plan) - 1
+    if first > last:
+        raise UsageError(f"--from {opts.start} comes after --until {opts.until}")
+    for st in plan[:first]:
+        m = read_manifest(st.output)
+        if PRODUCES[st.command] and not (m and m.get("status") == "complete"):
+            raise UsageError(f"--from {opts.start}: earlier stage '{st.name}' has no complete output at "
+                             f"{st.output}; run it first (drop --from)")
+
+    run_dir = plan[0].output.parent
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / RUN_STATE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    state.update(recipe=str(recipe_path), stages=state.get("stages", {}))
+
+    redone: set[str] = set()
+    for st in plan[first:last + 1]:
+        record = state["stages"].setdefault(st.name, {})
+        record.update(folder=st.folder, command=st.command)
+        if stage_is_current(st, redone):
+            info(f"[{st.folder}] complete with the same options: skipped")
+            record["status"] = "skipped (complete)"
+            _save_state(state_path, state)
+            continue
+        args = list(st.args)
+        m = read_manifest(st.output)
+        if m and (m.get("status") == "complete" or m.get("stage") != st.command or _differs(st, m)):
+            args.append("--overwrite")
+            why = "options or inputs changed" if m.get("status") == "complete" else "options changed"
+            info(f"[{st.folder}] {why}: redoing it")
+        elif m:
+            info(f"[{st.folder}] unfinished: resuming")
+        info(f"[{st.folder}] chainforge {' '.join(args)}")
+        record.update(status="running", started=_now())
+        _save_state(state_path, state)
+        t0 = time.time()
+        code = invoke(args)
+        gc.collect()
+        record.update(status="complete" if code == 0 else f"failed (exit {code})",
+                      wall_s=round(time.time() - t0, 1), finished=_now())
+        _save_state(state_path, state)
+        if code != 0:
+            if code == 130:
+                raise Interrupted(f"stage '{st.name}' interrupted; rerun the same `chainforge run` to resume")
+            if code == 2:
+                raise RunFailed(f"stage '{st.name}' refused its input (see the error above); fix the "
+                                f"recipe and rerun: finished stages are kept")
+            raise RunFailed(f"stage '{st.name}' stopped (exit {code}); rerun the same `chainforge run` "
+                            f"to resume it")
+        redone.add(str(st.output))
+    info(f"run complete: {run_dir} (report: chainforge report {run_dir})")
+
+
+def _differs(stage: Stage, manifest: dict) -> bool:
+    recorded = manifest.get("config", {})
+    return any(_norm(recorded.get(k)) != _norm(v) for k, v in stage.options.items())
+
+
+def _save_state(path: Path, state: dict) -> None:
+    atomic_write_text(path, json.dumps(state, indent=2) + "\n")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["run", "load_recipe", "plan_stages", "invoke", "ChainforgeError"]
