@@ -85,6 +85,9 @@ def _plot_lines(path: Path, title: str, curves: dict[str, list[tuple[int, float]
     for label, pts in curves.items():
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, ms=3, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     ax.set_xlabel("step")
     if ylabel:
