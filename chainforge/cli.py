@@ -84,6 +84,82 @@ def report(
     run_stage("report", ctx, locals())
 
 
+from chainforge.config import (  # noqa: E402,F811  (collect's shared options)
+    AnswerColumn, Limit, MaxNewTokens, Output, Overwrite, PromptColumn, Seed, Temperature,
+)
+
+
+@app.command()
+def collect(
+    ctx: typer.Context,
+    prompts: Annotated[Optional[str], typer.Option(
+        "--prompts", help="Prompt dataset: a save_to_disk folder or .jsonl/.json/.csv/.parquet with a prompt "
+                          "column (an `id` column is used as the row id, else a hash of the prompt).")] = None,
+    output: Output = None,
+    # teacher: who reasons
+    teacher: Annotated[str, typer.Option(
+        "--teacher", help="deepseek (DEEPSEEK_API_KEY), openai (any OpenAI-compatible server: vLLM, SGLang, "
+                          "Ollama) or local (an in-process model, no key). Local and <think>-style servers: a "
+                          "leading <think>...</think> is the reasoning, the rest the answer; with no <think> "
+                          "block the whole completion is the reasoning and its last \\boxed{} (else last "
+                          "line) the answer.")] = "deepseek",
+    teacher_model: Annotated[Optional[str], typer.Option(
+        "--teacher-model", help="deepseek-reasoner (deepseek), the served model name (openai), or a checkpoint "
+                                "folder / hub id / .gguf / `smollm2` (local; the default).")] = None,
+    teacher_base_url: Annotated[Optional[str], typer.Option(
+        "--teacher-base-url", help="API base URL (default DEEPSEEK_BASE_URL or https://api.deepseek.com; "
+                                   "OPENAI_BASE_URL for openai).")] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(
+        "--system-prompt", help="A system turn sent before each prompt (default: none).")] = None,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    # expander: who grounds uncertain steps
+    expander: Annotated[Optional[str], typer.Option(
+        "--expander", help="anthropic (ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none. Default: "
+                           "anthropic when ANTHROPIC_API_KEY is set, else none.")] = None,
+    expander_model: Annotated[Optional[str], typer.Option(
+        "--expander-model", help="Default claude-sonnet-4-6 (anthropic); the teacher's model (local).")] = None,
+    max_expansions: Annotated[int, typer.Option(
+        "--max-expansions", help="Uncertain steps grounded per trace, at most (bounds the cost).")] = 3,
+    uncertain_marker: Annotated[Optional[list[str]], typer.Option(
+        "--uncertain-marker", help="Extra hedging phrase that flags a step (repeatable).")] = None,
+    marker_domain: Annotated[Optional[list[str]], typer.Option(
+        "--marker-domain", help="Add a domain's marker list: math, code, science, facts (repeatable).")] = None,
+    long_step_words: Annotated[int, typer.Option(
+        "--long-step-words", help="A step longer than this many words counts as uncertain.")] = 120,
+    keep_incorrect: Annotated[bool, typer.Option(
+        "--keep-incorrect/--drop-incorrect", help="Keep rows whose answer does not match the reference "
+                                                  "(flagged correct=false).")] = True,
+    # throughput, retries, cost
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 32,
+    requests_per_minute: Annotated[Optional[int], typer.Option(
+        "--requests-per-minute", help="Pace requests to at most this many per minute.")] = None,
+    tokens_per_minute: Annotated[Optional[int], typer.Option(
+        "--tokens-per-minute", help="Pace requests to at most this many (estimated) tokens per minute.")] = None,
+    max_retries: Annotated[int, typer.Option(
+        "--max-retries", help="Retries per request (backoff capped at 30 s; Retry-After honoured up to 60 s).")] = 6,
+    max_cost: Annotated[Optional[float], typer.Option(
+        "--max-cost", help="Stop sending once spent + in-flight estimate reaches this many USD (exit 1; "
+                           "raise it and rerun to continue).")] = None,
+    price: Annotated[Optional[list[str]], typer.Option(
+        "--price", help="MODEL=INPUT,CACHE_HIT,OUTPUT in USD per 1M tokens (repeatable; overrides the "
+                        "built-in table).")] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="On an existing output: try again the prompts listed in failed.jsonl.")] = False,
+    # data and runtime
+    prompt_column: PromptColumn = "prompt",
+    answer_column: AnswerColumn = "answer",
+    limit: Limit = None,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """Stage 0: collect Super CoT data. A reasoner (DeepSeek, an OpenAI-compatible server, or a local
+    model) answers each prompt; its uncertain steps get a short grounding from Claude. Journaled as it
+    goes: rerun the same command to resume after a crash, a 402 or Ctrl-C."""
+    run_stage("collect", ctx, locals())
+
+
 def main() -> None:
     """Console entry point: click's own usage errors also become one `Error:` line with exit 2."""
     try:

@@ -1,0 +1,177 @@
+"""Expanders: a short factual grounding for each uncertain step (the Super CoT `<explanation>`).
+
+- `anthropic` (default when ANTHROPIC_API_KEY is set): the official SDK's Messages API. The SDK
+  retries by itself (408/409/429/5xx, connection errors, `retry-after`); its `max_retries` is set
+  once to --max-retries and no second loop is wrapped around it. It reads ANTHROPIC_BASE_URL.
+- `openai`: any OpenAI-compatible chat-completions server (OPENAI_BASE_URL, OPENAI_API_KEY).
+- `local`: an in-process model through `chainforge.sampling.generate`.
+- `none`: nothing is grounded; uncertain steps are still flagged.
+
+Every grounding is validated (`validate_expansion`): non-empty, not a refusal, and cut to
+`MAX_EXPANSION_WORDS` at a sentence end. One that fails leaves its step unexpanded and is counted
+(the run's summary shows how many). A 401/402 from the expander stops the run like the teacher's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+from chainforge.collect.chat import ChatAPI, Counters, PromptFailed, RunStopped
+
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"  # current Sonnet in the installed SDK, no end-of-life date
+EXPANDER_MAX_TOKENS = 512
+MAX_EXPANSION_WORDS = 150
+
+PROMPT = """A solver is working on this question:
+
+{question}
+
+One step of their reasoning reads:
+
+{step}
+
+In at most three sentences, give a concise factual grounding for this step: the fact, rule or \
+calculation that shows why it is or is not valid. Reply with the grounding only."""
+
+_REFUSAL = re.compile(r"^\W*(i'?m sorry|i am sorry|sorry,|i cannot|i can'?t|i can not|i am unable|"
+                      r"i'?m unable|i won'?t|as an ai)\b", re.IGNORECASE)
+
+
+@dataclass
+class Expansion:
+    text: Optional[str]  # None: not grounded (failed or rejected)
+    usage: dict = field(default_factory=dict)  # prompt, completion, reasoning, cache_hit
+    failed: bool = False
+
+
+def validate_expansion(text: Optional[str]) -> Optional[str]:
+    """The grounding to keep, or None for an empty reply or a refusal. Long ones are cut."""
+    text = (text or "").strip()
+    if not text or _REFUSAL.match(text):
+        return None
+    words = text.split()
+    if len(words) > MAX_EXPANSION_WORDS:
+        cut = " ".join(words[:MAX_EXPANSION_WORDS])
+        end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+        text = cut[:end + 1] if end > len(cut) // 2 else cut + " …"
+    return text
+
+
+def _zero() -> dict:
+    return {"prompt": 0, "completion": 0, "reasoning": 0, "cache_hit": 0}
+
+
+class NoExpander:
+    name, model = "none", None
+
+    async def expand_many(self, question: str, steps: list[str]) -> list[Expansion]:
+        return [Expansion(None) for _ in steps]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class AnthropicExpander:
+    name = "anthropic"
+
+    def __init__(self, api_key: str, model: str, max_retries: int, counters: Counters):
+        import anthropic
+
+        async def count(_request) -> None:  # every attempt, the SDK's own retries included
+            counters.requests += 1
+
+        # The SDK retries inside one call, so retries = attempts seen by the hook - calls made.
+        self.model, self.counters, self.calls = model, counters, 0
+        self._anthropic = anthropic
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key, max_retries=max_retries,
+            http_client=anthropic.DefaultAsyncHttpxClient(event_hooks={"request": [count]}))
+
+    async def expand(self, question: str, step: str) -> Expansion:
+        a = self._anthropic
+        self.calls += 1
+        try:
+            msg = await self._client.messages.create(
+                model=self.model, max_tokens=EXPANDER_MAX_TOKENS,
+                messages=[{"role": "user", "content": PROMPT.format(question=question, step=step)}])
+        except a.APIStatusError as exc:
+            if exc.status_code in (401, 402):
+                raise RunStopped(f"the Anthropic API refused the expander request (HTTP {exc.status_code}); "
+                                 f"check ANTHROPIC_API_KEY and the account balance, then rerun the same "
+                                 f"command: finished prompts are kept") from None
+            return Expansion(None, _zero(), failed=True)
+        except a.APIError:
+            return Expansion(None, _zero(), failed=True)
+        text = "".join(b.text for b in msg.content if getattr(b, "type", "") == "text")
+        u = msg.usage
+        usage = {"prompt": u.input_tokens or 0, "completion": u.output_tokens or 0, "reasoning": 0,
+                 "cache_hit": getattr(u, "cache_read_input_tokens", 0) or 0}
+        kept = validate_expansion(text)
+        return Expansion(kept, usage, failed=kept is None)
+
+    async def expand_many(self, question: str, steps: list[str]) -> list[Expansion]:
+        return list(await asyncio.gather(*(self.expand(question, s) for s in steps)))
+
+    @property
+    def retries(self) -> int:
+        return max(0, self.counters.requests - self.calls)
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class ChatExpander:
+    """`openai`: chat completions on an OpenAI-compatible server, with chat.ChatAPI's retries."""
+
+    name = "openai"
+
+    def __init__(self, chat: ChatAPI):
+        self.chat, self.model = chat, chat.model
+
+    async def expand(self, question: str, step: str) -> Expansion:
+        try:
+            reply = await self.chat.complete([{"role": "user", "content": PROMPT.format(question=question, step=step)}])
+        except PromptFailed:
+            return Expansion(None, _zero(), failed=True)
+        kept = validate_expansion(reply.content)
+        return Expansion(kept, reply.usage, failed=kept is None)
+
+    async def expand_many(self, question: str, steps: list[str]) -> list[Expansion]:
+        return list(await asyncio.gather(*(self.expand(question, s) for s in steps)))
+
+    async def aclose(self) -> None:
+        await self.chat.client.aclose()
+
+
+class LocalExpander:
+    """An in-process model: all the steps of one row in one batched generate call."""
+
+    name = "local"
+
+    def __init__(self, load, model_name: str, seed: int, max_new_tokens: int = 96):
+        self._load, self.model, self.seed, self.max_new_tokens = load, model_name, seed, max_new_tokens
+
+    def _generate(self, question: str, steps: list[str]) -> list[Expansion]:
+        from chainforge.sampling import generate
+
+        model, tok = self._load()
+        prompts = [PROMPT.format(question=question, step=s) for s in steps]
+        comps = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=self.max_new_tokens,
+                         seed=self.seed, batch_size=len(prompts))
+        out = []
+        for (c,) in comps:
+            kept = validate_expansion(c.text)
+            out.append(Expansion(kept, {"prompt": 0, "completion": c.tokens, "reasoning": 0, "cache_hit": 0},
+                                 failed=kept is None))
+        return out
+
+    async def expand_many(self, question: str, steps: list[str]) -> list[Expansion]:
+        if not steps:
+            return []
+        return await asyncio.to_thread(self._generate, question, steps)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,241 @@
+"""Stage 0: collect hybrid chain-of-thought (Super CoT) data.
+
+    chainforge collect --prompts data/toy/train.jsonl --output runs/collect             # DeepSeek + Claude
+    chainforge collect --prompts P --output O --teacher local --teacher-model smollm2   # no key, no network
+
+Reads top to bottom: options → teacher/expander (keys, URLs, models) → --output plan → prompts →
+create the output → recover the journal → collect what is left → dataset from the journal →
+manifest. Every finished prompt is in `journal.jsonl` before it counts; the same command on the
+same --output sends nothing for journaled prompts and finishes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+from chainforge.collect.chat import Counters, RunStopped
+from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
+from chainforge.collect.pricing import price_for, price_table
+from chainforge.collect.progress import Tally, print_summary
+from chainforge.collect.resolve import build_expander, build_teacher, resolve_expander, resolve_teacher
+from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
+from chainforge.collect.teachers import PromptItem
+from chainforge.data import answer_column, load_rows, plan_output, require_columns
+from chainforge.errors import RunFailed, UsageError
+from chainforge.log import info
+
+# Options that may change when a run is resumed: they change how fast or how far it goes, not
+# what a row is.
+RESUMABLE_CHANGES = ("concurrency", "max_retries", "max_cost", "requests_per_minute",
+                     "tokens_per_minute", "retry_failed")
+
+
+def run(opts) -> None:
+    # ---- options ---------------------------------------------------------------------------------
+    opts.require("prompts")
+    _check_numbers(opts)
+    teacher_src = resolve_teacher(opts)
+    expander_given = opts.expander
+    expander_src = resolve_expander(opts, teacher_src)
+    opts["teacher_model"], opts["expander"] = teacher_src.model, expander_src.kind
+    opts["expander_model"] = expander_src.model
+    prices = price_table(opts.price)
+    for d in opts.marker_domain or ():
+        if d not in DOMAIN_MARKERS:
+            raise UsageError(f"--marker-domain {d!r} is not one of {', '.join(DOMAIN_MARKERS)}")
+    rule = UncertaintyRule.build(opts.uncertain_marker or (), opts.marker_domain or (), opts.long_step_words)
+
+    # ---- output plan and prompts (nothing is created before both are valid) ------------------------
+    plan = plan_output(opts.output, "collect", opts, overwrite=opts.overwrite, ignore=RESUMABLE_CHANGES,
+                       allow_complete=bool(opts.retry_failed))
+    if opts.retry_failed and not plan.resuming:
+        raise UsageError(f"--retry-failed needs an existing collect output at --output {opts.output}; "
+                         f"run without it first")
+    ds = load_rows(opts.prompts, opts.limit, what="--prompts")
+    require_columns(ds, [opts.prompt_column], what="--prompts")
+    ref_col = answer_column(ds, opts.answer_column, required=False, what="--prompts")
+    ids = _prompt_ids(ds, opts.prompt_column)
+
+    # ---- output, journal ---------------------------------------------------------------------------
+    out = plan.create(inputs=[opts.prompts])
+    journal, failed = AppendLog(out.path / JOURNAL), AppendLog(out.path / FAILED)
+    if opts.retry_failed:
+        (out.path / FAILED).unlink(missing_ok=True)  # those prompts are pending again
+    done = {rid: cost for _, (rid, cost) in journal.recover(lambda r: (r["id"], r["usage"]["cost_usd"]))}
+    failed_ids = {rid for _, rid in failed.recover(lambda r: r["id"])}
+    skip = set(done) | failed_ids
+    pending = sum(1 for i in ids.unique if i not in skip)
+    tally = Tally(total=pending)
+    counters = Counters()
+    exp_counters = Counters()
+    previous = plan.previous.get("metrics", {}) if plan.resuming and plan.previous else {}
+
+    why = "" if expander_given else (" (the default: ANTHROPIC_API_KEY is set)" if expander_src.kind != "none"
+                                     else " (the default: ANTHROPIC_API_KEY is not set; nothing is grounded)")
+    info(f"collect: teacher {teacher_src.describe()}, expander {expander_src.describe()}{why}")
+    info(f"collect: {len(ids.unique)} prompts, {len(done)} done, {len(failed_ids)} failed, {pending} to go"
+         + (f" ({ids.duplicates} duplicate prompts skipped)" if ids.duplicates else ""))
+    for src in (teacher_src, expander_src):
+        if src.kind in ("deepseek", "openai", "anthropic") and price_for(prices, src.model) is None:
+            info(f"collect: no price for {src.model}; its cost counts as 0 (add --price {src.model}=IN,HIT,OUT)")
+
+    # ---- collect -----------------------------------------------------------------------------------
+    from chainforge.collect.engine import Collector
+    from chainforge.collect.limits import CostBudget, RateLimiter
+
+    budget = CostBudget(opts.max_cost, spent=sum(done.values()), rows=len(done))
+    limiter = RateLimiter(opts.requests_per_minute, opts.tokens_per_minute)
+
+    def metrics_now() -> dict:
+        return _metrics(journal, failed, ids, opts.keep_incorrect, previous, counters, exp_counters,
+                        expander_obj)[0]
+
+    expander_obj = None
+
+    async def collect() -> str:
+        nonlocal expander_obj
+        teacher = build_teacher(teacher_src, opts, counters, limiter if limiter.active else None)
+        expander_obj = build_expander(expander_src, opts, exp_counters, teacher)
+        concurrency = 1 if teacher_src.kind == "local" else opts.concurrency
+        collector = Collector(teacher, expander_obj, rule, opts.max_expansions, journal, failed, budget, tally,
+                              concurrency, price_for(prices, teacher_src.model),
+                              price_for(prices, expander_src.model))
+        try:
+            return await collector.run(_pending_items(ds, opts.prompt_column, ref_col, ids, skip))
+        finally:
+            await teacher.aclose()
+            await expander_obj.aclose()
+
+    try:
+        outcome = asyncio.run(collect())
+    except (KeyboardInterrupt, RunStopped, Exception):
+        journal.close()
+        failed.close()
+        out.mark_incomplete(metrics_now())
+        raise
+    journal.close()
+    failed.close()
+
+    # ---- dataset from the journal, manifest --------------------------------------------------------
+    metrics, keep = _metrics(journal, failed, ids, opts.keep_incorrect, previous, counters, exp_counters,
+                             expander_obj, compact=True)
+    if outcome == "budget":
+        out.mark_incomplete(metrics)
+        raise RunFailed(f"--max-cost ${opts.max_cost:g} reached (spent ${metrics['cost_usd']:.4f}); "
+                        f"raise --max-cost and rerun the same command to continue")
+    if not keep:
+        out.mark_incomplete(metrics)
+        why = "every kept row was incorrect (--drop-incorrect)" if metrics["failed"] < metrics["prompts"] \
+            else f"all {metrics['prompts']} prompts failed (see {out.path / FAILED})"
+        raise RunFailed(f"no rows to write: {why}; fix the cause, then rerun with --retry-failed")
+    from chainforge.collect.rows import build_dataset
+
+    cache = out.path / ".dataset-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        out.save_dataset(build_dataset(out.path / JOURNAL, keep, cache))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    out.finish(metrics)
+    print_summary(metrics, tally.expansion_failures)
+    info(f"collect: wrote {metrics['rows']} rows to {out.path}")
+
+
+def _check_numbers(opts) -> None:
+    checks = [("concurrency", 1), ("max_retries", 0), ("max_expansions", 0), ("long_step_words", 1),
+              ("requests_per_minute", 1), ("tokens_per_minute", 1)]
+    for name, low in checks:
+        value = opts.get(name)
+        if value is not None and value < low:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be at least {low}, got {value}")
+    if opts.get("max_cost") is not None and opts.max_cost <= 0:
+        raise UsageError(f"--max-cost must be a positive amount in USD, got {opts.max_cost}")
+
+
+@dataclass
+class PromptIds:
+    per_row: list[str]  # the id of every input row
+    unique: dict[str, int]  # id → first row index
+    duplicates: int
+
+
+def _question(value, row: int) -> tuple[str, Optional[str]]:
+    """(question, system turn) of a prompt cell: a string, or chat messages (the last user turn)."""
+    if isinstance(value, str) and value.strip():
+        return value, None
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        users = [m.get("content") for m in value if m.get("role") == "user"]
+        system = next((m.get("content") for m in value if m.get("role") == "system"), None)
+        if users and isinstance(users[-1], str) and users[-1].strip():
+            return users[-1], system
+    raise UsageError(f"--prompts row {row}: the prompt must be a non-empty string or chat messages with a "
+                     f"user turn, got {str(value)[:60]!r}; fix or remove that row")
+
+
+def _prompt_ids(ds, column: str) -> PromptIds:
+    """An `id` column's values, else a hash of the prompt text; checks every prompt first."""
+    has_id = "id" in ds.column_names
+    per_row, unique = [], {}
+    for n, row in enumerate(ds.select_columns([column] + (["id"] if has_id else [])).iter(batch_size=1000)):
+        for k, value in enumerate(row[column]):
+            question, _ = _question(value, n * 1000 + k)
+            given = row["id"][k] if has_id else None
+            rid = str(given) if given not in (None, "") else hashlib.sha256(question.encode()).hexdigest()[:16]
+            per_row.append(rid)
+            unique.setdefault(rid, len(per_row) - 1)
+    return PromptIds(per_row, unique, len(per_row) - len(unique))
+
+
+def _pending_items(ds, column: str, ref_col: Optional[str], ids: PromptIds, skip: set) -> Iterator[PromptItem]:
+    """The prompts still to do, in input order, one at a time (streamed from the dataset)."""
+    for index, row in enumerate(ds):
+        rid = ids.per_row[index]
+        if rid in skip or ids.unique[rid] != index:
+            continue
+        question, system = _question(row[column], index)
+        ref = row.get(ref_col) if ref_col else None
+        yield PromptItem(index, rid, question, None if ref is None else str(ref), system)
+
+
+def _metrics(journal: AppendLog, failed: AppendLog, ids: PromptIds, keep_incorrect: bool, previous: dict,
+             counters: Counters, exp_counters: Counters, expander, compact: bool = False):
+    """The contract's metrics and the (index, offset) pairs of the rows to write."""
+    def project(r: dict):
+        return (r["_index"], r["id"], r["correct"], sum(r["uncertain"]),
+                sum(e is not None for e in r["expansions"]), r["usage"]["cost_usd"])
+
+    seen, keep = set(), []
+    rows = uncertain = expanded = correct = judged = 0
+    cost = 0.0
+    for offset, (index, rid, ok, unc, exp, c) in journal.recover(project):
+        if rid in seen or rid not in ids.unique:
+            continue
+        seen.add(rid)
+        cost += c
+        if ok is False and not keep_incorrect:
+            continue
+        keep.append((index, offset))
+        rows += 1
+        uncertain += unc
+        expanded += exp
+        if ok is not None:
+            judged += 1
+            correct += bool(ok)
+    n_failed = compact_failed(failed.path, seen) if compact else \
+        len({rid for _, rid in failed.recover(lambda r: r["id"]) if rid not in seen})
+    exp_retries = getattr(expander, "retries", exp_counters.retries) if expander is not None else 0
+    metrics = {
+        "prompts": len(ids.unique), "rows": rows, "failed": n_failed,
+        "expanded_steps": expanded, "uncertain_steps": uncertain,
+        "correct_rate": round(correct / judged, 6) if judged else None,
+        "cost_usd": round(cost, 6),
+        "requests": int(previous.get("requests", 0)) + counters.requests + exp_counters.requests,
+        "retries": int(previous.get("retries", 0)) + counters.retries + exp_retries,
+    }
+    return metrics, keep
