@@ -160,6 +160,76 @@ def collect(
     run_stage("collect", ctx, locals())
 
 
+from chainforge.config import (  # noqa: E402,F811  (distill's shared options)
+    AnswerColumn, BatchSize, Data, Epochs, GradAccum, GradientCheckpointing, LearningRate, Limit, LoggingSteps,
+    Lora, LoraAlpha, LoraR, LoraTargets, MaxGradNorm, MaxNewTokens, MaxSteps, Merge, Output, Overwrite,
+    PromptColumn, SaveSteps, Seed, Temperature, Wandb, WarmupRatio,
+)
+
+
+@app.command()
+def distill(
+    ctx: typer.Context,
+    teacher: Annotated[Optional[str], typer.Option(
+        "--teacher", help="The trained model to learn from: checkpoint folder, hub id, .gguf or `smollm2`.")] = None,
+    student: Annotated[Optional[str], typer.Option(
+        "--student", help="The model to train: checkpoint folder, hub id, .gguf or `smollm2-half`.")] = None,
+    data: Data = None,
+    output: Output = None,
+    method: Annotated[str, typer.Option(
+        "--method", help="traces: SFT on the teacher's filtered samples (any tokenizers); logits: GKD on the "
+                         "teacher's next-token distributions (one vocabulary).")] = "traces",
+    # data and the held-out check
+    prompt_column: PromptColumn = "prompt",
+    answer_column: AnswerColumn = "answer",
+    limit: Limit = None,
+    eval_data: Annotated[Optional[str], typer.Option(
+        "--eval-data", help="Held-out prompts scored before and after (default: --eval-fraction of --data).")] = None,
+    eval_fraction: Annotated[float, typer.Option(
+        "--eval-fraction", min=0.0, max=0.5, help="Seeded share of --data held out when there is no "
+                                                  "--eval-data (0: no before/after check).")] = 0.1,
+    # generation (traces: the teacher's samples; logits: the on-policy samples)
+    num_samples: Annotated[int, typer.Option(
+        "--num-samples", min=1, help="traces: teacher completions drawn per prompt.")] = 1,
+    temperature: Temperature = 0.7,
+    max_new_tokens: MaxNewTokens = 256,
+    # logit distillation
+    lmbda: Annotated[float, typer.Option(
+        "--lambda", "--lmbda", min=0.0, max=1.0, help="logits: on-policy fraction (batches the student "
+                                                      "samples itself).")] = 0.5,
+    beta: Annotated[float, typer.Option(
+        "--beta", min=0.0, max=1.0, help="logits: generalized JSD interpolation (0 = forward KL, 1 = reverse "
+                                         "KL).")] = 0.5,
+    # optimisation
+    learning_rate: LearningRate = 1e-5,
+    epochs: Epochs = 1.0,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 8,
+    grad_accum: GradAccum = 1,
+    warmup_ratio: WarmupRatio = 0.1,
+    max_grad_norm: MaxGradNorm = 1.0,
+    max_length: Annotated[int, typer.Option(
+        "--max-length", min=16, help="Longest training sequence in tokens (longer answers are cut).")] = 2048,
+    gradient_checkpointing: GradientCheckpointing = False,
+    lora: Lora = False,
+    lora_r: LoraR = 16,
+    lora_alpha: LoraAlpha = 32,
+    lora_targets: LoraTargets = "all-linear",
+    merge: Merge = True,
+    # logging and runtime
+    save_steps: SaveSteps = 50,
+    logging_steps: LoggingSteps = 1,
+    wandb: Wandb = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """Distillation (stage 5): teach a smaller student the teacher's reasoning, from its filtered
+    samples (--method traces) or its next-token distributions (--method logits, GKD); the student's
+    held-out metrics before and after go into the manifest."""
+    run_stage("distill", ctx, locals())
+
+
 def main() -> None:
     """Console entry point: click's own usage errors also become one `Error:` line with exit 2."""
     try:

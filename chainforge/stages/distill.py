@@ -1,0 +1,404 @@
+"""`chainforge distill`: teach a smaller student the reasoning of a trained teacher (stage 5).
+
+    chainforge distill --teacher runs/demo/05-rl-final --student smollm2-half \\
+        --data data/toy/train.jsonl --output runs/demo/06-distill              # traces (default)
+    chainforge distill ... --method logits --lambda 0.5 --beta 0.5            # logit-level (GKD)
+    accelerate launch -m chainforge distill ...                               # several GPUs
+
+Two methods:
+- `traces` (default), the way the R1 paper built R1-Distill-Qwen: the teacher samples --num-samples
+  completions per prompt with the shared sampling engine; where a reference answer exists, only
+  correct, well-formed Super CoT completions are kept (the reward registry decides). They are saved
+  as a dataset under `--output/traces` (reusable: `chainforge sft --data OUT/traces`) and the student
+  trains on them through sft's own training path. Teacher and student may use different tokenizers.
+- `logits`: generalized knowledge distillation (GKD, Agarwal et al. 2024, TRL's GKDTrainer): the
+  student matches the teacher's whole next-token distribution (generalized JSD, --beta) on a mix of
+  its own samples (--lambda, the on-policy fraction) and teacher sequences. One vocabulary needed:
+  checked before anything is created.
+
+Held-out check: --eval-data (default: a seeded --eval-fraction of --data, kept out of training) is
+scored with eval's metric code before and after training; the manifest records both
+(`eval_before/<metric>`, `eval_after/<metric>`).
+
+Working files in --output: `traces/` (the filtered teacher traces), `eval_before.json`,
+`checkpoint-*` and `runs/` (the trainer's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from chainforge import training
+from chainforge.config import Options
+from chainforge.data import answer_column, atomic_write_text, load_rows, plan_output, require_columns
+from chainforge.errors import RunFailed, UsageError
+from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
+from chainforge.log import info
+from chainforge.models import ModelRef, checkpoint_path, default_device, load_model, load_tokenizer, resolve_model
+
+METHODS = ("traces", "logits")
+TRACES_DIR = "traces"
+EVAL_BEFORE = "eval_before.json"
+FILTER_REWARDS = ("accuracy", "format", "expansion")  # the contract's defaults: `reward` in traces
+FORMAT_PROMPTS = 4  # prompts for format_rate when there are no held-out rows
+
+
+def run(opts: Options) -> None:
+    # ---- options
+    opts.require("teacher", "student", "data")
+    method = opts.get("method") or "traces"
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r} is not one of {', '.join(METHODS)} "
+                         f"(traces: SFT on teacher samples; logits: GKD on the teacher's distributions)")
+    if method == "logits" and opts.get("temperature") == 0:
+        raise UsageError("--method logits samples on-policy completions, so --temperature must be above 0 "
+                         "(try 0.7); greedy decoding is only for eval")
+    plan = plan_output(opts.output, "distill", opts, overwrite=opts.overwrite)
+
+    # ---- data: train rows and the held-out rows
+    data = load_rows(opts.data, opts.limit)
+    require_columns(data, [opts.prompt_column])
+    answers = answer_column(data, opts.answer_column, required=False)
+    train_rows, eval_rows = held_out_split(data, opts, answers)
+
+    # ---- models and trainer config: validated (vocabularies included) before --output exists
+    teacher_ref = resolve_model(opts.teacher, "--teacher")
+    student_ref = resolve_model(opts.student, "--student")
+    tokenizer = load_tokenizer(student_ref)
+    if method == "logits":
+        check_vocabulary(teacher_ref, student_ref, tokenizer)
+        args = gkd_args(opts, plan.path, train_rows)
+    else:
+        args = traces_args(opts, plan.path, tokenizer, train_rows)
+
+    inputs = [opts.data] + ([opts.eval_data] if opts.get("eval_data") else []) + [opts.teacher, opts.student]
+    out = training.create_output(plan, inputs=inputs)
+    main = training.is_main_process()
+    started = time.time()
+    _seed(opts.seed)
+
+    # ---- the student before, the training, the student after
+    student = load_model(student_ref, dtype=training.model_dtype(lora=bool(opts.get("lora"))))
+    before = eval_before(out, student, tokenizer, eval_rows, opts) if main else None
+    if method == "traces":
+        traces = load_or_make_traces(out, teacher_ref, train_rows, opts, answers)
+        metrics = train_on_traces(opts, out, student, tokenizer, traces, args,
+                                  format_prompts=[] if eval_rows else train_rows[:FORMAT_PROMPTS])
+        metrics.update(traces=len(traces), trace_prompts=len(set(traces["id"])))
+    else:
+        metrics = train_on_logits(opts, out, teacher_ref, student, tokenizer, train_rows, args, started)
+    if not main:
+        return
+    after = held_out_metrics(load_model(resolve_model(str(out.path))), tokenizer, eval_rows, opts)
+    if after is not None:
+        metrics["format_rate"] = after.get("format_rate")
+    metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows))
+    metrics.update({f"eval_before/{k}": v for k, v in (before or {}).items()})
+    metrics.update({f"eval_after/{k}": v for k, v in (after or {}).items()})
+    out.finish(metrics)
+    training.remove_checkpoints(out.path)
+    info(f"distill ({method}): {metrics.get('steps')} steps, train_loss {metrics.get('train_loss')}, "
+         f"format_rate {metrics.get('format_rate')} -> {out.path}")
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def prompt_id(prompt: Any) -> str:
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _rows(ds, opts: Options, answers: Optional[str]) -> list[dict]:
+    """Plain rows: `id`, `prompt`, `answer` (None without a reference) and `completion` (the
+    assistant text a collect/reject output already carries, else None)."""
+    out = []
+    for row in ds:
+        prompt = row[opts.prompt_column]
+        out.append({"id": str(row["id"]) if row.get("id") is not None else prompt_id(prompt),
+                     "prompt": prompt, "answer": row.get(answers) if answers else None,
+                     "completion": _completion(row)})
+    return out
+
+
+def held_out_split(data, opts: Options, answers: Optional[str]) -> tuple[list[dict], list[dict]]:
+    """(train rows, held-out rows): --eval-data when given, else a seeded --eval-fraction of --data."""
+    rows = _rows(data, opts, answers)
+    if opts.get("eval_data"):
+        eval_ds = load_rows(opts.eval_data, what="--eval-data")
+        require_columns(eval_ds, [opts.prompt_column], what="--eval-data")
+        eval_answers = answer_column(eval_ds, opts.answer_column, required=False, what="--eval-data")
+        return rows, _rows(eval_ds, opts, eval_answers)
+    fraction = opts.get("eval_fraction")
+    fraction = 0.1 if fraction is None else fraction
+    if fraction <= 0:
+        return rows, []
+    n_eval = max(1, round(len(rows) * fraction))
+    if n_eval >= len(rows):
+        raise UsageError(f"--data has {len(rows)} row(s): too few to hold out {fraction:.0%} for the "
+                         f"before/after check; add rows, pass --eval-data PATH, or --eval-fraction 0")
+    order = list(range(len(rows)))
+    random.Random(opts.seed).shuffle(order)
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def check_vocabulary(teacher_ref: ModelRef, student_ref: ModelRef, student_tok) -> None:
+    """Logit distillation compares distributions token by token: one vocabulary, or exit 2."""
+    from transformers import AutoConfig
+
+    def size(ref: ModelRef) -> int:
+        return AutoConfig.from_pretrained(checkpoint_path(ref)).get_text_config().vocab_size
+
+    t_size, s_size = size(teacher_ref), size(student_ref)
+    hint = ("use --method traces (it distils through generated text, so any tokenizers work) or a student "
+            "that shares the teacher's tokenizer")
+    if t_size != s_size:
+        raise UsageError(f"--method logits needs one vocabulary, but the teacher's has {t_size} tokens and "
+                         f"the student's {s_size}; {hint}")
+    teacher_vocab = load_tokenizer(teacher_ref).get_vocab()
+    if teacher_vocab != student_tok.get_vocab():
+        raise UsageError(f"--method logits needs one vocabulary: both have {t_size} logits, but the teacher's "
+                         f"tokenizer ({len(teacher_vocab)} tokens) and the student's ({len(student_tok)} tokens) "
+                         f"map tokens differently; {hint}")
+
+
+# ---- the held-out check (eval's metric code) -------------------------------------------------------
+
+def held_out_metrics(model, tokenizer, rows: list[dict], opts: Options) -> Optional[dict]:
+    """Greedy pass@1 / format rate of `model` on the held-out rows, by eval's own code."""
+    if not rows:
+        return None
+    from chainforge.stages.evaluate import evaluate_model
+
+    model.to(default_device())
+    metrics, _ = evaluate_model(model, tokenizer, rows, num_samples=1, temperature=0.0,
+                                max_new_tokens=_max_new_tokens(opts), seed=opts.seed)
+    return metrics
+
+
+def eval_before(out, student, tokenizer, rows: list[dict], opts: Options) -> Optional[dict]:
+    """The student's held-out metrics before training; kept in a file so a resumed run reuses them."""
+    path = out.path / EVAL_BEFORE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    metrics = held_out_metrics(student, tokenizer, rows, opts)
+    atomic_write_text(path, json.dumps(metrics) + "\n")
+    return metrics
+
+
+# ---- traces --------------------------------------------------------------------------------------
+
+def make_traces(teacher, tokenizer, rows: list[dict], opts: Options) -> list[dict]:
+    """Sample --num-samples completions per prompt from the teacher; keep the correct, well-formed ones
+    where a reference exists (all non-empty ones elsewhere), one row per distinct completion."""
+    from chainforge.rewards import ACCURACY, parse_reward_spec, score
+    from chainforge.sampling import generate
+
+    samples = generate(teacher, tokenizer, [r["prompt"] for r in rows], n=opts.get("num_samples") or 1,
+                       temperature=_temperature(opts), max_new_tokens=_max_new_tokens(opts), seed=opts.seed,
+                       system_prompt=SUPER_COT_SYSTEM_PROMPT)
+    names, weights = parse_reward_spec(None, FILTER_REWARDS)
+    kept: list[dict] = []
+    for row, completions in zip(rows, samples):
+        texts = list(dict.fromkeys(c.text.strip() for c in completions if c.text.strip()))
+        if not texts:
+            continue
+        totals, values = score(texts, {"answer": [row["answer"]] * len(texts)}, names, weights)
+        for k, text in enumerate(texts):
+            accuracy = values["accuracy"][k]
+            if accuracy is not None and not (accuracy == ACCURACY and values["format"][k] > 0):
+                continue
+            kept.append({
+                "id": row["id"], "prompt": row["prompt"],
+                "reference": None if row["answer"] is None else str(row["answer"]),
+                "text": text,
+                "messages": _messages(row["prompt"], text),
+                "reward": totals[k], "correct": None if accuracy is None else True,
+            })
+    return kept
+
+
+def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], opts: Options, answers: Optional[str]):
+    """The filtered traces under --output/traces: made on rank 0 (other ranks wait and read them),
+    reused when a resumed run already made them."""
+    import datasets
+
+    folder = out.path / TRACES_DIR
+    if (folder / "state.json").is_file():
+        traces = datasets.load_from_disk(str(folder))
+        info(f"reusing {len(traces)} teacher traces from {folder}")
+        return traces
+    if training.is_main_process():
+        save_traces(folder, make_filtered_traces(out, teacher_ref, rows, opts, answers))
+    training.barrier()
+    if not (folder / "state.json").is_file():  # rank 0 failed
+        raise RunFailed("no teacher traces were written; see rank 0's error")
+    return datasets.load_from_disk(str(folder))
+
+
+def make_filtered_traces(out, teacher_ref: ModelRef, rows: list[dict], opts: Options, answers: Optional[str]):
+    n = opts.get("num_samples") or 1
+    info(f"teacher {opts.teacher}: sampling {n} completion(s) for each of {len(rows)} prompts")
+    teacher = load_model(teacher_ref, device=default_device())
+    kept = make_traces(teacher, load_tokenizer(teacher_ref), rows, opts)
+    del teacher
+    if not kept:
+        out.mark_incomplete()
+        why = ("correct, well-formed Super CoT (checked against the reference answers)" if answers
+               else "non-empty")
+        raise RunFailed(f"zero traces left: none of the teacher's {n * len(rows)} completion(s) for "
+                        f"{len(rows)} prompts was {why}; use a stronger teacher, more --num-samples or "
+                        f"--max-new-tokens, then rerun")
+    info(f"kept {len(kept)} of {n * len(rows)} teacher completions"
+         + (" (correct and well-formed)" if answers else ""))
+    return kept
+
+
+def save_traces(folder: Path, kept: list[dict]) -> None:
+    """Written under a temporary name and renamed in: a crash never leaves half a dataset."""
+    import datasets
+
+    tmp = folder.with_name(f".partial-{folder.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.Dataset.from_list(kept).save_to_disk(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def traces_args(opts: Options, output_dir, tokenizer, rows: list[dict]):
+    """sft's config and checks, run before --output exists: the student's chat template must carry
+    the assistant-only loss, and no prompt may fill --max-length."""
+    import datasets
+
+    from chainforge.stages.sft import check_prompt_lengths, sft_config, training_template
+
+    sample = [_messages(r["prompt"], "<summary>\n0\n</summary>") for r in rows]
+    training_template(tokenizer, sample[0])
+    check_prompt_lengths(tokenizer, datasets.Dataset.from_list([{"messages": m} for m in sample]),
+                         opts.get("max_length") or 2048)
+    return sft_config(opts, output_dir)
+
+
+def train_on_traces(opts: Options, out, student, tokenizer, traces, args, format_prompts: list[dict]) -> dict:
+    """SFT of the student on the traces through sft's own training path (no second loop here)."""
+    from chainforge.stages.sft import sft_dataset, train_sft
+
+    return train_sft(opts, out, student, tokenizer, sft_dataset(traces), args=args,
+                     peft_config=training.lora_config(opts, student),
+                     format_prompts=[_messages(r["prompt"]) for r in format_prompts])
+
+
+# ---- logits (GKD) ---------------------------------------------------------------------------------
+
+def gkd_trainer_class():
+    """TRL's GKD trainer, the one place that touches `trl.experimental` (pinned: trl 1.16).
+
+    Why GKD and not TRL's stable DistillationTrainer: only GKD mixes on-policy and off-policy batches
+    (lmbda); DistillationTrainer is fully on-policy.
+
+    A TRL trap fixed here: transformers' Trainer counts `num_items_in_batch` (the loss denominator)
+    from the dataloader's labels *before* GKD swaps in freshly generated completions, so the loss
+    would be divided by the placeholder's token count (trl#4719, trl#6478). With the count switched
+    off, each micro-batch's loss is its mean over the generated tokens and the Trainer averages
+    over gradient accumulation itself. Tokens are counted after generation (`tokens` metric).
+    """
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    class ChainforgeGKD(GKDTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model_accepts_loss_kwargs = False
+            self.loss_is_scaled_for_ga = False
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, None)
+            seen = self.accelerator.gather(inputs["attention_mask"].sum().reshape(1)).sum().item()
+            self.state.num_input_tokens_seen += int(seen)
+            return loss
+
+    return GKDConfig, ChainforgeGKD
+
+
+def _completion(row: dict) -> Optional[str]:
+    """The completion a dataset row already carries (collect/reject outputs), if any."""
+    messages = row.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+            and messages[-1].get("role") == "assistant" and str(messages[-1].get("content", "")).strip():
+        return str(messages[-1]["content"])
+    text = row.get("text")
+    return text if isinstance(text, str) and text.strip() else None
+
+
+def gkd_dataset(rows: list[dict]):
+    """Conversations for GKD's ChatML collator: system + user + an assistant turn (the row's own
+    completion, or an empty placeholder when every off-policy sequence is sampled). Only a
+    `messages` column: the collator would take a `prompt` column for the rendered prompt."""
+    import datasets
+
+    return datasets.Dataset.from_list([{"messages": _messages(r["prompt"], r["completion"] or "")} for r in rows])
+
+
+def gkd_args(opts: Options, output_dir, rows: list[dict]):
+    """The GKDConfig: shared training options plus temperature, lambda, beta (before --output exists)."""
+    config_class, _ = gkd_trainer_class()
+    # Off-policy batches (1 - lambda of them) use the data's own completions when every row has one
+    # (a collect or reject output); otherwise the teacher samples them (GKD's sequence-level KD).
+    seq_kd = not all(r["completion"] for r in rows)
+    return training.trainer_args(
+        opts, output_dir, config_class, temperature=_temperature(opts), lmbda=_lmbda(opts), beta=_beta(opts),
+        max_new_tokens=_max_new_tokens(opts), seq_kd=seq_kd, max_length=opts.get("max_length") or 2048)
+
+
+def train_on_logits(opts: Options, out, teacher_ref: ModelRef, student, tokenizer, rows: list[dict], args,
+                    started: float) -> dict:
+    _, trainer_class = gkd_trainer_class()
+    info("logits: off-policy sequences " + ("sampled from the teacher" if args.seq_kd else "taken from --data"))
+    teacher = load_model(teacher_ref)
+    trainer = trainer_class(model=student, teacher_model=teacher, args=args, processing_class=tokenizer,
+                            train_dataset=gkd_dataset(rows), peft_config=training.lora_config(opts, student))
+    result = training.train(trainer, out)
+    training.save_trained(trainer, out, tokenizer, merge=opts.get("merge", True))
+    metrics = training.train_metrics(trainer, result, started)
+    metrics.update(lmbda=args.lmbda, beta=args.beta, seq_kd=args.seq_kd, format_rate=None)
+    return metrics
+
+
+# ---- small helpers --------------------------------------------------------------------------------
+
+def _messages(prompt: Any, answer: Optional[str] = None) -> list[dict]:
+    """A prompt as the chat the models see (the Super CoT system turn first), with an answer if given."""
+    from chainforge.sampling import as_messages
+
+    messages = as_messages(prompt, SUPER_COT_SYSTEM_PROMPT)
+    return messages + ([{"role": "assistant", "content": answer}] if answer is not None else [])
+
+
+def _lmbda(opts: Options) -> float:
+    return 0.5 if opts.get("lmbda") is None else opts.lmbda
+
+
+def _beta(opts: Options) -> float:
+    return 0.5 if opts.get("beta") is None else opts.beta
+
+
+def _temperature(opts: Options) -> float:
+    t = opts.get("temperature")
+    return 0.7 if t is None else t
+
+
+def _max_new_tokens(opts: Options) -> int:
+    return opts.get("max_new_tokens") or 256
+
+
+def _seed(seed: int) -> None:
+    from transformers import set_seed
+
+    set_seed(seed)
