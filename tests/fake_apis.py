@@ -28,6 +28,7 @@ import asyncio
 import collections
 import json
 import threading
+import time
 from typing import Callable, Optional
 
 
@@ -47,7 +48,7 @@ class FakeServer:
 
     def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0):
         self.latency, self.record, self._port = latency, record, port
-        self.requests: list[dict] = []  # {path, headers, json}
+        self.requests: list[dict] = []  # {path, headers, json, t}
         self.attempts: collections.Counter = collections.Counter()
         self.plans: dict[str, list[str]] = {}
         self.always: Optional[str] = None
@@ -122,7 +123,7 @@ class FakeServer:
         except ValueError:
             payload = {}
         if self.record:
-            self.requests.append({"path": path, "headers": headers, "json": payload})
+            self.requests.append({"path": path, "headers": headers, "json": payload, "t": time.monotonic()})
         if not self.authorised(headers):
             return await self._send(writer, 401, {"error": {"message": "invalid api key", "type": "auth"}})
         key = self.match(payload)

@@ -5,9 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from chainforge.log import console, info
+from chainforge.log import console
 
 PLAIN_EVERY_S = 10.0
+
+
+def say(message: str) -> None:
+    """One line to stderr, never wrapped (scripts grep these lines)."""
+    console.print(message, markup=False, soft_wrap=True)
 
 
 @dataclass
@@ -56,7 +61,7 @@ class Progress:
                              status=f"failed {t.failed} · expanded {t.expanded} · ${t.cost:.4f} · {t.rate:.1f}/s")
         elif time.monotonic() - self._last >= PLAIN_EVERY_S:
             self._last = time.monotonic()
-            info(t.line())
+            say(t.line())
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:

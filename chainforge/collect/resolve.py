@@ -151,4 +151,4 @@ def build_expander(ep: Source, opts, counters: Counters, teacher):
         from chainforge.collect.teachers import LocalTeacher
 
         load = LocalTeacher(ep.model_ref, 0, 0.0, opts.seed).load
-    return ex.LocalExpander(load, ep.model, opts.seed)
+    return ex.LocalExpander(load, ep.model, opts.seed, max_new_tokens=min(96, opts.max_new_tokens or 96))

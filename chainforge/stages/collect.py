@@ -21,13 +21,12 @@ from typing import Iterator, Optional
 from chainforge.collect.chat import Counters, RunStopped
 from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
 from chainforge.collect.pricing import price_for, price_table
-from chainforge.collect.progress import Tally, print_summary
+from chainforge.collect.progress import Tally, print_summary, say
 from chainforge.collect.resolve import build_expander, build_teacher, resolve_expander, resolve_teacher
 from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
 from chainforge.collect.teachers import PromptItem
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
-from chainforge.log import info
 
 # Options that may change when a run is resumed: they change how fast or how far it goes, not
 # what a row is.
@@ -77,12 +76,12 @@ def run(opts) -> None:
 
     why = "" if expander_given else (" (the default: ANTHROPIC_API_KEY is set)" if expander_src.kind != "none"
                                      else " (the default: ANTHROPIC_API_KEY is not set; nothing is grounded)")
-    info(f"collect: teacher {teacher_src.describe()}, expander {expander_src.describe()}{why}")
-    info(f"collect: {len(ids.unique)} prompts, {len(done)} done, {len(failed_ids)} failed, {pending} to go"
+    say(f"collect: teacher {teacher_src.describe()}, expander {expander_src.describe()}{why}")
+    say(f"collect: {len(ids.unique)} prompts, {len(done)} done, {len(failed_ids)} failed, {pending} to go"
          + (f" ({ids.duplicates} duplicate prompts skipped)" if ids.duplicates else ""))
     for src in (teacher_src, expander_src):
         if src.kind in ("deepseek", "openai", "anthropic") and price_for(prices, src.model) is None:
-            info(f"collect: no price for {src.model}; its cost counts as 0 (add --price {src.model}=IN,HIT,OUT)")
+            say(f"collect: no price for {src.model}; its cost counts as 0 (add --price {src.model}=IN,HIT,OUT)")
 
     # ---- collect -----------------------------------------------------------------------------------
     from chainforge.collect.engine import Collector
@@ -143,7 +142,7 @@ def run(opts) -> None:
         shutil.rmtree(cache, ignore_errors=True)
     out.finish(metrics)
     print_summary(metrics, tally.expansion_failures)
-    info(f"collect: wrote {metrics['rows']} rows to {out.path}")
+    say(f"collect: wrote {metrics['rows']} rows to {out.path}")
 
 
 def _check_numbers(opts) -> None:

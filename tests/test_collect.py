@@ -1,0 +1,370 @@
+"""collect end to end: the real CLI against real HTTP servers on 127.0.0.1 (tests/fake_apis.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import write_jsonl
+from fake_apis import FakeAnthropic, FakeDeepSeek
+
+from chainforge.formats import parse_super_cot
+
+
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    import chainforge.collect.retry as retry
+
+    monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
+
+
+@pytest.fixture
+def deepseek(monkeypatch, fast_backoff):
+    with FakeDeepSeek(latency=0.01) as server:
+        monkeypatch.setenv("DEEPSEEK_API_KEY", server.api_key)
+        monkeypatch.setenv("DEEPSEEK_BASE_URL", server.url)
+        yield server
+
+
+@pytest.fixture
+def anthropic_api(monkeypatch):
+    with FakeAnthropic() as server:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        yield server
+
+
+def prompts_file(tmp_path: Path, n: int, answer: str = "42") -> Path:
+    return write_jsonl(tmp_path / "prompts.jsonl",
+                       [{"prompt": f"Q{i}: what is 6 times 7?", "answer": answer} for i in range(n)])
+
+
+def rows_of(out: Path) -> list[dict]:
+    from datasets import load_from_disk
+
+    return list(load_from_disk(str(out)))
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "chainforge.json").read_text())
+
+
+def failed_lines(out: Path) -> list[dict]:
+    p = out / "failed.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
+
+
+def assert_no_secret(out: Path, *secrets: str) -> None:
+    for f in out.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            for s in secrets:
+                assert s.encode() not in data, f"{s} leaked into {f}"
+
+
+# ---- the happy path ---------------------------------------------------------------------------------
+
+def test_uncertain_steps_are_expanded_and_rows_follow_the_contract(cli, tmp_path, deepseek, anthropic_api):
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 3), "--output", out, "--max-new-tokens", 2048)
+    assert r.exit_code == 0, r.stderr
+    first = r.stderr.strip().splitlines()[0]
+    assert "teacher deepseek" in first and "expander anthropic" in first
+    rows = rows_of(out)
+    assert [row["prompt"] for row in rows] == [f"Q{i}: what is 6 times 7?" for i in range(3)]
+    for row in rows:
+        assert len(row["steps"]) == 3 and row["uncertain"] == [False, True, False]
+        assert row["expansions"][0] is None and row["expansions"][2] is None
+        assert row["expansions"][1].startswith("The step is valid")
+        parsed = parse_super_cot(row["text"])
+        assert parsed.steps == row["steps"] and parsed.expansions == row["expansions"] and parsed.summary == "42"
+        assert row["messages"] == [{"role": "user", "content": row["prompt"]},
+                                   {"role": "assistant", "content": row["text"]}]
+        assert row["teacher_answer"] == "42" and row["reference"] == "42" and row["correct"] is True
+        assert row["reasoning"].startswith("First, restate")
+        assert row["usage"]["teacher"]["reasoning"] > 0 and row["usage"]["teacher"]["cache_hit"] == 4
+        assert row["usage"]["expander"]["completion"] > 0 and row["usage"]["cost_usd"] > 0
+    m = manifest(out)
+    assert m["status"] == "complete"
+    assert set(m["metrics"]) == {"prompts", "rows", "failed", "expanded_steps", "uncertain_steps", "correct_rate",
+                                 "cost_usd", "requests", "retries"}
+    assert m["metrics"]["rows"] == 3 and m["metrics"]["failed"] == 0
+    assert m["metrics"]["expanded_steps"] == 3 and m["metrics"]["uncertain_steps"] == 3
+    assert m["metrics"]["requests"] == 6 and m["metrics"]["retries"] == 0
+    assert m["metrics"]["correct_rate"] == 1.0
+    assert abs(m["metrics"]["cost_usd"] - sum(r["usage"]["cost_usd"] for r in rows)) < 1e-6
+    # what the teacher was sent: one user turn, never reasoning_content, nothing the reasoner rejects
+    for req in deepseek.requests:
+        body = req["json"]
+        assert req["path"] == "/chat/completions"
+        assert req["headers"]["authorization"] == f"Bearer {deepseek.api_key}"
+        assert [m["role"] for m in body["messages"]] == ["user"]
+        assert "reasoning_content" not in json.dumps(body)
+        assert "logprobs" not in body and body["model"] == "deepseek-reasoner" and body["max_tokens"] == 2048
+    # the expander: the SDK's Messages API, the current Sonnet, max_tokens <= 512, one per uncertain step
+    assert len(anthropic_api.requests) == 3
+    for req in anthropic_api.requests:
+        assert req["path"] == "/v1/messages"
+        assert req["json"]["model"] == "claude-sonnet-4-6" and req["json"]["max_tokens"] <= 512
+        assert "Maybe the result is 6 times 7" in req["json"]["messages"][0]["content"]
+    assert_no_secret(out, deepseek.api_key, anthropic_api.api_key)
+
+
+def test_expander_defaults_to_none_without_a_key_and_says_so(cli, tmp_path, deepseek):
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out)
+    assert r.exit_code == 0, r.stderr
+    assert "expander none" in r.stderr.splitlines()[0] or "expander none" in r.stderr.split("\n\n")[0]
+    rows = rows_of(out)
+    assert all(row["uncertain"] == [False, True, False] and row["expansions"] == [None] * 3 for row in rows)
+    assert manifest(out)["metrics"]["expanded_steps"] == 0
+
+
+def test_refused_or_failed_expansions_leave_the_step_unexpanded(cli, tmp_path, deepseek, anthropic_api):
+    anthropic_api.answer = lambda text: "I'm sorry, I can't help with that." if "Q0:" in text else "Fine: 6*7=42."
+    anthropic_api.plan("Q1:", "400")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 3), "--output", out)
+    assert r.exit_code == 0, r.stderr
+    rows = rows_of(out)
+    assert rows[0]["expansions"] == [None] * 3 and rows[1]["expansions"] == [None] * 3
+    assert rows[2]["expansions"][1] == "Fine: 6*7=42."
+    assert manifest(out)["metrics"]["expanded_steps"] == 1
+
+
+def test_max_expansions_caps_grounding_per_trace(cli, tmp_path, deepseek, anthropic_api):
+    deepseek.answer = lambda p: ("Maybe A.\n\nPerhaps B.\n\nI guess C, not sure.\n\nSo 42.", "42")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 1), "--output", out, "--max-expansions", 1)
+    assert r.exit_code == 0, r.stderr
+    (row,) = rows_of(out)
+    assert row["uncertain"] == [True, True, True, False]
+    assert [e is not None for e in row["expansions"]] == [False, False, True, False]  # the most hedged one
+
+
+# ---- retries and failures ---------------------------------------------------------------------------
+
+def test_transient_faults_are_retried_until_every_prompt_is_a_row(cli, tmp_path, deepseek):
+    faults = ["429:retry-after=1", "500", "503", "529", "empty", "nonjson", "blank", "drop"]
+    for i, fault in enumerate(faults):
+        deepseek.plan(f"Q{i}: what is 6 times 7?", fault)
+    deepseek.plan(f"Q{len(faults)}: what is 6 times 7?", "blank")  # blank lines on the first attempt: no retry
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, len(faults) + 1), "--output", out)
+    assert r.exit_code == 0, r.stderr
+    assert len(rows_of(out)) == len(faults) + 1 and failed_lines(out) == []
+    m = manifest(out)["metrics"]
+    assert m["retries"] == len(faults) - 1 and m["requests"] == 2 * len(faults)  # 'blank' succeeds at once
+    times = [q["t"] for q in deepseek.requests if q["json"]["messages"][-1]["content"].startswith("Q0:")]
+    assert times[1] - times[0] >= 0.9  # Retry-After: 1 honoured
+
+
+def test_a_400_fails_only_that_prompt(cli, tmp_path, deepseek):
+    deepseek.plan("Q1: what is 6 times 7?", "400")
+    deepseek.plan("Q2: what is 6 times 7?", "422")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 4), "--output", out)
+    assert r.exit_code == 0, r.stderr
+    assert [row["prompt"][:2] for row in rows_of(out)] == ["Q0", "Q3"]
+    failed = failed_lines(out)
+    assert sorted((f["prompt"][:2], f["status_code"]) for f in failed) == [("Q1", 400), ("Q2", 422)]
+    assert all(set(f) == {"id", "prompt", "reason", "status_code"} for f in failed)
+    assert deepseek.attempts["Q1: what is 6 times 7?"] == 1  # never retried
+    m = manifest(out)
+    assert m["status"] == "complete" and m["metrics"]["failed"] == 2 and m["metrics"]["rows"] == 2
+
+
+def test_retries_exhausted_for_one_prompt_fail_it(cli, tmp_path, deepseek):
+    deepseek.plan("Q1: what is 6 times 7?", "500", "500", "500")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 3), "--output", out, "--max-retries", 2)
+    assert r.exit_code == 0, r.stderr
+    (failed,) = failed_lines(out)
+    assert failed["prompt"].startswith("Q1") and "retries exhausted" in failed["reason"]
+    assert failed["status_code"] == 500 and deepseek.attempts["Q1: what is 6 times 7?"] == 3
+
+
+def test_an_api_that_is_down_stops_the_run_without_failing_prompts(cli, tmp_path, deepseek):
+    deepseek.always = "503"
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 8), "--output", out, "--max-retries", 1)
+    assert r.exit_code == 1
+    assert "looks down" in r.stderr
+    assert failed_lines(out) == [] and manifest(out)["status"] == "incomplete"
+    deepseek.always = None
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 8), "--output", out, "--max-retries", 1)
+    assert r.exit_code == 0, r.stderr
+    assert len(rows_of(out)) == 8
+
+
+def test_402_stops_the_run_and_a_rerun_finishes_without_paying_twice(cli, tmp_path, deepseek):
+    deepseek.plan("Q3: what is 6 times 7?", "402")
+    out = tmp_path / "out"
+    args = ["collect", "--prompts", prompts_file(tmp_path, 6), "--output", out, "--concurrency", 1]
+    r = cli(*args)
+    assert r.exit_code == 1
+    assert "402" in r.stderr and "rerun the same command" in r.stderr
+    assert manifest(out)["status"] == "incomplete"
+    journaled = [json.loads(line)["prompt"] for line in (out / "journal.jsonl").read_text().splitlines()]
+    assert journaled == [f"Q{i}: what is 6 times 7?" for i in range(3)]
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    assert len(rows_of(out)) == 6
+    for i in range(6):
+        assert deepseek.attempts[f"Q{i}: what is 6 times 7?"] == (2 if i == 3 else 1)
+
+
+def test_401_stops_the_run_naming_the_key(cli, tmp_path, deepseek, monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-wrong")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out)
+    assert r.exit_code == 1
+    assert "401" in r.stderr and "DEEPSEEK_API_KEY" in r.stderr
+    assert_no_secret(out, "sk-wrong")
+
+
+def test_max_cost_stops_sending_and_a_higher_budget_resumes(cli, tmp_path, deepseek):
+    # 1 USD per 1k output tokens makes a row cost a few cents; the budget stops after a few rows.
+    price = ["--price", "deepseek-reasoner=0,0,1000"]
+    out = tmp_path / "out"
+    base = ["collect", "--prompts", prompts_file(tmp_path, 10), "--output", out, "--concurrency", 1, *price,
+            "--max-new-tokens", 50]
+    r = cli(*base, "--max-cost", 0.1)
+    assert r.exit_code == 1 and "--max-cost" in r.stderr
+    m = manifest(out)
+    assert m["status"] == "incomplete" and 0 < m["metrics"]["cost_usd"] <= 0.1
+    done_first = len((out / "journal.jsonl").read_text().splitlines())
+    assert 0 < done_first < 10
+    r = cli(*base, "--max-cost", 100)
+    assert r.exit_code == 0, r.stderr
+    assert len(rows_of(out)) == 10 and sum(deepseek.attempts.values()) == 10
+
+
+def test_retry_failed_retries_only_failed_prompts(cli, tmp_path, deepseek):
+    deepseek.plan("Q1: what is 6 times 7?", "400")
+    out = tmp_path / "out"
+    args = ["collect", "--prompts", prompts_file(tmp_path, 3), "--output", out]
+    assert cli(*args).exit_code == 0
+    assert len(failed_lines(out)) == 1
+    r = cli(*args)
+    assert r.exit_code == 2 and "--overwrite" in r.stderr  # complete: a plain rerun refuses
+    r = cli(*args, "--retry-failed")
+    assert r.exit_code == 0, r.stderr
+    assert len(rows_of(out)) == 3 and failed_lines(out) == []
+    assert dict(deepseek.attempts) == {"Q0: what is 6 times 7?": 1, "Q1: what is 6 times 7?": 2,
+                                       "Q2: what is 6 times 7?": 1}
+
+
+def test_drop_incorrect_keeps_only_matching_rows(cli, tmp_path, deepseek):
+    deepseek.answer = lambda p: ("Compute it.\n\nDone.", "41" if p.startswith("Q0") else "\\boxed{42}")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 3), "--output", out, "--drop-incorrect")
+    assert r.exit_code == 0, r.stderr
+    rows = rows_of(out)
+    assert [row["prompt"][:2] for row in rows] == ["Q1", "Q2"] and all(row["correct"] for row in rows)
+    out2 = tmp_path / "out2"
+    assert cli("collect", "--prompts", prompts_file(tmp_path, 3), "--output", out2).exit_code == 0
+    assert [row["correct"] for row in rows_of(out2)] == [False, True, True]
+
+
+def test_openai_teacher_reads_a_leading_think_block(cli, tmp_path, deepseek, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", deepseek.api_key)
+    deepseek.answer = lambda p: ("", "<think>Six sevens.\n\nI think that is 42.</think>\nThe answer is 42.")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, "--teacher", "openai",
+            "--teacher-model", "r1-distill", "--teacher-base-url", deepseek.url)
+    assert r.exit_code == 0, r.stderr
+    row = rows_of(out)[0]
+    assert row["steps"] == ["Six sevens.", "I think that is 42."] and row["uncertain"] == [False, True]
+    assert row["teacher_answer"] == "The answer is 42." and row["correct"] is True
+    assert_no_secret(out, deepseek.api_key)
+
+
+def test_changed_options_refuse_to_resume(cli, tmp_path, deepseek):
+    deepseek.plan("Q1: what is 6 times 7?", "402")
+    out = tmp_path / "out"
+    args = ["collect", "--prompts", prompts_file(tmp_path, 3), "--output", out, "--concurrency", 1]
+    assert cli(*args).exit_code == 1
+    r = cli(*args, "--max-expansions", 1)
+    assert r.exit_code == 2 and "max_expansions" in r.stderr
+
+
+def test_config_file_gives_prices_and_concurrency(cli, tmp_path, deepseek):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("concurrency: 2\nprice: ['deepseek-reasoner=1000,0,0']\n")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, "--config", cfg)
+    assert r.exit_code == 0, r.stderr
+    rows = rows_of(out)
+    assert rows[0]["usage"]["cost_usd"] == pytest.approx((rows[0]["usage"]["teacher"]["prompt"] - 4) * 1000 / 1e6)
+
+
+# ---- bad input: exit 2, one line, nothing created ---------------------------------------------------
+
+BAD = [
+    ([], {"DEEPSEEK_API_KEY": None}, "DEEPSEEK_API_KEY"),
+    (["--expander", "anthropic"], {"ANTHROPIC_API_KEY": None}, "ANTHROPIC_API_KEY"),
+    (["--prompt-column", "question"], {}, "no column 'question'"),
+    (["--teacher-base-url", "ftp://example.com"], {}, "--teacher-base-url"),
+    (["--teacher-base-url", "http://"], {}, "--teacher-base-url"),
+    ([], {"DEEPSEEK_BASE_URL": "api.deepseek.com"}, "DEEPSEEK_BASE_URL"),
+    (["--concurrency", "0"], {}, "--concurrency must be at least 1"),
+    (["--concurrency", "-3"], {}, "--concurrency must be at least 1"),
+    (["--price", "deepseek-reasoner=0.28,cheap,0.42"], {}, "CACHE_HIT must be a non-negative number"),
+    (["--price", "deepseek-reasoner"], {}, "MODEL=INPUT,CACHE_HIT,OUTPUT"),
+    (["--teacher", "gpt"], {}, "--teacher 'gpt'"),
+    (["--expander", "gemini"], {}, "--expander 'gemini'"),
+    (["--teacher", "openai"], {"OPENAI_BASE_URL": None}, "--teacher-base-url"),
+    (["--max-cost", "0"], {}, "--max-cost"),
+    (["--marker-domain", "poetry"], {}, "--marker-domain"),
+    (["--retry-failed"], {}, "--retry-failed needs an existing"),
+    (["--teacher", "local", "--teacher-model", "/nonexistent/model"], {}, "--teacher-model"),
+]
+
+
+@pytest.mark.parametrize("extra,env,needle", BAD, ids=[b[2][:30] for b in BAD])
+def test_bad_input_exits_2_and_creates_nothing(cli, tmp_path, monkeypatch, extra, env, needle):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-present")
+    for k, v in env.items():
+        monkeypatch.delenv(k, raising=False) if v is None else monkeypatch.setenv(k, v)
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, *extra)
+    assert r.exit_code == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_missing_deepseek_key_suggests_the_local_teacher(cli, tmp_path):
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 1), "--output", tmp_path / "o")
+    assert r.exit_code == 2 and "--teacher local" in r.stderr
+
+
+def test_an_empty_prompt_row_is_bad_input(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-present")
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "fine"}, {"prompt": "  "}])
+    r = cli("collect", "--prompts", data, "--output", tmp_path / "o")
+    assert r.exit_code == 2 and "row 1" in r.stderr and not (tmp_path / "o").exists()
+
+
+# ---- the local teacher --------------------------------------------------------------------------------
+
+def test_local_teacher_on_a_tiny_model_writes_valid_rows(cli, tmp_path, tiny_model):
+    out = tmp_path / "out"
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)}
+                                              for i in range(4)] + [{"prompt": "No answer column here"}])
+    r = cli("collect", "--prompts", data, "--output", out, "--teacher", "local", "--teacher-model", tiny_model,
+            "--max-new-tokens", 24, "--expander", "local")
+    assert r.exit_code == 0, r.stderr
+    rows = rows_of(out)
+    assert len(rows) + len(failed_lines(out)) == 5
+    for row in rows:
+        parsed = parse_super_cot(row["text"])  # valid even when the model babbles
+        assert parsed.steps == row["steps"] and all(s.strip() for s in row["steps"])
+        assert parsed.summary == row["teacher_answer"].strip()
+        assert len(row["uncertain"]) == len(row["expansions"]) == len(row["steps"])
+        assert row["usage"]["cost_usd"] == 0 and row["usage"]["teacher"]["completion"] > 0
+    assert [row["reference"] for row in rows if row["prompt"].startswith("No")] in ([None], [])
+    assert manifest(out)["status"] == "complete"
