@@ -84,6 +84,74 @@ def report(
     run_stage("report", ctx, locals())
 
 
+from chainforge.config import (  # noqa: E402  (grpo's shared options)
+    AnswerColumn, BatchSize, Data, Epochs, GradAccum, GradientCheckpointing, LearningRate, Limit, LoggingSteps,
+    Lora, LoraAlpha, LoraR, LoraTargets, MaxGradNorm, MaxNewTokens, MaxSteps, Merge, Model, Output, Overwrite,
+    PromptColumn, SaveSteps, Seed, Temperature, Wandb, WarmupRatio,
+)
+
+
+@app.command()
+def grpo(
+    ctx: typer.Context,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    # rewards and prompts
+    rewards: Annotated[Optional[str], typer.Option(
+        "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5), registered "
+                          "names or dotted paths to your own (my_pkg.rewards:fn). "
+                          "Default: accuracy,format,expansion.")] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(
+        "--system-prompt", help="System turn added to string prompts (default: the Super CoT instructions; "
+                                "'' for none).")] = None,
+    prompt_column: PromptColumn = "prompt",
+    answer_column: AnswerColumn = "answer",
+    limit: Limit = None,
+    # generation
+    num_generations: Annotated[int, typer.Option(
+        "--num-generations", help="Completions per prompt (the group size, at least 2).")] = 8,
+    max_new_tokens: MaxNewTokens = 512,
+    temperature: Temperature = 1.0,
+    use_vllm: Annotated[bool, typer.Option(
+        "--use-vllm", help="Generate with vLLM (colocated; needs the vllm extra).")] = False,
+    # GRPO objective
+    beta: Annotated[float, typer.Option(
+        "--beta", help="KL penalty to the reference model (0 loads none; TRL's default is 0).")] = 0.04,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="Clip range of the policy ratio.")] = 0.2,
+    loss_type: Annotated[str, typer.Option(
+        "--loss-type", help="TRL loss: dapo (token-level, no length bias), grpo, dr_grpo, bnpo, cispo, sapo, "
+                            "luspo, vespo.")] = "dapo",
+    # optimisation
+    learning_rate: LearningRate = 1e-6,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = 1.0,
+    prompts_per_step: Annotated[int, typer.Option(
+        "--prompts-per-step", min=1, help="Prompts per device per micro-step; --batch-size defaults to this × "
+                                          "--num-generations.")] = 2,
+    batch_size: BatchSize = None,
+    grad_accum: GradAccum = 1,
+    warmup_ratio: WarmupRatio = 0.0,
+    max_grad_norm: MaxGradNorm = 1.0,
+    gradient_checkpointing: GradientCheckpointing = False,
+    lora: Lora = False,
+    lora_r: LoraR = 16,
+    lora_alpha: LoraAlpha = 32,
+    lora_targets: LoraTargets = "all-linear",
+    merge: Merge = True,
+    # logging and runtime
+    save_steps: SaveSteps = 50,
+    logging_steps: LoggingSteps = 1,
+    wandb: Wandb = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """GRPO (stages 2 and 4): sample groups of completions, score them with verifiable rewards, and move
+    the policy towards the better ones of each group, with a KL leash to the starting model."""
+    run_stage("grpo", ctx, locals())
+
+
 from chainforge.config import (  # noqa: E402,F811  (collect's shared options)
     AnswerColumn, Limit, MaxNewTokens, Output, Overwrite, PromptColumn, Seed, Temperature,
 )

@@ -1,0 +1,297 @@
+"""Stages 2 and 4 of the pipeline: reasoning-oriented RL with TRL's GRPOTrainer.
+
+    chainforge grpo --model runs/demo/01-sft-cold --data data/toy/train.jsonl --output runs/demo/02-rl
+    accelerate launch --config_file configs/accelerate/<launcher>.yaml -m chainforge grpo \\
+        --config configs/grpo-qwen2.5-7b.yaml --model ... --data ... --output ...
+
+For every prompt the policy samples a group of `--num-generations` completions; each is scored by
+the `--rewards` functions (weighted sum), and its advantage is its reward relative to its group.
+The loss is TRL's clipped surrogate (`--epsilon`) plus a KL penalty to the frozen starting model
+(`--beta`, default 0.04 as in DeepSeekMath; TRL's own default 0.0 loads no reference model).
+
+String prompts become a chat [system: the Super CoT instructions (`--system-prompt`), user: the
+prompt]; chat-message prompts pass through. The reference answer reaches the rewards as `answer`.
+
+Batching: TRL counts `--batch-size` in completions, and each generation round must hold whole
+groups: batch-size × grad-accum × processes must be a multiple of num-generations. Left unset, the
+batch is derived as `--prompts-per-step` × `--num-generations`.
+
+Metrics (manifest and TensorBoard under runs/): TRL's `reward`, `rewards/<name>/mean`, `kl`,
+`clip_ratio/*`, `completions/mean_length`, plus ours: `format_rate` and `expansion_rate` (shares of
+the rollouts that parse as Super CoT / that parse and hold an `<explanation>`), and
+`generation_time_share` (wall time inside the trainer's `_generate`, which we wrap, over the
+training wall time).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import time
+from typing import Any, Optional
+
+from chainforge.data import answer_column, load_rows, plan_output, require_columns
+from chainforge.errors import UsageError
+from chainforge.formats import SUPER_COT_SYSTEM_PROMPT, completion_text, parse_super_cot
+from chainforge.log import info
+from chainforge.models import load_model, load_tokenizer, resolve_model
+from chainforge.rewards import NEEDS_ANSWER, get_reward, parse_reward_spec
+from chainforge.training import hardware, lora_config, save_trained, train, train_metrics, trainer_args
+
+STAGE = "grpo"
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+# Keywords TRL itself passes to reward functions: a data column of the same name would collide.
+RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                    "environments")
+
+
+def run(opts) -> None:
+    opts.require("model", "data", "output")
+    reward_names, reward_weights, reward_fns = resolve_rewards(opts.get("rewards"))
+    check_sampling(opts)
+    batch_size, grad_accum = resolve_batch(opts)
+    ref = resolve_model(opts.model)
+    plan = plan_output(opts.output, STAGE, opts, overwrite=opts.overwrite)
+
+    needs_answer = sorted(set(reward_names) & NEEDS_ANSWER)
+    ds = load_prompts(opts, needs_answer)
+    prompts_per_round = batch_size * grad_accum * world_size() // opts.num_generations
+    if len(ds) < prompts_per_round:
+        raise UsageError(f"--data has {len(ds)} prompt(s) but each generation round takes {prompts_per_round} "
+                         f"(batch-size {batch_size} × grad-accum {grad_accum} / num-generations "
+                         f"{opts.num_generations}); add prompts or lower --prompts-per-step/--batch-size")
+
+    import torch
+    from trl import GRPOConfig
+
+    hw = hardware()
+    tokenizer = load_tokenizer(ref)
+    model = load_model(ref, dtype=torch.bfloat16 if hw["bf16"] else torch.float32)
+    peft_config = lora_config(opts, model)
+    args = trainer_args(
+        opts, plan.path, grpo_config(GRPOConfig),
+        learning_rate=opts.get("learning_rate") or 1e-6,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        num_generations=opts.num_generations,
+        max_completion_length=opts.get("max_new_tokens") or 512,
+        temperature=opts.get("temperature") if opts.get("temperature") is not None else 1.0,
+        beta=opts.beta,
+        epsilon=opts.epsilon,
+        loss_type=opts.loss_type,
+        reward_weights=reward_weights,
+        use_vllm=bool(opts.get("use_vllm")),
+        log_completions=False,
+        save_only_model=False,
+    )
+    out = plan.create(inputs=[opts.data, opts.model])
+    info(f"grpo: {len(ds)} prompts, rewards {', '.join(f'{n}×{w:g}' for n, w in zip(reward_names, reward_weights))}, "
+         f"{opts.num_generations} generations per prompt, batch {batch_size} completions × grad-accum {grad_accum}, "
+         f"beta {opts.beta}, loss {opts.loss_type}")
+    trainer = make_trainer(model, reward_fns, args, ds, tokenizer, peft_config)
+    result = train(trainer, out)
+    save_trained(trainer, out, tokenizer, merge=opts.get("merge", True))
+    out.finish(grpo_metrics(trainer, result))
+
+
+# ---- options ------------------------------------------------------------------------------------
+
+def resolve_rewards(spec) -> tuple[list[str], list[float], list]:
+    """`--rewards accuracy,format=0.5,my_pkg.rewards:brevity` → names, weights, functions (exit 2 on a
+    bad name or weight)."""
+    try:
+        names, weights = parse_reward_spec(spec)
+    except ValueError as exc:
+        raise UsageError(f"--rewards: {exc}") from None
+    fns = []
+    for name in names:
+        try:
+            fns.append(get_reward(name))
+        except KeyError as exc:
+            raise UsageError(f"--rewards: {exc.args[0]}") from None
+    return names, weights, fns
+
+
+def check_sampling(opts) -> None:
+    if opts.num_generations < 2:
+        raise UsageError(f"--num-generations must be at least 2, got {opts.num_generations}: GRPO scores each "
+                         f"completion against the others of its group (8 is the usual choice)")
+    if opts.beta < 0:
+        raise UsageError(f"--beta must be ≥ 0, got {opts.beta}: it weighs the KL penalty to the reference model "
+                         f"(0 turns it off, 0.04 is the default)")
+    if opts.epsilon <= 0:
+        raise UsageError(f"--epsilon must be > 0, got {opts.epsilon} (the clip range; 0.2 is the default)")
+    temperature = opts.get("temperature")
+    if temperature is not None and temperature <= 0:
+        raise UsageError("--temperature must be > 0 for GRPO: a group of greedy completions is identical and "
+                         "teaches nothing (1.0 is the default)")
+    if opts.loss_type not in LOSS_TYPES:
+        raise UsageError(f"--loss-type {opts.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+    if opts.get("use_vllm") and importlib.util.find_spec("vllm") is None:
+        raise UsageError("--use-vllm needs vLLM, which is not installed: pip install 'chainforge[vllm]' "
+                         "(or drop --use-vllm to generate with transformers)")
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def resolve_batch(opts) -> tuple[int, int]:
+    """(per-device batch in completions, grad accum). Derived from --prompts-per-step unless
+    --batch-size is given; an explicit batch that splits a group is exit 2 with numbers that fit."""
+    g, accum, world = opts.num_generations, opts.get("grad_accum") or 1, world_size()
+    if opts.get("batch_size") is None:
+        return (opts.get("prompts_per_step") or 1) * g, accum
+    batch = opts.batch_size
+    total = batch * accum * world
+    if total % g == 0:
+        return batch, accum
+    step = g // math.gcd(g, accum * world)  # the batch sizes that fit are the multiples of this
+    lower, upper = (batch // step) * step, (batch // step + 1) * step
+    sizes = " or ".join(str(b) for b in (lower, upper) if b > 0)
+    groups = [d for d in range(2, total + 1) if total % d == 0][:6]
+    procs = f" × {world} processes" if world > 1 else ""
+    fix_g = f", or --num-generations {' / '.join(map(str, groups))}" if groups else ""
+    raise UsageError(f"--batch-size {batch} × --grad-accum {accum}{procs} = {total} completions per generation "
+                     f"round, which is not a multiple of --num-generations {g} (each round must hold whole "
+                     f"groups): use --batch-size {sizes}{fix_g}, or leave --batch-size unset to derive it")
+
+
+def grpo_config(config_class):
+    """The GRPOConfig constructor, taking `warmup_ratio` as transformers 5 does: a float
+    `warmup_steps` below 1 is a ratio (`warmup_ratio` itself is gone from TrainingArguments)."""
+
+    def build(**kwargs):
+        ratio = kwargs.pop("warmup_ratio", None)
+        if ratio and "warmup_steps" not in kwargs:
+            kwargs["warmup_steps"] = min(float(ratio), 0.999)
+        return config_class(**kwargs)
+
+    return build
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def load_prompts(opts, needs_answer: list[str]):
+    """The prompt dataset with the columns TRL and our rewards expect: `prompt` (chat messages) and
+    `answer`; other columns pass through to the reward functions."""
+    ds = load_rows(opts.data, limit=opts.get("limit"))
+    prompt_col = opts.get("prompt_column") or "prompt"
+    require_columns(ds, [prompt_col])
+    requested = opts.get("answer_column") or "answer"
+    try:
+        ans_col = answer_column(ds, requested, required=bool(needs_answer))
+    except UsageError as exc:
+        raise UsageError(f"{exc.message}; the rewards {', '.join(needs_answer)} compare against it "
+                         f"(or drop them from --rewards)") from None
+    for i, p in enumerate(ds[prompt_col]):
+        if not _valid_prompt(p):
+            raise UsageError(f"--data row {i}: column '{prompt_col}' must be a non-empty string or a list of "
+                             f"{{role, content}} messages, got {str(p)[:60]!r}")
+    renames = {c: n for c, n in ((prompt_col, "prompt"), (ans_col, "answer")) if c and c != n}
+    drop = [c for c in ds.column_names if (c in renames.values() and c not in renames) or c in RESERVED_COLUMNS]
+    if drop:
+        info(f"grpo: dropping column(s) {', '.join(drop)} (replaced or reserved by TRL)")
+        ds = ds.remove_columns(drop)
+    if renames:
+        ds = ds.rename_columns(renames)
+    system = opts.get("system_prompt")
+    system = SUPER_COT_SYSTEM_PROMPT if system is None else system
+    chats = [as_chat(p, system) for p in ds["prompt"]]  # not .map(): no progress bar on stderr
+    return ds.remove_columns("prompt").add_column("prompt", chats)
+
+
+def _valid_prompt(p: Any) -> bool:
+    if isinstance(p, str):
+        return bool(p.strip())
+    return (isinstance(p, list) and bool(p)
+            and all(isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in p))
+
+
+def as_chat(prompt, system: str) -> list[dict]:
+    """A string prompt → [system, user] messages; a message list passes through unchanged."""
+    if isinstance(prompt, str):
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+# ---- trainer ------------------------------------------------------------------------------------
+
+def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config):
+    """TRL's GRPOTrainer with three measurements added (see the module docstring)."""
+    import torch
+    from trl import GRPOTrainer
+
+    class Trainer(GRPOTrainer):
+        generation_seconds = 0.0
+        train_seconds = 0.0
+        _window_generation = 0.0
+        _window_start: Optional[float] = None
+
+        def train(self, *a, **kw):
+            started = self._window_start = time.perf_counter()
+            try:
+                return super().train(*a, **kw)
+            finally:
+                self.train_seconds += time.perf_counter() - started
+
+        def _generate(self, prompts):
+            started = time.perf_counter()
+            try:
+                return super()._generate(prompts)
+            finally:
+                spent = time.perf_counter() - started
+                self.generation_seconds += spent
+                self._window_generation += spent
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            parsed = [_parse(completion_text(c)) for c in completions]
+            flags = torch.tensor([[p is not None, p is not None and p.expanded > 0] for p in parsed],
+                                 dtype=torch.float32, device=self.accelerator.device)
+            flags = self.accelerator.gather(flags)
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["format_rate"].append(flags[:, 0].mean().item())
+            self._metrics[mode]["expansion_rate"].append(flags[:, 1].mean().item())
+            return rewards
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and self._window_start is not None:
+                now = time.perf_counter()
+                window = now - self._window_start
+                logs["generation_time_share"] = self._window_generation / window if window > 0 else None
+                self._window_start, self._window_generation = now, 0.0
+            super().log(logs, start_time)
+
+    return Trainer(model=model, reward_funcs=reward_fns, args=args, train_dataset=ds,
+                   processing_class=tokenizer, peft_config=peft_config)
+
+
+def _parse(text: str):
+    try:
+        return parse_super_cot(text)
+    except ValueError:
+        return None
+
+
+def grpo_metrics(trainer, result) -> dict:
+    """The contract's grpo metrics: rollout metrics from the last logging window, the time share
+    over the whole run (this process), and the trainer's own loss/steps/tokens."""
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    last = logs[-1] if logs else {}
+    trained = trainer.train_seconds
+    metrics = {
+        "reward": last.get("reward"),
+        **{f"reward/{name}": last.get(f"rewards/{name}/mean") for name in trainer.reward_func_names},
+        "reward_std": last.get("reward_std"),
+        "kl": last.get("kl"),
+        "clip_ratio": last.get("clip_ratio/region_mean"),
+        "format_rate": last.get("format_rate"),
+        "expansion_rate": last.get("expansion_rate"),
+        "completion_tokens": last.get("completions/mean_length"),
+        "generation_time_share": (trainer.generation_seconds / trained) if trained else None,
+        "first_reward": logs[0].get("reward") if logs else None,
+        **train_metrics(trainer, result),
+    }
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
