@@ -26,7 +26,6 @@ Working files in --output: `traces/` (the filtered teacher traces), `eval_before
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -47,7 +46,7 @@ METHODS = ("traces", "logits")
 TRACES_DIR = "traces"
 EVAL_BEFORE = "eval_before.json"
 FILTER_REWARDS = ("accuracy", "format", "expansion")  # the contract's defaults: `reward` in traces
-FORMAT_PROMPTS = 4  # prompts for format_rate when there are no held-out rows
+FORMAT_PROMPTS = 4  # training prompts for format_rate when there are no held-out rows
 
 
 def run(opts: Options) -> None:
@@ -89,16 +88,20 @@ def run(opts: Options) -> None:
     before = eval_before(out, student, tokenizer, eval_rows, opts) if main else None
     if method == "traces":
         traces = load_or_make_traces(out, teacher_ref, train_rows, opts, answers)
-        metrics = train_on_traces(opts, out, student, tokenizer, traces, args,
-                                  format_prompts=[] if eval_rows else train_rows[:FORMAT_PROMPTS])
+        metrics = train_on_traces(opts, out, student, tokenizer, traces, args)
         metrics.update(traces=len(traces), trace_prompts=len(set(traces["id"])))
     else:
         metrics = train_on_logits(opts, out, teacher_ref, student, tokenizer, train_rows, args, started)
     if not main:
         return
-    after = held_out_metrics(load_model(resolve_model(str(out.path))), tokenizer, eval_rows, opts)
+    trained = load_model(resolve_model(str(out.path)), device=default_device())  # what was saved
+    after = held_out_metrics(trained, tokenizer, eval_rows, opts)
     if after is not None:
         metrics["format_rate"] = after.get("format_rate")
+    else:  # no held-out rows: a few training prompts, as sft does on small data
+        metrics["format_rate"] = training.format_rate(
+            trained, tokenizer, [_messages(r["prompt"]) for r in train_rows[:FORMAT_PROMPTS]],
+            max_new_tokens=_max_new_tokens(opts), seed=opts.seed)
     metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows))
     metrics.update({f"eval_before/{k}": v for k, v in (before or {}).items()})
     metrics.update({f"eval_after/{k}": v for k, v in (after or {}).items()})
@@ -110,14 +113,11 @@ def run(opts: Options) -> None:
 
 # ---- data ---------------------------------------------------------------------------------------
 
-def prompt_id(prompt: Any) -> str:
-    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def _rows(ds, opts: Options, answers: Optional[str]) -> list[dict]:
     """Plain rows: `id`, `prompt`, `answer` (None without a reference) and `completion` (the
     assistant text a collect/reject output already carries, else None)."""
+    from chainforge.sampling import prompt_id  # the id collect gives rows without one
+
     out = []
     for row in ds:
         prompt = row[opts.prompt_column]
@@ -175,17 +175,21 @@ def held_out_metrics(model, tokenizer, rows: list[dict], opts: Options) -> Optio
     """Greedy pass@1 / format rate of `model` on the held-out rows, by eval's own code."""
     if not rows:
         return None
-    from chainforge.stages.evaluate import evaluate_model
+    from chainforge.metrics import evaluate_model
 
     model.to(default_device())
-    metrics, _ = evaluate_model(model, tokenizer, rows, num_samples=1, temperature=0.0,
-                                max_new_tokens=_max_new_tokens(opts), seed=opts.seed)
+    # Greedy, one sample: the check compares the same student before and after, cheaply.
+    metrics, _ = evaluate_model(model, tokenizer, [{k: r[k] for k in ("id", "prompt", "answer")} for r in rows],
+                                num_samples=1, temperature=0.0, max_new_tokens=_max_new_tokens(opts),
+                                seed=opts.seed)
     return metrics
 
 
 def eval_before(out, student, tokenizer, rows: list[dict], opts: Options) -> Optional[dict]:
     """The student's held-out metrics before training; kept in a file so a resumed run reuses them."""
     path = out.path / EVAL_BEFORE
+    if not rows:
+        return None
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     metrics = held_out_metrics(student, tokenizer, rows, opts)
@@ -286,13 +290,13 @@ def traces_args(opts: Options, output_dir, tokenizer, rows: list[dict]):
     return sft_config(opts, output_dir)
 
 
-def train_on_traces(opts: Options, out, student, tokenizer, traces, args, format_prompts: list[dict]) -> dict:
-    """SFT of the student on the traces through sft's own training path (no second loop here)."""
+def train_on_traces(opts: Options, out, student, tokenizer, traces, args) -> dict:
+    """SFT of the student on the traces through sft's own training path (no second loop here).
+    format_rate is measured afterwards by the caller, the same way for both methods."""
     from chainforge.stages.sft import sft_dataset, train_sft
 
     return train_sft(opts, out, student, tokenizer, sft_dataset(traces), args=args,
-                     peft_config=training.lora_config(opts, student),
-                     format_prompts=[_messages(r["prompt"]) for r in format_prompts])
+                     peft_config=training.lora_config(opts, student))
 
 
 # ---- logits (GKD) ---------------------------------------------------------------------------------
