@@ -28,6 +28,18 @@ def manifest(out: Path) -> dict:
     return json.loads((out / "chainforge.json").read_text())
 
 
+def tensorboard_scalars(out: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = []
+    for events in sorted((out / "runs").rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            points += [(e.step, e.value) for e in acc.Scalars(tag)]
+    return sorted(points)
+
+
 def one_line_error(r, *fragments: str) -> None:
     assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
     assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
@@ -57,6 +69,7 @@ def test_crash_then_resume_gives_a_complete_checkpoint(cli, tiny_model, tmp_path
     assert m["metrics"]["steps"] == 3
     assert m["metrics"]["reward/crashes_after_step_2"] is not None
     assert [i["path"] for i in m["inputs"]] == [str(data), str(tiny_model)]
+    assert not list(out.glob("checkpoint-*")), "a complete output keeps no resumable checkpoints"
 
 
 def test_default_rewards_lora_and_config_file(cli, tiny_model, tmp_path):
@@ -85,7 +98,8 @@ def test_default_rewards_lora_and_config_file(cli, tiny_model, tmp_path):
 
     assert not (out / "adapter_config.json").exists()
     assert AutoModelForCausalLM.from_pretrained(str(out)) is not None
-    assert list((out / "runs").rglob("events.out.tfevents.*")), "TensorBoard events missing"
+    for tag in ("train/reward", "train/kl", "train/format_rate", "train/generation_time_share"):
+        assert len(tensorboard_scalars(out, tag)) == 2, tag
 
 
 @pytest.mark.slow
@@ -98,8 +112,7 @@ def test_learning_signal_reward_rises(cli, tiny_model, tmp_path):
             "--max-steps", "30", "--num-generations", "8", "--prompts-per-step", "2", "--max-new-tokens", "8",
             "--lr", "5e-3", "--save-steps", "100", "--seed", "0")
     assert r.exit_code == 0, r.stderr
-    state = json.loads(sorted(out.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
-    rewards = [h["reward"] for h in state["log_history"] if "reward" in h]
+    rewards = [v for _, v in tensorboard_scalars(out, "train/reward")]
     assert len(rewards) == 30
     first, last = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
     print(f"mean reward: first 6 steps {first:.3f}, last 6 steps {last:.3f}")

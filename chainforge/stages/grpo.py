@@ -37,7 +37,7 @@ from chainforge.formats import SUPER_COT_SYSTEM_PROMPT, completion_text, parse_s
 from chainforge.log import info
 from chainforge.models import load_model, load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, parse_reward_spec
-from chainforge.training import hardware, lora_config, save_trained, train, train_metrics, trainer_args
+from chainforge import training
 
 STAGE = "grpo"
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
@@ -62,15 +62,14 @@ def run(opts) -> None:
                          f"(batch-size {batch_size} × grad-accum {grad_accum} / num-generations "
                          f"{opts.num_generations}); add prompts or lower --prompts-per-step/--batch-size")
 
-    import torch
     from trl import GRPOConfig
 
-    hw = hardware()
     tokenizer = load_tokenizer(ref)
-    model = load_model(ref, dtype=torch.bfloat16 if hw["bf16"] else torch.float32)
-    peft_config = lora_config(opts, model)
-    args = trainer_args(
-        opts, plan.path, grpo_config(GRPOConfig),
+    # fp32 weights under bf16 autocast for full fine-tuning: at lr 1e-6 bf16 weights would drop the updates.
+    model = load_model(ref, dtype=training.model_dtype(lora=bool(opts.get("lora"))))
+    peft_config = training.lora_config(opts, model)
+    args = training.trainer_args(
+        opts, plan.path, GRPOConfig,
         learning_rate=opts.get("learning_rate") or 1e-6,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
@@ -82,17 +81,23 @@ def run(opts) -> None:
         loss_type=opts.loss_type,
         reward_weights=reward_weights,
         use_vllm=bool(opts.get("use_vllm")),
-        log_completions=False,
-        save_only_model=False,
     )
-    out = plan.create(inputs=[opts.data, opts.model])
-    info(f"grpo: {len(ds)} prompts, rewards {', '.join(f'{n}×{w:g}' for n, w in zip(reward_names, reward_weights))}, "
-         f"{opts.num_generations} generations per prompt, batch {batch_size} completions × grad-accum {grad_accum}, "
-         f"beta {opts.beta}, loss {opts.loss_type}")
+    out = training.create_output(plan, inputs=[opts.data, opts.model])
+    main = training.is_main_process()
+    if main:
+        weighted = ", ".join(f"{n}×{w:g}" for n, w in zip(reward_names, reward_weights))
+        info(f"grpo: {len(ds)} prompts, rewards {weighted}, {opts.num_generations} generations per prompt, "
+             f"batch {batch_size} completions × grad-accum {grad_accum}, beta {opts.beta}, loss {opts.loss_type}")
     trainer = make_trainer(model, reward_fns, args, ds, tokenizer, peft_config)
-    result = train(trainer, out)
-    save_trained(trainer, out, tokenizer, merge=opts.get("merge", True))
-    out.finish(grpo_metrics(trainer, result))
+    result = training.train(trainer, out)
+    training.save_trained(trainer, out, tokenizer, merge=opts.get("merge", True))
+    if main:
+        metrics = grpo_metrics(trainer, result)
+        out.finish(metrics)
+        training.remove_checkpoints(out.path)  # a complete output is never resumed
+        info(f"grpo: {metrics['steps']} steps, reward {_fmt(metrics['first_reward'])} -> {_fmt(metrics['reward'])}, "
+             f"format_rate {_fmt(metrics['format_rate'])}, generation {_fmt(metrics['generation_time_share'])} "
+             f"of the time -> {out.path}")
 
 
 # ---- options ------------------------------------------------------------------------------------
@@ -156,19 +161,6 @@ def resolve_batch(opts) -> tuple[int, int]:
     raise UsageError(f"--batch-size {batch} × --grad-accum {accum}{procs} = {total} completions per generation "
                      f"round, which is not a multiple of --num-generations {g} (each round must hold whole "
                      f"groups): use --batch-size {sizes}{fix_g}, or leave --batch-size unset to derive it")
-
-
-def grpo_config(config_class):
-    """The GRPOConfig constructor, taking `warmup_ratio` as transformers 5 does: a float
-    `warmup_steps` below 1 is a ratio (`warmup_ratio` itself is gone from TrainingArguments)."""
-
-    def build(**kwargs):
-        ratio = kwargs.pop("warmup_ratio", None)
-        if ratio and "warmup_steps" not in kwargs:
-            kwargs["warmup_steps"] = min(float(ratio), 0.999)
-        return config_class(**kwargs)
-
-    return build
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -268,6 +260,10 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config):
                    processing_class=tokenizer, peft_config=peft_config)
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
 def _parse(text: str):
     try:
         return parse_super_cot(text)
@@ -292,6 +288,6 @@ def grpo_metrics(trainer, result) -> dict:
         "completion_tokens": last.get("completions/mean_length"),
         "generation_time_share": (trainer.generation_seconds / trained) if trained else None,
         "first_reward": logs[0].get("reward") if logs else None,
-        **train_metrics(trainer, result),
+        **training.train_metrics(trainer, result),
     }
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
