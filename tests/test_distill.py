@@ -167,6 +167,17 @@ def test_logits_trains_with_gkd_and_saves_a_loadable_student(cli, tiny_model, st
     assert AutoModelForCausalLM.from_pretrained(str(out)).config.num_hidden_layers == 1
 
 
+def test_logits_with_an_unmerged_lora_adapter(cli, tiny_model, student_model, prompts_file, tmp_path):
+    out = tmp_path / "lora"
+    r = cli("distill", "--teacher", tiny_model, "--student", student_model, "--data", prompts_file,
+            "--output", out, "--method", "logits", "--lora", "--no-merge", "--lora-r", "4", "--max-steps", "1",
+            *FAST)
+    assert r.exit_code == 0, r.stderr
+    assert (out / "adapter_config.json").is_file() and not (out / "config.json").exists()
+    # the after-check scored the student with the saved adapter on top
+    assert "eval_after/pass@1" in manifest(out)["metrics"]
+
+
 def test_logits_refuses_two_vocabularies(cli, tiny_model, tmp_path):
     from tiny import build_tiny_model, build_tokenizer
 

@@ -94,7 +94,7 @@ def run(opts: Options) -> None:
         metrics = train_on_logits(opts, out, teacher_ref, student, tokenizer, train_rows, args, started)
     if not main:
         return
-    trained = load_model(resolve_model(str(out.path)), device=default_device())  # what was saved
+    trained = load_trained(out, student_ref)
     after = held_out_metrics(trained, tokenizer, eval_rows, opts)
     if after is not None:
         metrics["format_rate"] = after.get("format_rate")
@@ -109,6 +109,16 @@ def run(opts: Options) -> None:
     training.remove_checkpoints(out.path)
     info(f"distill ({method}): {metrics.get('steps')} steps, train_loss {metrics.get('train_loss')}, "
          f"format_rate {metrics.get('format_rate')} -> {out.path}")
+
+
+def load_trained(out, student_ref: ModelRef):
+    """The student as saved in --output (the after-check scores what a user gets): a full checkpoint,
+    or with --lora --no-merge the student with the saved adapter on top."""
+    if (out.path / "config.json").is_file():
+        return load_model(resolve_model(str(out.path)), device=default_device())
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_model(student_ref), str(out.path)).to(default_device())
 
 
 # ---- data ---------------------------------------------------------------------------------------
