@@ -17,7 +17,7 @@ import typer
 
 from chainforge.errors import UsageError
 
-SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
+SECRET_KEY = re.compile(r"key|token(?!s)|secret|password", re.IGNORECASE)  # not max_new_tokens
 REDACTED = "***"
 
 
