@@ -167,6 +167,33 @@ def test_logits_trains_with_gkd_and_saves_a_loadable_student(cli, tiny_model, st
     assert AutoModelForCausalLM.from_pretrained(str(out)).config.num_hidden_layers == 1
 
 
+def test_gkd_loss_does_not_depend_on_the_replaced_placeholder(tiny_model, student_model, tmp_path):
+    """Fully on-policy (lambda 1), every dataset completion is replaced by a student sample, so the
+    loss must not change with the placeholder's length. Stock TRL 1.16 GKD divides by the
+    placeholder's token count (trl#4719); the wrapper divides by the generated tokens."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chainforge.stages.distill import gkd_trainer_class
+
+    config_class, trainer_class = gkd_trainer_class()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    losses = []
+    for placeholder in ("", "one two three four five six seven eight nine ten " * 3):
+        rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": placeholder}]}
+                for q in QUESTIONS[:4]]
+        args = config_class(output_dir=str(tmp_path / "gkd"), max_steps=1, per_device_train_batch_size=4,
+                            use_cpu=True, bf16=False, report_to=[], lmbda=1.0, beta=0.5, temperature=0.9,
+                            max_new_tokens=16, save_strategy="no", disable_tqdm=True, seed=0,
+                            gradient_checkpointing=False, learning_rate=0.0)
+        trainer = trainer_class(model=AutoModelForCausalLM.from_pretrained(str(student_model)),
+                                teacher_model=AutoModelForCausalLM.from_pretrained(str(tiny_model)),
+                                args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+        losses.append(trainer.train().training_loss)
+        assert trainer.state.num_input_tokens_seen > 0
+    assert losses[0] > 0 and abs(losses[0] - losses[1]) < 1e-6 * max(1.0, losses[0]), losses
+
+
 def test_logits_with_an_unmerged_lora_adapter(cli, tiny_model, student_model, prompts_file, tmp_path):
     out = tmp_path / "lora"
     r = cli("distill", "--teacher", tiny_model, "--student", student_model, "--data", prompts_file,
