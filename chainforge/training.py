@@ -39,6 +39,56 @@ def hardware() -> dict:
     return {"use_cpu": True, "bf16": False, "fp16": False}
 
 
+def model_dtype(lora: bool = False):
+    """The dtype to load trainable weights in. Full fine-tuning keeps fp32 weights (bf16 autocast does
+    the matmuls): pure-bf16 weights drop updates smaller than 2^-8 of a weight, i.e. most updates at
+    lr 5e-6. Frozen LoRA base weights can be bf16 on hardware that has it (the adapters stay fp32)."""
+    import torch
+
+    return torch.bfloat16 if lora and hardware()["bf16"] else torch.float32
+
+
+def is_main_process() -> bool:
+    """True on rank 0, or when not distributed (torchrun/accelerate set RANK)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def create_output(plan, inputs: Sequence = ()):
+    """`plan.create(inputs)` on rank 0 only; the other ranks wait for it and get a StageOutput for
+    the same folder that has written nothing (so ranks never race on the folder or the manifest).
+    Call it after `trainer_args` (which starts the process group under torchrun/accelerate)."""
+    from chainforge.data import StageOutput, input_record
+
+    if is_main_process():
+        out = plan.create(inputs=inputs)
+        barrier()
+        return out
+    barrier()
+    return StageOutput(plan.path, plan.stage, plan.config, [input_record(i) for i in inputs], "")
+
+
+def remove_checkpoints(output_dir: str | Path) -> None:
+    """Delete the resumable `checkpoint-*` folders once the result is saved and the manifest is
+    complete: a complete output is never resumed, and a 7B full fine-tune's optimizer state is
+    ~56 GB per checkpoint."""
+    import shutil
+
+    for ckpt in Path(output_dir).glob("checkpoint-*"):
+        if ckpt.is_dir():
+            shutil.rmtree(ckpt, ignore_errors=True)
+
+
 def trainer_args(opts, output_dir: str | Path, config_class, **stage_specific):
     """The TRL config (SFTConfig, GRPOConfig, …) from the shared training options, plus the
     stage's own fields. Options a stage does not declare fall back to the defaults here."""
@@ -55,7 +105,8 @@ def trainer_args(opts, output_dir: str | Path, config_class, **stage_specific):
         learning_rate=get("learning_rate") or 1e-5,
         per_device_train_batch_size=get("batch_size") or 8,
         gradient_accumulation_steps=get("grad_accum", 1),
-        warmup_ratio=get("warmup_ratio", 0.1),
+        # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio of all steps.
+        warmup_steps=min(float(get("warmup_ratio", 0.1)), 0.999),
         max_grad_norm=get("max_grad_norm", 1.0),
         gradient_checkpointing=bool(get("gradient_checkpointing", False)),
         logging_steps=get("logging_steps", 1),
@@ -109,46 +160,67 @@ def train(trainer, out) -> Any:
     Ctrl-C → exit 130 and a crash → exit 1, both with the manifest left `incomplete` so the same
     command resumes."""
     resume = last_checkpoint(out.path)
-    if resume:
+    if resume and is_main_process():
         info(f"resuming from {Path(resume).name}")
+    main = is_main_process()  # only rank 0 writes the manifest
     try:
         return trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:
-        out.mark_incomplete()
+        if main:
+            out.mark_incomplete()
         raise Interrupted("training interrupted; checkpoints are kept, resume with the same command") from None
     except (UsageError, RunFailed):
-        out.mark_incomplete()
+        if main:
+            out.mark_incomplete()
         raise
     except Exception as exc:
-        out.mark_incomplete()
+        if main:
+            out.mark_incomplete()
         raise RunFailed(f"training stopped: {type(exc).__name__}: {exc}; resume with the same command") from exc
 
 
-def save_trained(trainer, out, tokenizer, merge: bool = True) -> None:
+def save_trained(trainer, out, tokenizer, merge: bool = True):
     """Write the trained model into the output folder so that from_pretrained(out) loads it.
-    LoRA adapters are merged into the base weights unless merge=False (then the adapter is saved)."""
+    LoRA adapters are merged into the base weights unless merge=False (then the adapter is saved).
+    Returns the model that was saved (use it afterwards: merging unloads the adapters), None on
+    ranks other than 0."""
+    if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+        # Sharded weights (FSDP, ZeRO): every rank takes part in gathering them; rank 0 writes.
+        # (Not exercised here: no GPUs. LoRA adapters are saved unmerged on this path.)
+        tmp = Path(out.path) / ".partial-checkpoint"
+        trainer.save_model(str(tmp))
+        if not trainer.is_world_process_zero():
+            return None
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        out._move_in(tmp, last=["config.json"])
+        return trainer.accelerator.unwrap_model(trainer.model)
     if not trainer.is_world_process_zero():
-        return
+        return None
     model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
     if merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     out.save_checkpoint(model, tokenizer)
+    return model
 
 
 def train_metrics(trainer, result, started: Optional[float] = None) -> dict:
     """train_loss, tokens and tokens_per_s from the trainer's own accounting."""
     metrics = dict(getattr(result, "metrics", {}) or {})
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
-    if not tokens:
-        tokens = int(max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0))
+    # SFTTrainer counts the non-pad tokens of every rank in `_total_train_tokens` (this session only;
+    # a resumed run's earlier tokens are in the logged `num_tokens`); other trainers may fill
+    # `num_input_tokens_seen`.
+    session = int(getattr(trainer, "_total_train_tokens", 0) or getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
+    logged = int(max((h.get("num_tokens", 0) for h in trainer.state.log_history), default=0))
+    tokens = max(session, logged)
     runtime = metrics.get("train_runtime") or ((time.time() - started) if started else None)
     out = {
         "train_loss": metrics.get("train_loss", logs[-1]["loss"] if logs else None),
         "final_loss": logs[-1]["loss"] if logs else None,
         "steps": trainer.state.global_step,
         "tokens": tokens,
-        "tokens_per_s": (tokens / runtime) if tokens and runtime else None,
+        "tokens_per_s": ((session or tokens) / runtime) if (session or tokens) and runtime else None,
     }
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
 
