@@ -298,6 +298,61 @@ def distill(
     run_stage("distill", ctx, locals())
 
 
+from chainforge.config import (  # noqa: E402,F811  (sft's shared options)
+    BatchSize, Data, Epochs, GradAccum, GradientCheckpointing, LearningRate, Limit, LoggingSteps, Lora, LoraAlpha,
+    LoraR, LoraTargets, MaxGradNorm, MaxNewTokens, MaxSteps, Merge, Model, Output, Overwrite, PromptColumn,
+    SaveSteps, Seed, Wandb, WarmupRatio,
+)
+
+
+@app.command()
+def sft(
+    ctx: typer.Context,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    # data
+    prompt_column: PromptColumn = "prompt",
+    only_correct: Annotated[bool, typer.Option(
+        "--only-correct/--all-rows", help="Train only on rows whose `correct` is not false.")] = True,
+    limit: Limit = None,
+    max_length: Annotated[int, typer.Option(
+        "--max-length", min=16, help="Longest training sequence in tokens (longer answers are cut).")] = 2048,
+    packing: Annotated[bool, typer.Option(
+        "--packing/--no-packing", help="Pack rows padding-free (TRL bfd); pays off with varlen attention on "
+                                       "GPUs. Off: batches of similar-length rows.")] = False,
+    # optimisation
+    learning_rate: LearningRate = 1e-5,
+    epochs: Epochs = 1.0,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 8,
+    grad_accum: GradAccum = 1,
+    warmup_ratio: WarmupRatio = 0.1,
+    max_grad_norm: MaxGradNorm = 1.0,
+    optim: Annotated[str, typer.Option(
+        "--optim", help="transformers optimizer name: adamw_torch, adamw_torch_fused, adamw_8bit "
+                        "(needs bitsandbytes), …")] = "adamw_torch",
+    gradient_checkpointing: GradientCheckpointing = False,
+    lora: Lora = False,
+    lora_r: LoraR = 16,
+    lora_alpha: LoraAlpha = 32,
+    lora_targets: LoraTargets = "all-linear",
+    merge: Merge = True,
+    # logging and runtime
+    max_new_tokens: MaxNewTokens = 256,
+    save_steps: SaveSteps = 50,
+    logging_steps: LoggingSteps = 1,
+    wandb: Wandb = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """SFT (stages 1 and 3b): fine-tune on Super CoT traces (a collect or reject output, or
+    prompt/completion rows) with the loss on the assistant turn only. --max-new-tokens caps the
+    held-out generations behind the format_rate metric."""
+    run_stage("sft", ctx, locals())
+
+
 def main() -> None:
     """Console entry point: click's own usage errors also become one `Error:` line with exit 2."""
     try:
