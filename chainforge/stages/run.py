@@ -166,7 +166,7 @@ def plan_stages(recipe: dict, base_dir: Path) -> list[Stage]:
                 options[key] = str(_model(options[key], base_dir))
         out = run_dir / f"{i:02d}-{raw['name']}"
         stage = Stage(i, str(raw["name"]), command, options, out)
-        stage.args = [command, *_as_args(options), "--output", str(out)]
+        stage.args = [command, *_as_args(command, options), "--output", str(out)]
         plan.append(stage)
         kind = PRODUCES[command]
         if kind:
@@ -188,29 +188,22 @@ def _model(value: Any, base: Path) -> str:
     return text
 
 
-def _as_args(options: dict) -> list[str]:
+def _as_args(command: str, options: dict) -> list[str]:
+    params = command_params(command)
     args: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if value is None:
             continue
         if isinstance(value, bool):
-            args.append(flag if value else _negative_flag(key))
+            secondary = getattr(params.get(key), "secondary_opts", None)
+            args.append(flag if value else (secondary[0] if secondary else "--no-" + key.replace("_", "-")))
         elif isinstance(value, (list, tuple)):
             for v in value:
                 args += [flag, str(v)]
         else:
             args += [flag, str(value)]
     return args
-
-
-def _negative_flag(key: str) -> str:
-    """The `--no-x` (or other declared secondary) form of a boolean option."""
-    for command in PRODUCES:
-        param = command_params(command).get(key)
-        if param is not None and getattr(param, "secondary_opts", None):
-            return param.secondary_opts[0]
-    return "--no-" + key.replace("_", "-")
 
 
 def stage_is_current(stage: Stage, redone: set[str]) -> bool:
