@@ -127,8 +127,8 @@ def grpo(
     max_steps: MaxSteps = None,
     epochs: Epochs = 1.0,
     prompts_per_step: Annotated[int, typer.Option(
-        "--prompts-per-step", min=1, help="Prompts per device per micro-step; --batch-size defaults to this × "
-                                          "--num-generations.")] = 2,
+        "--prompts-per-step", min=1, help="Prompts per device per micro-step: --batch-size (counted in "
+                                          "completions for grpo) defaults to this × --num-generations.")] = 2,
     batch_size: BatchSize = None,
     grad_accum: GradAccum = 1,
     warmup_ratio: WarmupRatio = 0.0,
