@@ -93,6 +93,7 @@ def test_default_rewards_lora_and_config_file(cli, tiny_model, tmp_path):
     assert 1 <= metrics["completion_tokens"] <= 8
     assert m["config"]["num_generations"] == 2 and m["config"]["beta"] == 0.04  # file value, CLI wins
     assert m["config"]["rewards"] == "accuracy,format,expansion"
+    assert m["config"]["max_new_tokens"] == 8  # a token budget is not a secret token
     # The LoRA adapter was merged: a plain checkpoint that from_pretrained loads.
     from transformers import AutoModelForCausalLM
 
