@@ -107,3 +107,21 @@ def test_spec_and_weighted_total():
     totals, per = score([GROUNDED, "x"], {"answer": ["12", "12"]}, ["accuracy", "format", "expansion"], [1, 1, 1])
     assert totals == [pytest.approx(1.3), 0.0]
     assert per["format"] == [0.2, 0.0]
+
+
+@pytest.mark.parametrize("completion", [
+    "<reasoning_process></reasoning_process><summary></summary>",          # tags only
+    "<reasoning_process>\n<think></think>\n</reasoning_process>\n<summary>\n12\n</summary>",  # empty step
+    GOOD + "\nand one more thing",                                           # text after </summary>
+    "<summary>12</summary>",                                                 # no reasoning at all
+    GOOD.replace("<summary>\n12", "<summary>\n<think>12</think>"),           # tags inside <summary>
+])
+def test_format_is_not_earned_by_tag_soup(completion):
+    assert get_reward("format")([completion]) == [0.0]
+    assert get_reward("expansion")([completion], answer=["12"]) == [0.0]
+
+
+def test_expansion_bonus_needs_the_right_single_answer():
+    padded = write_super_cot(["guess"], ["I will list several candidates to be safe here."], "11, 12, 13")
+    assert get_reward("expansion")([padded], answer=["12"]) == [0.0]
+    assert get_reward("expansion")([GROUNDED], answer=[None]) == [0.0]
