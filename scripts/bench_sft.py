@@ -10,8 +10,9 @@ code path (`sft_config` + `train_sft`'s SFTTrainer) once per configuration, one 
 the same rows, with the same batch size:
 
 - `trl-padded`: SFTConfig's defaults (no packing, random batches padded to their longest row);
-- `ours`: `chainforge sft`'s defaults (batches of similar-length rows, so little padding);
-- `bfd-packing`, `padding-free` (with --all): TRL's padding-free modes, for comparison.
+- `ours`: `chainforge sft`'s defaults (TRL's bfd packing, padding-free);
+- `length-grouped` (`--no-packing`: batches of similar-length rows) and `padding-free` (TRL's
+  padding_free without packing), with --all, for comparison.
 
 tokens/s counts real (non-pad) tokens over the summed optimizer-step times (the first warm-up epoch
 is not timed). MFU = 6 · params · tokens/s ÷ the matmul peak measured here (fp32 on CPU, or the
@@ -142,7 +143,7 @@ def run_config(name, model_factory, tokenizer, dataset, batch_size, max_length, 
     from chainforge.training import trainer_args
 
     opts = Options(batch_size=batch_size, max_length=max_length, seed=0, epochs=1.0, save_steps=10 ** 6,
-                   logging_steps=10 ** 6, learning_rate=1e-5, packing=(name == "bfd-packing"))
+                   logging_steps=10 ** 6, learning_rate=1e-5, packing=(name == "ours"))
     if name == "trl-padded":
         args = trainer_args(opts, out_dir, SFTConfig, max_length=max_length, assistant_only_loss=True,
                             save_strategy="no")
@@ -150,7 +151,7 @@ def run_config(name, model_factory, tokenizer, dataset, batch_size, max_length, 
         # TRL refuses padding_free with max_length set and no packing: rows are short enough here.
         args = trainer_args(opts, out_dir, SFTConfig, max_length=None, assistant_only_loss=True,
                             padding_free=True, save_strategy="no")
-    else:  # ours, bfd-packing: exactly what `chainforge sft` builds
+    else:  # ours, length-grouped: exactly what `chainforge sft` builds (with --packing / --no-packing)
         args = sft_config(opts, out_dir, save_strategy="no")
     args.report_to = []
     timer = StepTimer()
@@ -161,7 +162,7 @@ def run_config(name, model_factory, tokenizer, dataset, batch_size, max_length, 
     trainer.remove_callback(PrinterCallback)  # keep the output to the result lines
     trainer.train()
     tokens = int(trainer._total_train_tokens)
-    if name in ("bfd-packing", "padding-free"):
+    if name in ("ours", "padding-free"):
         # TRL counts padding-free tokens by sequence width, which includes pad_to_multiple_of padding
         tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
     return tokens, timer.total, timer.steps
@@ -176,7 +177,7 @@ def main() -> None:
     p.add_argument("--min-tokens", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=512)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--all", action="store_true", help="also time bfd-packing and padding-free")
+    p.add_argument("--all", action="store_true", help="also time length-grouped and padding-free")
     a = p.parse_args()
 
     import os
@@ -211,7 +212,7 @@ def main() -> None:
           f"{a.dtype}; data: {a.rows} rows, {min(lengths)}..{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.0f}), "
           f"batch {a.batch_size}")
     print(f"{a.dtype} matmul peak (2048x2048): {peak / 1e9:.1f} GFLOP/s")
-    names = ["trl-padded", "ours"] + (["bfd-packing", "padding-free"] if a.all else [])
+    names = ["trl-padded", "ours"] + (["length-grouped", "padding-free"] if a.all else [])
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

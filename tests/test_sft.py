@@ -180,6 +180,7 @@ def _trainer(tiny_model, tmp_path, rows, **opts):
         tok.chat_template = SMOLLM2_TEMPLATE
     ds = sft_dataset(datasets.Dataset.from_list(rows))
     training_template(tok, ds[0]["messages"])
+    opts.setdefault("packing", False)  # padded batches unless a test asks for packing
     args = sft_config(Options(batch_size=len(rows), max_length=512, seed=0, **opts), tmp_path / "o",
                       report_to=[])
     return _trainer_class()(model=load_model(ref), args=args, train_dataset=ds, processing_class=tok), tok, ds
