@@ -319,8 +319,9 @@ def sft(
     max_length: Annotated[int, typer.Option(
         "--max-length", min=16, help="Longest training sequence in tokens (longer answers are cut).")] = 2048,
     packing: Annotated[bool, typer.Option(
-        "--packing/--no-packing", help="Pack rows padding-free (TRL bfd); pays off with varlen attention on "
-                                       "GPUs. Off: batches of similar-length rows.")] = False,
+        "--packing/--no-packing", help="Pack rows padding-free (TRL bfd; --batch-size then counts packed rows "
+                                       "of --max-length). Off: batches of similar-length rows (GPUs without "
+                                       "flash-attention).")] = True,
     # optimisation
     learning_rate: LearningRate = 1e-5,
     epochs: Epochs = 1.0,
