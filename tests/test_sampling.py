@@ -43,3 +43,123 @@ def test_prompt_rendering(loaded):
     _, tok = loaded
     assert as_messages("hi", "sys")[0] == {"role": "system", "content": "sys"}
     assert render_prompt(tok, "hi").endswith("<|im_start|>assistant\n")
+
+
+# ---- the fast engine ---------------------------------------------------------------------------------
+
+import json
+from types import SimpleNamespace
+
+from chainforge.errors import UsageError
+from chainforge.sampling import (
+    VLLMModel, auto_batch_size, bytes_per_row, engine_spec, generate_journaled, stop_token_ids,
+)
+
+
+def test_samples_do_not_depend_on_batch_size_or_position(loaded):
+    model, tok = loaded
+    kw = dict(n=3, temperature=1.0, max_new_tokens=10, seed=3)
+    big = generate(model, tok, PROMPTS, batch_size=16, **kw)
+    one = generate(model, tok, PROMPTS, batch_size=1, **kw)
+    assert [[c.text for c in p] for p in big] == [[c.text for c in p] for p in one]
+    # a prompt keeps its draws when it is sampled alone, given its key
+    alone = generate(model, tok, PROMPTS[2:], keys=[2], **kw)
+    assert alone[0] == big[2]
+    # the n samples of a prompt differ from each other (each row has its own generator)
+    assert len({c.text for c in big[0]}) > 1
+
+
+def test_greedy_repeats_one_decode_and_tiny_top_p_is_greedy(loaded):
+    model, tok = loaded
+    greedy = generate(model, tok, PROMPTS, n=3, temperature=0, max_new_tokens=12)
+    assert all(len({c.text for c in p}) == 1 for p in greedy)
+    nucleus = generate(model, tok, PROMPTS, n=2, temperature=1.0, top_p=1e-6, max_new_tokens=12, seed=5)
+    assert [[c.text for c in p] for p in nucleus] == [[p[0].text] * 2 for p in greedy]
+
+
+def test_on_batch_counts_every_completion(loaded):
+    model, tok = loaded
+    seen = []
+    generate(model, tok, PROMPTS, n=2, temperature=0.5, max_new_tokens=4, batch_size=4, on_batch=seen.append)
+    assert sum(seen) == 6 and len(seen) == 2
+    seen.clear()
+    generate(model, tok, PROMPTS, n=4, temperature=0, max_new_tokens=4, on_batch=seen.append)
+    assert sum(seen) == 12
+
+
+def test_journal_resumes_where_it_stopped(loaded, tmp_path):
+    model, tok = loaded
+    kw = dict(n=2, temperature=1.0, max_new_tokens=8, seed=11)
+    journal = tmp_path / "j.jsonl"
+    full = generate_journaled(journal, model, tok, PROMPTS, chunk=1, **kw)
+    assert full == generate(model, tok, PROMPTS, **kw)
+    lines = journal.read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == [0, 1, 2]
+    # a crash after the first chunk, mid-way through writing the second
+    journal.write_text(lines[0] + "\n" + lines[1][:20])
+    drawn = []
+    resumed = generate_journaled(journal, model, tok, PROMPTS, chunk=1, on_batch=drawn.append, **kw)
+    assert resumed == full
+    assert sum(drawn) == 4  # prompts 1 and 2 only, two samples each
+
+
+def test_auto_batch_size_fits_the_budget(loaded):
+    model, _ = loaded
+    per_row = bytes_per_row(model, 100)
+    assert per_row > 2 * 2 * 2 * 16 * 4 * 100  # at least the KV cache: 2 layers, 2 kv heads, head_dim 16
+    assert auto_batch_size(model, 100, budget_bytes=per_row * 5, ceiling=64) == 5
+    assert auto_batch_size(model, 100, budget_bytes=1, ceiling=64) == 1
+    assert auto_batch_size(model, 100, budget_bytes=per_row * 1000, ceiling=64) == 64
+
+
+class StandInLLM:
+    """vLLM's `LLM.generate(prompts, sampling_params)` interface: scripted completions per request."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, sampling_params):
+        self.calls.append((prompts, sampling_params))
+        outs = []
+        for p, sp in zip(prompts, sampling_params):
+            outs.append(SimpleNamespace(outputs=[
+                SimpleNamespace(text=f"len{len(p['prompt_token_ids'])}-s{j}", token_ids=[1] * (j + 2),
+                                finish_reason="stop" if j % 2 == 0 else "length") for j in range(sp.n)]))
+        return outs
+
+
+def test_vllm_adapter_with_a_stand_in(loaded):
+    _, tok = loaded
+    llm = StandInLLM()
+    engine = VLLMModel(llm, sampling_params=SimpleNamespace)
+    out = generate(engine, tok, PROMPTS, n=3, temperature=0.6, top_p=0.9, max_new_tokens=32, seed=4,
+                   system_prompt="sys")
+    (requests, params), = llm.calls
+    expected_ids = [tok(render_prompt(tok, p, "sys"), add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    assert [r["prompt_token_ids"] for r in requests] == expected_ids
+    assert all(p.n == 3 and p.temperature == 0.6 and p.top_p == 0.9 and p.max_tokens == 32 for p in params)
+    assert all(p.stop_token_ids == stop_token_ids(tok) and p.skip_special_tokens for p in params)
+    assert len({p.seed for p in params}) == 3  # one seed per request: independent of engine batching
+    assert [[c.text for c in row] for row in out] == [[f"len{len(ids)}-s{j}" for j in range(3)] for ids in expected_ids]
+    assert [(c.tokens, c.finished) for c in out[0]] == [(2, True), (3, False), (4, True)]
+    # greedy: one draw per prompt at temperature 0, repeated n times
+    llm.calls.clear()
+    greedy = generate(engine, tok, PROMPTS, n=2, temperature=0, max_new_tokens=8)
+    assert all(p.n == 1 and p.temperature == 0 for p in llm.calls[0][1])
+    assert [len(row) for row in greedy] == [2, 2, 2] and greedy[0][0] == greedy[0][1]
+
+
+def test_vllm_backend_without_vllm_names_the_extra(monkeypatch, tiny_model):
+    import sys
+
+    from chainforge.config import Options
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(UsageError) as err:
+        engine_spec(Options(model=str(tiny_model), backend="vllm"))
+    assert "pip install 'chainforge[vllm]'" in err.value.message
+    for bad, what in (({"backend": "tpu"}, "--backend"), ({"batch_size": "lots"}, "--batch-size"),
+                      ({"num_samples": 0}, "--num-samples"), ({"top_p": 0.0}, "--top-p")):
+        with pytest.raises(UsageError) as err:
+            engine_spec(Options(model=str(tiny_model), **bad))
+        assert what in err.value.message
