@@ -354,6 +354,88 @@ def sft(
     run_stage("sft", ctx, locals())
 
 
+from chainforge.config import (  # noqa: E402,F811  (reject's and eval's shared options)
+    AnswerColumn, Data, Limit, MaxNewTokens, Model, Output, Overwrite, PromptColumn, Seed, Temperature,
+)
+
+# options of the sampling commands (reject, eval)
+SamplingRewards = Annotated[Optional[str], typer.Option(
+    "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5): registered names "
+                      "or dotted paths to your own (my_pkg.rewards:fn). Default: accuracy,format.")]
+SamplingSystemPrompt = Annotated[Optional[str], typer.Option(
+    "--system-prompt", help="System turn added to the prompts (default: the Super CoT instructions; '' for none).")]
+TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (0 < p <= 1).")]
+Backend = Annotated[str, typer.Option(
+    "--backend", help="hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")]
+SamplingBatchSize = Annotated[str, typer.Option(
+    "--batch-size", help="Candidates decoded together, or auto (sized from free memory).")]
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    # what to keep
+    rewards: SamplingRewards = None,
+    min_reward: Annotated[float, typer.Option(
+        "--min-reward", help="Keep candidates with total reward >= this (inclusive).")] = 1.0,
+    keep: Annotated[str, typer.Option(
+        "--keep", help="best: one per prompt (the highest reward); all-passing: every distinct passing one.")] = "best",
+    # data
+    prompt_column: PromptColumn = "prompt",
+    answer_column: AnswerColumn = "answer",
+    limit: Limit = None,
+    # sampling
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Candidates drawn per prompt.")] = 8,
+    temperature: Temperature = 0.7,
+    top_p: TopP = 1.0,
+    max_new_tokens: MaxNewTokens = 512,
+    system_prompt: SamplingSystemPrompt = None,
+    # runtime
+    backend: Backend = "hf",
+    batch_size: SamplingBatchSize = "auto",
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """Rejection sampling (stage 3): draw N candidates per prompt, score them with the reward registry,
+    keep the best that reach --min-reward, as an SFT-ready dataset."""
+    run_stage("reject", ctx, locals())
+
+
+@app.command("eval")
+def evaluate(
+    ctx: typer.Context,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    compare: Annotated[Optional[str], typer.Option(
+        "--compare", help="Another eval output folder: print a side-by-side delta table.")] = None,
+    # data and scoring
+    prompt_column: PromptColumn = "prompt",
+    answer_column: AnswerColumn = "answer",
+    limit: Limit = None,
+    rewards: SamplingRewards = None,
+    # sampling (R1 paper evaluation settings)
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Completions per question (k).")] = 4,
+    temperature: Temperature = 0.6,
+    top_p: TopP = 0.95,
+    max_new_tokens: MaxNewTokens = 512,
+    system_prompt: SamplingSystemPrompt = None,
+    # runtime
+    backend: Backend = "hf",
+    batch_size: SamplingBatchSize = "auto",
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """Evaluate a model: pass@1, pass@k, maj@k and format rate over k samples per question, written to
+    results.jsonl and the manifest (--temperature 0: greedy, k = 1)."""
+    run_stage("evaluate", ctx, locals())
+
+
 def main() -> None:
     """Console entry point: click's own usage errors also become one `Error:` line with exit 2."""
     try:

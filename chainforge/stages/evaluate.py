@@ -1,0 +1,134 @@
+"""`chainforge eval`: pass@1 / pass@k / maj@k / format rate of a model on a prompt set.
+
+    chainforge eval --model smollm2 --data data/toy/test.jsonl --output runs/eval-base
+    chainforge eval --model runs/demo/02-rl --data data/toy/test.jsonl --output runs/eval-rl \\
+        --compare runs/eval-base
+    # GSM8K: its `answer` column ends in "#### 42"; answers_match reads the number after ####
+    chainforge eval --model M --data gsm8k_test.jsonl --prompt-column question --answer-column answer -o OUT
+
+Samples `--num-samples` completions per question at `--temperature` 0.6 / top_p 0.95 (the R1
+paper's evaluation settings). `--temperature 0` is greedy: the samples would all be the same, so
+one is drawn and k is 1. The output folder holds `results.jsonl` (one line per question) and the
+manifest with the metrics; sampling is journaled in `samples.jsonl`, so an interrupted run resumes.
+The metric code lives in `chainforge.metrics` (`evaluate_model`), reused by other stages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from chainforge.config import Options
+from chainforge.data import (MANIFEST, answer_column, atomic_write_text, load_rows, plan_output, read_manifest,
+                             require_columns)
+from chainforge.errors import UsageError
+from chainforge.log import console, info
+from chainforge.metrics import EVAL_REWARDS, evaluate_model  # evaluate_model: other stages import it from here
+from chainforge.metrics import resolve_rewards
+from chainforge.sampling import engine_spec, load_engine, resolve_system_prompt
+
+RESULTS = "results.jsonl"
+JOURNAL = "samples.jsonl"
+METRIC_ORDER = ("pass@1", "pass@k", "maj@k", "format_rate", "mean_completion_tokens", "k")
+
+
+def run(opts: Options) -> None:
+    # ---- options
+    opts.require("model", "data", "output")
+    engine = engine_spec(opts)
+    rewards = resolve_rewards(opts.rewards, default=EVAL_REWARDS)
+    other = _compare_target(opts.compare) if opts.compare else None
+    plan = plan_output(opts.output, "eval", opts, overwrite=opts.overwrite, ignore=("compare", "batch_size"))
+
+    # ---- data and model (validated before anything is created)
+    ds = load_rows(opts.data, opts.limit)
+    require_columns(ds, [opts.prompt_column])
+    answers = answer_column(ds, opts.answer_column, required=True)
+    rows = [dict(r) for r in ds]
+    k = 1 if opts.temperature <= 0 else opts.num_samples
+    if opts.temperature <= 0 and opts.num_samples > 1:
+        info(f"--temperature 0 is greedy: every sample would be the same, so 1 is drawn per question (k=1)")
+
+    out = plan.create(inputs=[opts.data, opts.model])
+    model, tokenizer = load_engine(engine)
+    info(f"eval: {len(rows)} questions x {k} samples, temperature {opts.temperature}, "
+         f"top_p {opts.top_p}, backend {engine.backend}")
+    metrics, results = evaluate_model(
+        model, tokenizer, rows, prompt_column=opts.prompt_column, answer_column=answers,
+        num_samples=k, temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens,
+        seed=opts.seed, system_prompt=resolve_system_prompt(opts.system_prompt), rewards=rewards, batch_size=engine.batch_size,
+        progress=True, journal=str(out.path / JOURNAL))
+
+    atomic_write_text(out.path / RESULTS, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                                  for r in results))
+    out.finish(metrics)
+    print_metrics(metrics, str(out.path))
+    if other is not None:
+        print_comparison(metrics, results, other)
+    info(f"eval: pass@1 {metrics['pass@1']:.3f}, pass@{k} {metrics['pass@k']:.3f}, maj@{k} "
+         f"{metrics['maj@k']:.3f}, format_rate {metrics['format_rate']:.3f} -> {out.path}")
+
+
+def _compare_target(folder: str) -> dict:
+    """The manifest (+ results) of another eval output; exit 2 when it is not one."""
+    p = Path(folder)
+    manifest = read_manifest(p) if p.is_dir() else None
+    if manifest is None or manifest.get("stage") != "eval":
+        found = f"a '{manifest.get('stage')}' output" if manifest else f"no {MANIFEST} from chainforge"
+        raise UsageError(f"--compare {folder} is not an eval output ({found}); point it at a folder "
+                         f"written by `chainforge eval`")
+    if manifest.get("status") != "complete" or not (p / RESULTS).is_file():
+        raise UsageError(f"--compare {folder} is an unfinished eval output; finish it (rerun its command) "
+                         f"or compare with a complete one")
+    results = []
+    for line in (p / RESULTS).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            results.append(json.loads(line))
+    return {"path": str(p), "metrics": manifest.get("metrics") or {}, "results": results}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def print_metrics(metrics: dict, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"eval: {title}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in METRIC_ORDER:
+        table.add_row(name, _fmt(metrics.get(name)))
+    console.print(table)
+
+
+def comparison_rows(mine: dict, theirs: dict) -> list[tuple[str, Optional[float], Optional[float], Optional[float]]]:
+    """(metric, this run, other run, this − other) for every eval metric."""
+    rows = []
+    for name in METRIC_ORDER:
+        a, b = mine.get(name), theirs.get(name)
+        delta = a - b if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+        rows.append((name, a, b, delta))
+    return rows
+
+
+def print_comparison(metrics: dict, results: list[dict], other: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"this run vs {other['path']}")
+    for col, justify in (("metric", "left"), ("this", "right"), ("other", "right"), ("delta", "right")):
+        table.add_column(col, justify=justify)
+    for name, a, b, delta in comparison_rows(metrics, other["metrics"]):
+        table.add_row(name, _fmt(a), _fmt(b), "-" if delta is None else f"{delta:+.3f}")
+    console.print(table)
+    theirs = {r.get("id"): r for r in other["results"]}
+    shared = [r for r in results if r["id"] in theirs]
+    if shared:
+        gained = sum(r["pass_at_1"] > 0 and theirs[r["id"]].get("pass_at_1", 0) == 0 for r in shared)
+        lost = sum(r["pass_at_1"] == 0 and theirs[r["id"]].get("pass_at_1", 0) > 0 for r in shared)
+        info(f"on {len(shared)} shared questions: solved here only {gained}, solved there only {lost}")
