@@ -17,7 +17,13 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_exceptions
 
 from chainforge import __version__
-from chainforge.config import ConfigFile, resolve_options
+from chainforge.config import (
+    AnswerColumn, BatchSize, ConfigFile, Data, Epochs, GradAccum, GradientCheckpointing,
+    LearningRate, Limit, LoggingSteps, Lora, LoraAlpha, LoraR, LoraTargets, MaxGradNorm,
+    MaxNewTokens, MaxSteps, Merge, Model, Output, Overwrite, PromptColumn, SaveSteps, Seed,
+    Temperature, Wandb, WarmupRatio,
+)
+from chainforge.config import resolve_options
 from chainforge.errors import ChainforgeError
 
 app = typer.Typer(
@@ -59,102 +65,9 @@ def run_stage(stage: str, ctx: typer.Context, values: dict) -> None:
         raise typer.Exit(130) from None
 
 
-# ---- stage commands (each: options, then run_stage) ----------------------------------------------
 
 
-@app.command("run")
-def run_recipe(
-    ctx: typer.Context,
-    recipe: Annotated[str, typer.Argument(help="Recipe YAML: run_dir, model, prompts, eval_data, stages.")],
-    start: Annotated[Optional[str], typer.Option("--from", help="Start at this stage (earlier outputs must be complete).")] = None,
-    until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.")] = None,
-    config: ConfigFile = None,
-) -> None:
-    """Run every stage of a recipe in order, skipping stages already complete with the same options."""
-    run_stage("run", ctx, locals())
-
-
-@app.command()
-def report(
-    ctx: typer.Context,
-    run_dir: Annotated[str, typer.Argument(help="The run_dir of a `chainforge run` recipe.")],
-    config: ConfigFile = None,
-) -> None:
-    """Write RUN_DIR/report.md (a row per stage, eval before/after) and PNG plots."""
-    run_stage("report", ctx, locals())
-
-
-from chainforge.config import (  # noqa: E402  (grpo's shared options)
-    AnswerColumn, BatchSize, Data, Epochs, GradAccum, GradientCheckpointing, LearningRate, Limit, LoggingSteps,
-    Lora, LoraAlpha, LoraR, LoraTargets, MaxGradNorm, MaxNewTokens, MaxSteps, Merge, Model, Output, Overwrite,
-    PromptColumn, SaveSteps, Seed, Temperature, Wandb, WarmupRatio,
-)
-
-
-@app.command()
-def grpo(
-    ctx: typer.Context,
-    model: Model = None,
-    data: Data = None,
-    output: Output = None,
-    # rewards and prompts
-    rewards: Annotated[Optional[str], typer.Option(
-        "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5), registered "
-                          "names or dotted paths to your own (my_pkg.rewards:fn). "
-                          "Default: accuracy,format,expansion.")] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", help="System turn added to string prompts (default: the Super CoT instructions; "
-                                "'' for none).")] = None,
-    prompt_column: PromptColumn = "prompt",
-    answer_column: AnswerColumn = "answer",
-    limit: Limit = None,
-    # generation
-    num_generations: Annotated[int, typer.Option(
-        "--num-generations", help="Completions per prompt (the group size, at least 2).")] = 8,
-    max_new_tokens: MaxNewTokens = 512,
-    temperature: Temperature = 1.0,
-    use_vllm: Annotated[bool, typer.Option(
-        "--use-vllm", help="Generate with vLLM (colocated; needs the vllm extra).")] = False,
-    # GRPO objective
-    beta: Annotated[float, typer.Option(
-        "--beta", help="KL penalty to the reference model (0 loads none; TRL's default is 0).")] = 0.04,
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Clip range of the policy ratio.")] = 0.2,
-    loss_type: Annotated[str, typer.Option(
-        "--loss-type", help="TRL loss: dapo (token-level, no length bias), grpo, dr_grpo, bnpo, cispo, sapo, "
-                            "luspo, vespo.")] = "dapo",
-    # optimisation
-    learning_rate: LearningRate = 1e-6,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = 1.0,
-    prompts_per_step: Annotated[int, typer.Option(
-        "--prompts-per-step", min=1, help="Prompts per device per micro-step: --batch-size (counted in "
-                                          "completions for grpo) defaults to this × --num-generations.")] = 2,
-    batch_size: BatchSize = None,
-    grad_accum: GradAccum = 1,
-    warmup_ratio: WarmupRatio = 0.0,
-    max_grad_norm: MaxGradNorm = 1.0,
-    gradient_checkpointing: GradientCheckpointing = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    lora_alpha: LoraAlpha = 32,
-    lora_targets: LoraTargets = "all-linear",
-    merge: Merge = True,
-    # logging and runtime
-    save_steps: SaveSteps = 50,
-    logging_steps: LoggingSteps = 1,
-    wandb: Wandb = False,
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """GRPO (stages 2 and 4): sample groups of completions, score them with verifiable rewards, and move
-    the policy towards the better ones of each group, with a KL leash to the starting model."""
-    run_stage("grpo", ctx, locals())
-
-
-from chainforge.config import (  # noqa: E402,F811  (collect's shared options)
-    AnswerColumn, Limit, MaxNewTokens, Output, Overwrite, PromptColumn, Seed, Temperature,
-)
+# ---- stage commands, in pipeline order (each: options, then run_stage) --------------------------
 
 
 @app.command()
@@ -228,11 +141,162 @@ def collect(
     run_stage("collect", ctx, locals())
 
 
-from chainforge.config import (  # noqa: E402,F811  (distill's shared options)
-    AnswerColumn, BatchSize, Data, Epochs, GradAccum, GradientCheckpointing, LearningRate, Limit, LoggingSteps,
-    Lora, LoraAlpha, LoraR, LoraTargets, MaxGradNorm, MaxNewTokens, MaxSteps, Merge, Output, Overwrite,
-    PromptColumn, SaveSteps, Seed, Temperature, Wandb, WarmupRatio,
-)
+
+# options of the sampling commands (reject, eval)
+SamplingRewards = Annotated[Optional[str], typer.Option(
+    "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5): registered names "
+                      "or dotted paths to your own (my_pkg.rewards:fn). Default: accuracy,format.")]
+SamplingSystemPrompt = Annotated[Optional[str], typer.Option(
+    "--system-prompt", help="System turn added to the prompts (default: the Super CoT instructions; '' for none).")]
+TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (0 < p <= 1).")]
+Backend = Annotated[str, typer.Option(
+    "--backend", help="hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")]
+SamplingBatchSize = Annotated[str, typer.Option(
+    "--batch-size", help="Candidates decoded together, or auto (sized from free memory).")]
+
+
+@app.command()
+def sft(
+    ctx: typer.Context,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    # data
+    prompt_column: PromptColumn = "prompt",
+    only_correct: Annotated[bool, typer.Option(
+        "--only-correct/--all-rows", help="Train only on rows whose `correct` is not false.")] = True,
+    limit: Limit = None,
+    max_length: Annotated[int, typer.Option(
+        "--max-length", min=16, help="Longest training sequence in tokens (longer answers are cut).")] = 2048,
+    packing: Annotated[bool, typer.Option(
+        "--packing/--no-packing", help="Pack rows padding-free (TRL bfd; --batch-size then counts packed rows "
+                                       "of --max-length). Off: batches of similar-length rows (GPUs without "
+                                       "flash-attention).")] = True,
+    # optimisation
+    learning_rate: LearningRate = 1e-5,
+    epochs: Epochs = 1.0,
+    max_steps: MaxSteps = None,
+    batch_size: BatchSize = 8,
+    grad_accum: GradAccum = 1,
+    warmup_ratio: WarmupRatio = 0.1,
+    max_grad_norm: MaxGradNorm = 1.0,
+    optim: Annotated[str, typer.Option(
+        "--optim", help="transformers optimizer name: adamw_torch, adamw_torch_fused, adamw_8bit "
+                        "(needs bitsandbytes), …")] = "adamw_torch",
+    gradient_checkpointing: GradientCheckpointing = False,
+    lora: Lora = False,
+    lora_r: LoraR = 16,
+    lora_alpha: LoraAlpha = 32,
+    lora_targets: LoraTargets = "all-linear",
+    merge: Merge = True,
+    # logging and runtime
+    max_new_tokens: MaxNewTokens = 256,
+    save_steps: SaveSteps = 50,
+    logging_steps: LoggingSteps = 1,
+    wandb: Wandb = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """SFT (stages 1 and 3b): fine-tune on Super CoT traces (a collect or reject output, or
+    prompt/completion rows) with the loss on the assistant turn only. --max-new-tokens caps the
+    held-out generations behind the format_rate metric."""
+    run_stage("sft", ctx, locals())
+
+
+@app.command()
+def grpo(
+    ctx: typer.Context,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    # rewards and prompts
+    rewards: Annotated[Optional[str], typer.Option(
+        "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5), registered "
+                          "names or dotted paths to your own (my_pkg.rewards:fn). "
+                          "Default: accuracy,format,expansion.")] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(
+        "--system-prompt", help="System turn added to string prompts (default: the Super CoT instructions; "
+                                "'' for none).")] = None,
+    prompt_column: PromptColumn = "prompt",
+    answer_column: AnswerColumn = "answer",
+    limit: Limit = None,
+    # generation
+    num_generations: Annotated[int, typer.Option(
+        "--num-generations", help="Completions per prompt (the group size, at least 2).")] = 8,
+    max_new_tokens: MaxNewTokens = 512,
+    temperature: Temperature = 1.0,
+    use_vllm: Annotated[bool, typer.Option(
+        "--use-vllm", help="Generate with vLLM (colocated; needs the vllm extra).")] = False,
+    # GRPO objective
+    beta: Annotated[float, typer.Option(
+        "--beta", help="KL penalty to the reference model (0 loads none; TRL's default is 0).")] = 0.04,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="Clip range of the policy ratio.")] = 0.2,
+    loss_type: Annotated[str, typer.Option(
+        "--loss-type", help="TRL loss: dapo (token-level, no length bias), grpo, dr_grpo, bnpo, cispo, sapo, "
+                            "luspo, vespo.")] = "dapo",
+    # optimisation
+    learning_rate: LearningRate = 1e-6,
+    max_steps: MaxSteps = None,
+    epochs: Epochs = 1.0,
+    prompts_per_step: Annotated[int, typer.Option(
+        "--prompts-per-step", min=1, help="Prompts per device per micro-step: --batch-size (counted in "
+                                          "completions for grpo) defaults to this × --num-generations.")] = 2,
+    batch_size: BatchSize = None,
+    grad_accum: GradAccum = 1,
+    warmup_ratio: WarmupRatio = 0.0,
+    max_grad_norm: MaxGradNorm = 1.0,
+    gradient_checkpointing: GradientCheckpointing = False,
+    lora: Lora = False,
+    lora_r: LoraR = 16,
+    lora_alpha: LoraAlpha = 32,
+    lora_targets: LoraTargets = "all-linear",
+    merge: Merge = True,
+    # logging and runtime
+    save_steps: SaveSteps = 50,
+    logging_steps: LoggingSteps = 1,
+    wandb: Wandb = False,
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """GRPO (stages 2 and 4): sample groups of completions, score them with verifiable rewards, and move
+    the policy towards the better ones of each group, with a KL leash to the starting model."""
+    run_stage("grpo", ctx, locals())
+
+
+@app.command()
+def reject(
+    ctx: typer.Context,
+    model: Model = None,
+    data: Data = None,
+    output: Output = None,
+    # what to keep
+    rewards: SamplingRewards = None,
+    min_reward: Annotated[float, typer.Option(
+        "--min-reward", help="Keep candidates with total reward >= this (inclusive).")] = 1.0,
+    keep: Annotated[str, typer.Option(
+        "--keep", help="best: one per prompt (the highest reward); all-passing: every distinct passing one.")] = "best",
+    # data
+    prompt_column: PromptColumn = "prompt",
+    answer_column: AnswerColumn = "answer",
+    limit: Limit = None,
+    # sampling
+    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Candidates drawn per prompt.")] = 8,
+    temperature: Temperature = 0.7,
+    top_p: TopP = 1.0,
+    max_new_tokens: MaxNewTokens = 512,
+    system_prompt: SamplingSystemPrompt = None,
+    # runtime
+    backend: Backend = "hf",
+    batch_size: SamplingBatchSize = "auto",
+    seed: Seed = 0,
+    overwrite: Overwrite = False,
+    config: ConfigFile = None,
+) -> None:
+    """Rejection sampling (stage 3): draw N candidates per prompt, score them with the reward registry,
+    keep the best that reach --min-reward, as an SFT-ready dataset."""
+    run_stage("reject", ctx, locals())
 
 
 @app.command()
@@ -298,113 +362,6 @@ def distill(
     run_stage("distill", ctx, locals())
 
 
-from chainforge.config import (  # noqa: E402,F811  (sft's shared options)
-    BatchSize, Data, Epochs, GradAccum, GradientCheckpointing, LearningRate, Limit, LoggingSteps, Lora, LoraAlpha,
-    LoraR, LoraTargets, MaxGradNorm, MaxNewTokens, MaxSteps, Merge, Model, Output, Overwrite, PromptColumn,
-    SaveSteps, Seed, Wandb, WarmupRatio,
-)
-
-
-@app.command()
-def sft(
-    ctx: typer.Context,
-    model: Model = None,
-    data: Data = None,
-    output: Output = None,
-    # data
-    prompt_column: PromptColumn = "prompt",
-    only_correct: Annotated[bool, typer.Option(
-        "--only-correct/--all-rows", help="Train only on rows whose `correct` is not false.")] = True,
-    limit: Limit = None,
-    max_length: Annotated[int, typer.Option(
-        "--max-length", min=16, help="Longest training sequence in tokens (longer answers are cut).")] = 2048,
-    packing: Annotated[bool, typer.Option(
-        "--packing/--no-packing", help="Pack rows padding-free (TRL bfd; --batch-size then counts packed rows "
-                                       "of --max-length). Off: batches of similar-length rows (GPUs without "
-                                       "flash-attention).")] = True,
-    # optimisation
-    learning_rate: LearningRate = 1e-5,
-    epochs: Epochs = 1.0,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = 8,
-    grad_accum: GradAccum = 1,
-    warmup_ratio: WarmupRatio = 0.1,
-    max_grad_norm: MaxGradNorm = 1.0,
-    optim: Annotated[str, typer.Option(
-        "--optim", help="transformers optimizer name: adamw_torch, adamw_torch_fused, adamw_8bit "
-                        "(needs bitsandbytes), …")] = "adamw_torch",
-    gradient_checkpointing: GradientCheckpointing = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    lora_alpha: LoraAlpha = 32,
-    lora_targets: LoraTargets = "all-linear",
-    merge: Merge = True,
-    # logging and runtime
-    max_new_tokens: MaxNewTokens = 256,
-    save_steps: SaveSteps = 50,
-    logging_steps: LoggingSteps = 1,
-    wandb: Wandb = False,
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """SFT (stages 1 and 3b): fine-tune on Super CoT traces (a collect or reject output, or
-    prompt/completion rows) with the loss on the assistant turn only. --max-new-tokens caps the
-    held-out generations behind the format_rate metric."""
-    run_stage("sft", ctx, locals())
-
-
-from chainforge.config import (  # noqa: E402,F811  (reject's and eval's shared options)
-    AnswerColumn, Data, Limit, MaxNewTokens, Model, Output, Overwrite, PromptColumn, Seed, Temperature,
-)
-
-# options of the sampling commands (reject, eval)
-SamplingRewards = Annotated[Optional[str], typer.Option(
-    "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5): registered names "
-                      "or dotted paths to your own (my_pkg.rewards:fn). Default: accuracy,format.")]
-SamplingSystemPrompt = Annotated[Optional[str], typer.Option(
-    "--system-prompt", help="System turn added to the prompts (default: the Super CoT instructions; '' for none).")]
-TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (0 < p <= 1).")]
-Backend = Annotated[str, typer.Option(
-    "--backend", help="hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")]
-SamplingBatchSize = Annotated[str, typer.Option(
-    "--batch-size", help="Candidates decoded together, or auto (sized from free memory).")]
-
-
-@app.command()
-def reject(
-    ctx: typer.Context,
-    model: Model = None,
-    data: Data = None,
-    output: Output = None,
-    # what to keep
-    rewards: SamplingRewards = None,
-    min_reward: Annotated[float, typer.Option(
-        "--min-reward", help="Keep candidates with total reward >= this (inclusive).")] = 1.0,
-    keep: Annotated[str, typer.Option(
-        "--keep", help="best: one per prompt (the highest reward); all-passing: every distinct passing one.")] = "best",
-    # data
-    prompt_column: PromptColumn = "prompt",
-    answer_column: AnswerColumn = "answer",
-    limit: Limit = None,
-    # sampling
-    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Candidates drawn per prompt.")] = 8,
-    temperature: Temperature = 0.7,
-    top_p: TopP = 1.0,
-    max_new_tokens: MaxNewTokens = 512,
-    system_prompt: SamplingSystemPrompt = None,
-    # runtime
-    backend: Backend = "hf",
-    batch_size: SamplingBatchSize = "auto",
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """Rejection sampling (stage 3): draw N candidates per prompt, score them with the reward registry,
-    keep the best that reach --min-reward, as an SFT-ready dataset."""
-    run_stage("reject", ctx, locals())
-
-
 @app.command("eval")
 def evaluate(
     ctx: typer.Context,
@@ -434,6 +391,28 @@ def evaluate(
     """Evaluate a model: pass@1, pass@k, maj@k and format rate over k samples per question, written to
     results.jsonl and the manifest (--temperature 0: greedy, k = 1)."""
     run_stage("evaluate", ctx, locals())
+
+
+@app.command("run")
+def run_recipe(
+    ctx: typer.Context,
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML: run_dir, model, prompts, eval_data, stages.")],
+    start: Annotated[Optional[str], typer.Option("--from", help="Start at this stage (earlier outputs must be complete).")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.")] = None,
+    config: ConfigFile = None,
+) -> None:
+    """Run every stage of a recipe in order, skipping stages already complete with the same options."""
+    run_stage("run", ctx, locals())
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    run_dir: Annotated[str, typer.Argument(help="The run_dir of a `chainforge run` recipe.")],
+    config: ConfigFile = None,
+) -> None:
+    """Write RUN_DIR/report.md (a row per stage, eval before/after) and PNG plots."""
+    run_stage("report", ctx, locals())
 
 
 def main() -> None:
