@@ -142,12 +142,13 @@ def collect(
 
 
 
-# options of the sampling commands (reject, eval)
+# options shared by the commands that train or sample (sft, reject, eval)
 SamplingRewards = Annotated[Optional[str], typer.Option(
     "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5): registered names "
                       "or dotted paths to your own (my_pkg.rewards:fn). Default: accuracy,format.")]
-SamplingSystemPrompt = Annotated[Optional[str], typer.Option(
-    "--system-prompt", help="System turn added to the prompts (default: the Super CoT instructions; '' for none).")]
+SystemPrompt = Annotated[Optional[str], typer.Option(
+    "--system-prompt", help="System turn added to prompts that have none (default: the Super CoT "
+                            "instructions, as grpo/reject/eval/distill use; '' for none).")]
 TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (0 < p <= 1).")]
 Backend = Annotated[str, typer.Option(
     "--backend", help="hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")]
@@ -163,6 +164,7 @@ def sft(
     output: Output = None,
     # data
     prompt_column: PromptColumn = "prompt",
+    system_prompt: SystemPrompt = None,
     only_correct: Annotated[bool, typer.Option(
         "--only-correct/--all-rows", help="Train only on rows whose `correct` is not false.")] = True,
     limit: Limit = None,
@@ -286,7 +288,7 @@ def reject(
     temperature: Temperature = 0.7,
     top_p: TopP = 1.0,
     max_new_tokens: MaxNewTokens = 512,
-    system_prompt: SamplingSystemPrompt = None,
+    system_prompt: SystemPrompt = None,
     # runtime
     backend: Backend = "hf",
     batch_size: SamplingBatchSize = "auto",
@@ -380,7 +382,7 @@ def evaluate(
     temperature: Temperature = 0.6,
     top_p: TopP = 0.95,
     max_new_tokens: MaxNewTokens = 512,
-    system_prompt: SamplingSystemPrompt = None,
+    system_prompt: SystemPrompt = None,
     # runtime
     backend: Backend = "hf",
     batch_size: SamplingBatchSize = "auto",

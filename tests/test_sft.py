@@ -335,3 +335,23 @@ def test_torchrun_two_processes_write_one_checkpoint(tiny_model, tmp_path):
     assert m["status"] == "complete" and m["metrics"]["world_size"] == 2 and m["metrics"]["steps"] == 4
     assert len(list(out.glob("*.safetensors"))) == 1
     assert not list(out.glob(".partial-*")) and not list(out.glob("checkpoint-*"))
+
+
+def test_rows_get_the_super_cot_system_turn_that_later_stages_sample_under():
+    import datasets
+
+    from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
+    from chainforge.sampling import resolve_system_prompt
+    from chainforge.stages.sft import sft_dataset
+
+    rows = datasets.Dataset.from_list([
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
+        {"messages": [{"role": "system", "content": "own"}, {"role": "user", "content": "q"},
+                      {"role": "assistant", "content": "a"}]},
+    ])
+    out = sft_dataset(rows, system_prompt=resolve_system_prompt(None))
+    assert out[0]["messages"][0] == {"role": "system", "content": SUPER_COT_SYSTEM_PROMPT}
+    assert [m["role"] for m in out[0]["messages"]] == ["system", "user", "assistant"]
+    assert out[1]["messages"][0]["content"] == "own"  # a row's own system turn is kept
+    assert [m["role"] for m in sft_dataset(rows, system_prompt=resolve_system_prompt(""))[0]["messages"]] == \
+        ["user", "assistant"]

@@ -37,6 +37,7 @@ from chainforge.data import load_rows, plan_output
 from chainforge.errors import UsageError
 from chainforge.log import info
 from chainforge.models import CHATML_TEMPLATE, checkpoint_path, load_model, load_tokenizer, resolve_model
+from chainforge.sampling import resolve_system_prompt
 from chainforge import training
 
 # How many rows `format_rate` generates for, and how they are chosen: a seeded sample of the data held
@@ -58,7 +59,8 @@ def run(opts: Options) -> None:
 
     rows = load_rows(opts.data, limit=opts.limit)
     dataset = sft_dataset(rows, prompt_column=opts.get("prompt_column") or "prompt",
-                          only_correct=opts.get("only_correct", True))
+                          only_correct=opts.get("only_correct", True),
+                          system_prompt=resolve_system_prompt(opts.get("system_prompt")))
     dataset, format_prompts, held_out = split_format_prompts(dataset, opts.get("seed", 0))
 
     tokenizer = load_tokenizer(ref)
@@ -171,12 +173,16 @@ def _trainer_class():
 
 # ---- input: rows → chat messages ------------------------------------------------------------------
 
-def sft_dataset(rows, prompt_column: str = "prompt", only_correct: bool = True):
+def sft_dataset(rows, prompt_column: str = "prompt", only_correct: bool = True,
+                system_prompt: Optional[str] = None):
     """The training rows as one `messages` column (role/content dicts ending in an assistant turn).
 
     Accepts a `messages` column (collect and reject outputs, unchanged) or prompt/completion
     columns (either may be a string or a list of chat messages). With `only_correct`, rows whose
-    `correct` is False are skipped; rows without a `correct` column all count.
+    `correct` is False are skipped; rows without a `correct` column all count. `system_prompt`
+    is put before conversations that have no system turn: grpo, reject, eval and distill sample
+    under the Super CoT system prompt by default, so the model is trained under it too (a small
+    model that learnt the format without it does not produce it with it, and vice versa).
     """
     import datasets
 
@@ -205,6 +211,9 @@ def sft_dataset(rows, prompt_column: str = "prompt", only_correct: bool = True):
                              f"needs the answer to train on (fix the row or drop it)")
         if last == 0:
             raise UsageError(f"--data row {i} starts with the assistant turn: there is no prompt before it")
+        if system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompt}] + messages
+            last += 1
         conversations.append(messages[:last + 1])  # turns after the last answer carry no loss
     return datasets.Dataset.from_dict({"messages": conversations})
 
