@@ -11,6 +11,7 @@ TEACHER="${TEACHER:-local}"               # collect's reasoner: deepseek | opena
 TEACHER_MODEL="${TEACHER_MODEL:-$MODEL}"  # the local teacher's checkpoint
 PROMPTS="${PROMPTS:-data/toy/train.jsonl}"
 EVAL_DATA="${EVAL_DATA:-data/toy/test.jsonl}"
+DISTILL_DATA="${DISTILL_DATA:-$PROMPTS}"  # prompts without answers keep every trace unfiltered
 OUT="${OUT:-runs/pipeline}"
 LIMIT="${LIMIT:-16}"                      # prompts per stage (the demo keeps this small)
 STEPS="${STEPS:-4}"                       # optimizer steps per training stage
@@ -53,7 +54,7 @@ $CF grpo --model "$OUT/04-sft-more" --data "$PROMPTS" --output "$OUT/05-rl-final
 
 # Stage 5: distillation. Serving wants a small model; training the student on the RL model's
 # traces carries the reasoning over (the R1-Distill recipe).
-$CF distill --teacher "$OUT/05-rl-final" --student "$STUDENT" --data "$PROMPTS" --output "$OUT/06-distill" \
+$CF distill --teacher "$OUT/05-rl-final" --student "$STUDENT" --data "$DISTILL_DATA" --output "$OUT/06-distill" \
   --limit "$LIMIT" --max-steps "$STEPS" --max-new-tokens "$TOKENS"
 
 # Did any of it help? Held-out accuracy of the final policy and of the student.

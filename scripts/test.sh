@@ -6,6 +6,7 @@
 # Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/setup.sh
 source "$ROOT/scripts/setup.sh" >&2
 cd "$ROOT"
 marker=(-m "not slow")

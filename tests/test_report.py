@@ -41,7 +41,7 @@ def test_report_writes_a_row_per_stage_and_plots(tmp_path, cli):
         assert f"| {folder} |" in report
     assert "| 02-sft | sft | complete | 12.5 |" in report
     assert "kept fraction 0.6" in report
-    assert "8 usable traces from 10 prompts" in report
+    assert "8 traces from 10 prompts (2 failed); 4 with a correct answer" in report
     pngs = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert "02-sft-loss.png" in pngs and "eval.png" in pngs and "04-reject-kept.png" in pngs
     assert "03-rl-reward-per-function.png" in pngs and "03-rl-kl-to-the-reference.png" in pngs

@@ -201,8 +201,11 @@ def run(opts) -> None:
     for folder, m in collect:
         mt = m.get("metrics", {})
         if mt.get("prompts"):
-            lines += ["", f"{folder}: {mt.get('rows', 0)} usable traces from {mt['prompts']} prompts "
-                          f"({mt.get('failed', 0)} failed)."]
+            correct = mt.get("correct_rate")
+            right = f"; {round(correct * mt.get('rows', 0))} with a correct answer (what sft's default " \
+                    f"--only-correct trains on)" if correct is not None else ""
+            lines += ["", f"{folder}: {mt.get('rows', 0)} traces from {mt['prompts']} prompts "
+                          f"({mt.get('failed', 0)} failed){right}."]
     if images:
         lines += ["", "## Plots", ""]
         for caption, p in images:
