@@ -112,7 +112,7 @@ class ApiTeacher:
 
 class LocalTeacher:
     """An in-process model through the one sampling engine; `batch_size` prompts per call (decoding
-    on CPU is memory-bound, so a batch of 32 costs about what a batch of 8 does per token)."""
+    on CPU is memory-bound: 64 tokens for 16 SmolLM2 prompts took 9.5 s, for 8 prompts 9.0 s)."""
 
     def __init__(self, model_ref, max_new_tokens: int, temperature: float, seed: int,
                  system_prompt: Optional[str] = None, batch_size: int = 32):
