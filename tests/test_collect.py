@@ -368,3 +368,16 @@ def test_local_teacher_on_a_tiny_model_writes_valid_rows(cli, tmp_path, tiny_mod
         assert row["usage"]["cost_usd"] == 0 and row["usage"]["teacher"]["completion"] > 0
     assert [row["reference"] for row in rows if row["prompt"].startswith("No")] in ([None], [])
     assert manifest(out)["status"] == "complete"
+
+
+def test_rows_come_out_in_input_order_whatever_order_they_finished_in(cli, tmp_path, deepseek):
+    # the first prompts finish last (a 429 with Retry-After): the journal holds them out of order,
+    # the dataset must not
+    deepseek.plan("Q0: what is 6 times 7?", "429:retry-after=1")
+    deepseek.plan("Q1: what is 6 times 7?", "429:retry-after=1")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 4), "--output", out)
+    assert r.exit_code == 0, r.stderr
+    journal_order = [json.loads(line)["prompt"][:2] for line in (out / "journal.jsonl").read_text().splitlines()]
+    assert journal_order[:2] == ["Q2", "Q3"]  # the test really exercises out-of-order finishing
+    assert [row["prompt"][:2] for row in rows_of(out)] == ["Q0", "Q1", "Q2", "Q3"]

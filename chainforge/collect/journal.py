@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from chainforge.data import atomic_write_text
 
@@ -70,7 +70,7 @@ class AppendLog:
             self._fd = None
 
 
-def rows_in_order(path: Path, offsets: list[tuple[int, int]]) -> Iterator[dict]:
+def rows_in_order(path: Path, offsets: Sequence[tuple[int, int]]) -> Iterator[dict]:
     """The journal's rows sorted by input index; `offsets` holds (index, byte offset) pairs."""
     with open(path, "rb") as f:
         for _, offset in sorted(offsets):

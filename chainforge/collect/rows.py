@@ -70,5 +70,7 @@ def build_dataset(journal: Path, offsets: list[tuple[int, int]], cache_dir: Path
     from datasets import Dataset
 
     datasets.disable_progress_bars()  # collect has its own progress display
+    # A tuple, not a list: datasets shards list-valued gen_kwargs (one generator call per element,
+    # in the list's order), which would undo the sorting inside rows_in_order.
     return Dataset.from_generator(_dataset_rows, features=features(), cache_dir=str(cache_dir),
-                                  gen_kwargs={"journal": journal, "offsets": offsets})
+                                  gen_kwargs={"journal": journal, "offsets": tuple(sorted(offsets))})
