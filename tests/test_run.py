@@ -146,3 +146,17 @@ def test_report_on_the_finished_run(finished_run, cli):
         assert f"| {folder} |" in report
     assert (base / "run" / "plots" / "01-sft-cold-loss.png").is_file()
     assert (base / "run" / "plots" / "02-rl-reward-per-function.png").is_file()
+
+
+def test_an_unfinished_stage_whose_input_was_redone_is_redone_not_resumed(finished_run, cli, tiny_model):
+    base, recipe, _ = finished_run
+    run_dir = base / "run"
+    m = read_manifest(run_dir / "02-rl")
+    m["status"] = "running"
+    (run_dir / "02-rl" / "chainforge.json").write_text(json.dumps(m))
+    write_recipe(recipe, run_dir, tiny_model, base / "train.jsonl", stages_for(tiny_model, sft_steps=3))
+    r = cli("run", recipe)
+    assert r.exit_code == 0, r.output
+    assert "[02-rl] options or inputs changed: redoing it" in r.stderr
+    assert "unfinished: resuming" not in r.stderr
+    assert read_manifest(run_dir / "02-rl")["status"] == "complete"

@@ -206,24 +206,28 @@ def _as_args(command: str, options: dict) -> list[str]:
     return args
 
 
-def stage_is_current(stage: Stage, redone: set[str]) -> bool:
-    """Complete, with the options the recipe gives it, and no input redone in this run."""
-    m = read_manifest(stage.output)
-    if not m or m.get("status") != "complete" or m.get("stage") != stage.command:
-        return False
-    recorded = m.get("config", {})
-    for key, value in stage.options.items():
-        if _norm(recorded.get(key)) != _norm(value):
-            return False
-    for rec in m.get("inputs", []):
+def stage_is_current(stage: Stage, manifest: Optional[dict], redone: set[str]) -> bool:
+    """Complete, with the options the recipe gives it, and no input redone or changed since."""
+    return bool(manifest) and manifest.get("status") == "complete" and manifest.get("stage") == stage.command \
+        and not _differs(stage, manifest) and not _inputs_changed(manifest, redone)
+
+
+def _differs(stage: Stage, manifest: dict) -> bool:
+    recorded = manifest.get("config", {})
+    return any(_norm(recorded.get(k)) != _norm(v) for k, v in stage.options.items())
+
+
+def _inputs_changed(manifest: dict, redone: set[str]) -> bool:
+    """An input redone in this run, or one whose fingerprint is no longer the one recorded."""
+    for rec in manifest.get("inputs", []):
         path = rec.get("path")
         if path in redone:
-            return False
+            return True
         if rec.get("fingerprint"):
             current = read_manifest(path) if path and Path(path).is_dir() else None
             if current and current.get("fingerprint") != rec["fingerprint"]:
-                return False
-    return True
+                return True
+    return False
 
 
 def _norm(value: Any) -> Any:
@@ -288,17 +292,18 @@ def run(opts) -> None:
     for st in plan[first:last + 1]:
         record = state["stages"].setdefault(st.name, {})
         record.update(folder=st.folder, command=st.command)
-        if stage_is_current(st, redone):
+        m = read_manifest(st.output)
+        if stage_is_current(st, m, redone):
             info(f"[{st.folder}] complete with the same options: skipped")
             record["status"] = "skipped (complete)"
             _save_state(state_path, state)
             continue
         args = list(st.args)
-        m = read_manifest(st.output)
-        if m and (m.get("status") == "complete" or m.get("stage") != st.command or _differs(st, m)):
+        if m and (m.get("status") == "complete" or m.get("stage") != st.command or _differs(st, m)
+                  or _inputs_changed(m, redone)):
+            # an unfinished stage whose inputs were redone must not resume on stale partial work
             args.append("--overwrite")
-            why = "options or inputs changed" if m.get("status") == "complete" else "options changed"
-            info(f"[{st.folder}] {why}: redoing it")
+            info(f"[{st.folder}] options or inputs changed: redoing it")
         elif m:
             info(f"[{st.folder}] unfinished: resuming")
         info(f"[{st.folder}] chainforge {' '.join(args)}")
@@ -320,11 +325,6 @@ def run(opts) -> None:
                             f"to resume it")
         redone.add(str(st.output))
     info(f"run complete: {run_dir} (report: chainforge report {run_dir})")
-
-
-def _differs(stage: Stage, manifest: dict) -> bool:
-    recorded = manifest.get("config", {})
-    return any(_norm(recorded.get(k)) != _norm(v) for k, v in stage.options.items())
 
 
 def _save_state(path: Path, state: dict) -> None:
