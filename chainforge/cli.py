@@ -217,9 +217,7 @@ def grpo(
         "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5), registered "
                           "names or dotted paths to your own (my_pkg.rewards:fn). "
                           "Default: accuracy,format,expansion.")] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", help="System turn added to string prompts (default: the Super CoT instructions; "
-                                "'' for none).")] = None,
+    system_prompt: SystemPrompt = None,
     prompt_column: PromptColumn = "prompt",
     answer_column: AnswerColumn = "answer",
     limit: Limit = None,

@@ -55,25 +55,6 @@ def majority_vote(answers: Sequence[Optional[str]]) -> tuple[Optional[str], int]
     return best[0], best[1]
 
 
-def resolve_rewards(spec: Any, default: Sequence[str] = EVAL_REWARDS) -> tuple[list[str], list[float]]:
-    """`--rewards` checked: (names, weights), or a UsageError naming the problem and the known rewards."""
-    from chainforge.errors import UsageError
-    from chainforge.rewards import get_reward
-
-    try:
-        names, weights = parse_reward_spec(spec, default=default)
-    except ValueError as exc:
-        raise UsageError(f"--rewards: {exc}") from None
-    if not names:
-        raise UsageError("--rewards is empty: name at least one reward, e.g. accuracy,format")
-    for name in names:
-        try:
-            get_reward(name)
-        except KeyError as exc:
-            raise UsageError(f"--rewards: {exc.args[0]}") from None
-    return names, weights
-
-
 def evaluate_model(model, tokenizer, rows: Iterable[dict], *, prompt_column: str = "prompt",
                    answer_column: Optional[str] = "answer", num_samples: int = 4, temperature: float = 0.6,
                    top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0,

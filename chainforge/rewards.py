@@ -234,3 +234,23 @@ def score(completions: Sequence[Any], columns: dict[str, Sequence[Any]], names: 
     per_name = {name: get_reward(name)(list(completions), **columns) for name in names}
     totals = [weighted_total([per_name[n][i] for n in names], weights) for i in range(len(completions))]
     return totals, per_name
+
+
+def resolve_rewards(spec: str | Sequence[str] | None, default: Sequence[str] = DEFAULT_REWARDS
+                    ) -> tuple[list[str], list[float]]:
+    """`--rewards` checked for a command: (names, weights), or a UsageError (exit 2) naming the
+    problem and the known rewards. grpo, reject and eval all resolve their option here."""
+    from chainforge.errors import UsageError
+
+    try:
+        names, weights = parse_reward_spec(spec, default=default)
+    except ValueError as exc:
+        raise UsageError(f"--rewards: {exc}") from None
+    if not names:
+        raise UsageError("--rewards is empty: name at least one reward, e.g. accuracy,format")
+    for name in names:
+        try:
+            get_reward(name)
+        except KeyError as exc:
+            raise UsageError(f"--rewards: {exc.args[0]}") from None
+    return names, weights

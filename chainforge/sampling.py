@@ -50,11 +50,12 @@ class Completion:
 
 
 def as_messages(prompt: Prompt, system_prompt: Optional[str] = None) -> list[dict]:
-    """A prompt as chat messages: a string becomes one user turn."""
+    """A prompt as chat messages (role and content only): a string becomes one user turn; the
+    system prompt goes first unless the prompt has its own system turn."""
     if isinstance(prompt, str):
         messages = [{"role": "user", "content": prompt}]
     else:
-        messages = [dict(m) for m in prompt]
+        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
     if system_prompt and not (messages and messages[0].get("role") == "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages

@@ -168,6 +168,11 @@ def test_prompts_become_chats_and_answers_arrive_as_answer(tmp_path):
               "reference": "4"}]
     ds = load_prompts(Options(data=str(write_jsonl(tmp_path / "c.jsonl", chats))), ["accuracy"])
     assert ds[0]["prompt"] == chats[0]["prompt"] and ds[0]["answer"] == "4"
+    # a chat prompt without a system turn gets the one every other stage samples under
+    bare = [{"prompt": [{"role": "user", "content": "2 + 2?"}], "reference": "4"}]
+    ds = load_prompts(Options(data=str(write_jsonl(tmp_path / "b.jsonl", bare))), ["accuracy"])
+    assert ds[0]["prompt"] == [{"role": "system", "content": SUPER_COT_SYSTEM_PROMPT},
+                               {"role": "user", "content": "2 + 2?"}]
 
 
 # ---- bad input: exit 2, one line, nothing created -----------------------------------------------

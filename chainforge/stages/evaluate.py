@@ -25,12 +25,16 @@ from chainforge.data import (MANIFEST, answer_column, atomic_write_text, load_ro
 from chainforge.errors import UsageError
 from chainforge.log import console, info
 from chainforge.metrics import EVAL_REWARDS, evaluate_model  # evaluate_model: other stages import it from here
-from chainforge.metrics import resolve_rewards
+from chainforge.rewards import resolve_rewards
 from chainforge.sampling import engine_spec, load_engine, resolve_system_prompt
 
 RESULTS = "results.jsonl"
 JOURNAL = "samples.jsonl"
 METRIC_ORDER = ("pass@1", "pass@k", "maj@k", "format_rate", "mean_completion_tokens", "k")
+
+
+# Options that may change between a run and its resumption (chainforge run reads this too).
+RESUMABLE_CHANGES = ("compare", "batch_size")
 
 
 def run(opts: Options) -> None:
@@ -39,7 +43,7 @@ def run(opts: Options) -> None:
     engine = engine_spec(opts)
     rewards = resolve_rewards(opts.rewards, default=EVAL_REWARDS)
     other = _compare_target(opts.compare) if opts.compare else None
-    plan = plan_output(opts.output, "eval", opts, overwrite=opts.overwrite, ignore=("compare", "batch_size"))
+    plan = plan_output(opts.output, "eval", opts, overwrite=opts.overwrite, ignore=RESUMABLE_CHANGES)
 
     # ---- data and model (validated before anything is created)
     ds = load_rows(opts.data, opts.limit)

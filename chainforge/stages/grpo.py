@@ -9,8 +9,9 @@ the `--rewards` functions (weighted sum), and its advantage is its reward relati
 The loss is TRL's clipped surrogate (`--epsilon`) plus a KL penalty to the frozen starting model
 (`--beta`, default 0.04 as in DeepSeekMath; TRL's own default 0.0 loads no reference model).
 
-String prompts become a chat [system: the Super CoT instructions (`--system-prompt`), user: the
-prompt]; chat-message prompts pass through. The reference answer reaches the rewards as `answer`.
+Prompts become chats through `sampling.as_messages`, as in sft/reject/eval/distill: the Super CoT
+instructions (`--system-prompt`, '' for none) go first unless a prompt has its own system turn.
+The reference answer reaches the rewards as `answer`.
 
 Batching: TRL counts `--batch-size` in completions, and each generation round must hold whole
 groups: batch-size × grad-accum × processes must be a multiple of num-generations. Left unset, the
@@ -25,7 +26,6 @@ training wall time).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import time
@@ -33,10 +33,11 @@ from typing import Any, Optional
 
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import UsageError
-from chainforge.formats import SUPER_COT_SYSTEM_PROMPT, completion_text, parse_super_cot
+from chainforge.formats import completion_text, parse_super_cot
 from chainforge.log import info
 from chainforge.models import load_model, load_tokenizer, resolve_model
-from chainforge.rewards import NEEDS_ANSWER, get_reward, parse_reward_spec
+from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
+from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import training
 
 STAGE = "grpo"
@@ -48,7 +49,8 @@ RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state",
 
 def run(opts) -> None:
     opts.require("model", "data", "output")
-    reward_names, reward_weights, reward_fns = resolve_rewards(opts.get("rewards"))
+    reward_names, reward_weights = resolve_rewards(opts.get("rewards"))
+    reward_fns = [get_reward(name) for name in reward_names]
     check_sampling(opts)
     batch_size, grad_accum = resolve_batch(opts)
     ref = resolve_model(opts.model)
@@ -102,22 +104,6 @@ def run(opts) -> None:
 
 # ---- options ------------------------------------------------------------------------------------
 
-def resolve_rewards(spec) -> tuple[list[str], list[float], list]:
-    """`--rewards accuracy,format=0.5,my_pkg.rewards:brevity` → names, weights, functions (exit 2 on a
-    bad name or weight)."""
-    try:
-        names, weights = parse_reward_spec(spec)
-    except ValueError as exc:
-        raise UsageError(f"--rewards: {exc}") from None
-    fns = []
-    for name in names:
-        try:
-            fns.append(get_reward(name))
-        except KeyError as exc:
-            raise UsageError(f"--rewards: {exc.args[0]}") from None
-    return names, weights, fns
-
-
 def check_sampling(opts) -> None:
     if opts.num_generations < 2:
         raise UsageError(f"--num-generations must be at least 2, got {opts.num_generations}: GRPO scores each "
@@ -133,8 +119,8 @@ def check_sampling(opts) -> None:
                          "teaches nothing (1.0 is the default)")
     if opts.loss_type not in LOSS_TYPES:
         raise UsageError(f"--loss-type {opts.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
-    if opts.get("use_vllm") and importlib.util.find_spec("vllm") is None:
-        raise UsageError("--use-vllm needs vLLM, which is not installed: pip install 'chainforge[vllm]' "
+    if opts.get("use_vllm") and not vllm_available():
+        raise UsageError(f"--use-vllm needs vLLM, which is not installed: {VLLM_INSTALL} "
                          "(or drop --use-vllm to generate with transformers)")
 
 
@@ -188,9 +174,8 @@ def load_prompts(opts, needs_answer: list[str]):
         ds = ds.remove_columns(drop)
     if renames:
         ds = ds.rename_columns(renames)
-    system = opts.get("system_prompt")
-    system = SUPER_COT_SYSTEM_PROMPT if system is None else system
-    chats = [as_chat(p, system) for p in ds["prompt"]]  # not .map(): no progress bar on stderr
+    system = resolve_system_prompt(opts.get("system_prompt"))
+    chats = [as_messages(p, system) for p in ds["prompt"]]  # not .map(): no progress bar on stderr
     return ds.remove_columns("prompt").add_column("prompt", chats)
 
 
@@ -199,13 +184,6 @@ def _valid_prompt(p: Any) -> bool:
         return bool(p.strip())
     return (isinstance(p, list) and bool(p)
             and all(isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in p))
-
-
-def as_chat(prompt, system: str) -> list[dict]:
-    """A string prompt → [system, user] messages; a message list passes through unchanged."""
-    if isinstance(prompt, str):
-        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
 # ---- trainer ------------------------------------------------------------------------------------

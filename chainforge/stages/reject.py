@@ -27,7 +27,8 @@ from chainforge.config import Options
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
 from chainforge.log import info
-from chainforge.metrics import pass_at_k, resolve_rewards, score_rows
+from chainforge.metrics import pass_at_k, score_rows
+from chainforge.rewards import resolve_rewards
 from chainforge.rewards import NEEDS_ANSWER
 from chainforge.sampling import (as_messages, engine_spec, generate_journaled, load_engine, prompt_id,
                                  resolve_system_prompt)
@@ -39,6 +40,11 @@ JOURNAL = "candidates.jsonl"
 _TOLERANCE = 1e-9
 
 
+# Options that may change between a run and its resumption (chainforge run reads this too):
+# the drawn candidates are kept, so a new filter reuses them.
+RESUMABLE_CHANGES = ("min_reward", "keep", "batch_size")
+
+
 def run(opts: Options) -> None:
     # ---- options
     opts.require("model", "data", "output")
@@ -48,7 +54,7 @@ def run(opts: Options) -> None:
         raise UsageError(f"--keep {opts.keep!r} is not one of {', '.join(KEEP)}")
     # Candidates don't depend on these: a rerun with another filter reuses the journal.
     plan = plan_output(opts.output, "reject", opts, overwrite=opts.overwrite,
-                       ignore=("min_reward", "keep", "batch_size"))
+                       ignore=RESUMABLE_CHANGES)
 
     # ---- data (validated before anything is created)
     ds = load_rows(opts.data, opts.limit)
@@ -125,7 +131,7 @@ def select_candidates(texts: Sequence[str], rewards: Sequence[float], min_reward
 
 def _row(row: dict, prompt: Any, ref: Optional[Any], text: str, reward: float, candidates: int,
          rank: int) -> dict:
-    user_turns = [{"role": m.get("role"), "content": m.get("content")} for m in as_messages(prompt)]
+    user_turns = as_messages(prompt)
     return {
         "id": str(row["id"]) if row.get("id") not in (None, "") else prompt_id(prompt),
         "prompt": prompt,
