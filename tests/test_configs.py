@@ -22,7 +22,7 @@ def test_there_are_configs_to_check():
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_validates(path):
     recipe = load_recipe(path)
-    plan = plan_stages(recipe, path.parent)
+    plan = plan_stages(recipe)
     assert [s.name for s in plan] == [s["name"] for s in recipe["stages"]]
     for stage in plan:
         assert "--output" in stage.args

@@ -160,3 +160,30 @@ def test_an_unfinished_stage_whose_input_was_redone_is_redone_not_resumed(finish
     assert "[02-rl] options or inputs changed: redoing it" in r.stderr
     assert "unfinished: resuming" not in r.stderr
     assert read_manifest(run_dir / "02-rl")["status"] == "complete"
+
+
+def test_resumable_option_changes_skip_and_a_removed_option_redoes(finished_run, cli, tiny_model):
+    base, recipe, _ = finished_run
+    run_dir = base / "run"
+    stages = stages_for(tiny_model, sft_steps=3)  # as the previous test left the run
+    stages[0]["max_cost"] = 5.0  # collect lets its budget change on resume: never a reason to pay again
+    write_recipe(recipe, run_dir, tiny_model, base / "train.jsonl", stages)
+    r = cli("run", recipe)
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("skipped") == 3, r.stderr
+    del stages[1]["max_new_tokens"]  # removing an option is a change too
+    write_recipe(recipe, run_dir, tiny_model, base / "train.jsonl", stages)
+    r = cli("run", recipe)
+    assert r.exit_code == 0, r.output
+    assert "[00-collect] complete with the same options: skipped" in r.stderr
+    assert "[01-sft-cold] options or inputs changed: redoing it" in r.stderr
+
+
+def test_recipe_values_are_typed_as_the_stage_records_them(tmp_path, tiny_model):
+    from chainforge.stages.run import load_recipe
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    stages = stages_for(tiny_model)
+    stages[1]["learning_rate"] = "1e-5"  # what YAML makes of `learning_rate: 1e-5`
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tmp_path / "run", tiny_model, prompts, stages))
+    assert recipe["stages"][1]["learning_rate"] == 1e-5

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from chainforge.config import REDACTED
 from chainforge.data import atomic_write_text, read_manifest
-from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
+from chainforge.errors import Interrupted, RunFailed, UsageError
 from chainforge.log import info
 
 RECIPE_KEYS = {"run_dir", "model", "prompts", "eval_data", "stages"}
@@ -44,6 +45,7 @@ RECIPE_KEYS = {"run_dir", "model", "prompts", "eval_data", "stages"}
 PRODUCES = {"collect": "dataset", "reject": "dataset", "sft": "checkpoint", "grpo": "checkpoint",
             "distill": "checkpoint", "eval": None}
 RUN_STATE = "run.json"
+STAGE_MODULES = {"eval": "evaluate"}
 
 
 @dataclass
@@ -97,13 +99,10 @@ def load_recipe(path: str | Path) -> dict:
         if name in seen:
             raise UsageError(f"recipe {path}: stage name '{name}' is used twice; names must be unique")
         seen.add(name)
-        if command not in PRODUCES or command in ("run", "report"):
+        if command not in PRODUCES:
             raise UsageError(f"recipe {path}: stage '{name}' has unknown command '{command}'; "
                              f"known: {', '.join(sorted(PRODUCES))}")
         params = command_params(command)
-        if not params:
-            raise UsageError(f"recipe {path}: stage '{name}': the `{command}` command is not available "
-                             f"in this installation")
         for key in st:
             k = str(key).replace("-", "_")
             if key in ("name", "command"):
@@ -112,7 +111,8 @@ def load_recipe(path: str | Path) -> dict:
                 allowed = sorted(set(params) - {"output", "config", "overwrite"})
                 raise UsageError(f"recipe {path}: stage '{name}' ({command}) has unknown option '{key}'; "
                                  f"known: {', '.join(allowed)}")
-            coerce_value(k, st[key], hints[command].get(k, str), params[k], f"recipe {path}: stage '{name}'")
+            # keep the typed value: it is what the stage's manifest will record (YAML reads 1e-5 as a string)
+            st[key] = coerce_value(k, st[key], hints[command].get(k, str), params[k], f"recipe {path}: stage '{name}'")
     return recipe
 
 
@@ -128,14 +128,15 @@ def _hints(command: str) -> dict:
     return {}
 
 
-def plan_stages(recipe: dict, base_dir: Path) -> list[Stage]:
-    """Each stage's folder and command-line arguments, defaults filled from earlier stages."""
-    run_dir = _path(recipe["run_dir"], base_dir)
+def plan_stages(recipe: dict) -> list[Stage]:
+    """Each stage's folder and command-line arguments, defaults filled from earlier stages.
+    Relative paths in a recipe resolve from the current folder (run it from the repository root)."""
+    run_dir = _path(recipe["run_dir"])
     latest: dict[str, str] = {}
     if recipe.get("model"):
-        latest["checkpoint"] = str(_model(recipe["model"], base_dir))
-    prompts = str(_path(recipe["prompts"], base_dir)) if recipe.get("prompts") else None
-    eval_data = str(_path(recipe["eval_data"], base_dir)) if recipe.get("eval_data") else None
+        latest["checkpoint"] = str(_model(recipe["model"]))
+    prompts = str(_path(recipe["prompts"])) if recipe.get("prompts") else None
+    eval_data = str(_path(recipe["eval_data"])) if recipe.get("eval_data") else None
     plan = []
     for i, raw in enumerate(recipe["stages"]):
         command = raw["command"]
@@ -160,10 +161,10 @@ def plan_stages(recipe: dict, base_dir: Path) -> list[Stage]:
                 options[key] = value
         for key in ("data", "prompts", "eval_data"):
             if key in raw and isinstance(options.get(key), str):
-                options[key] = str(_path(options[key], base_dir))
+                options[key] = str(_path(options[key]))
         for key in ("model", "teacher", "student", "teacher_model"):
             if key in raw and isinstance(options.get(key), str):
-                options[key] = str(_model(options[key], base_dir))
+                options[key] = str(_model(options[key]))
         out = run_dir / f"{i:02d}-{raw['name']}"
         stage = Stage(i, str(raw["name"]), command, options, out)
         stage.args = [command, *_as_args(command, options), "--output", str(out)]
@@ -174,17 +175,17 @@ def plan_stages(recipe: dict, base_dir: Path) -> list[Stage]:
     return plan
 
 
-def _path(value: Any, base: Path) -> Path:
+def _path(value: Any) -> Path:
     p = Path(str(value)).expanduser()
     return p if p.is_absolute() else (Path.cwd() / p)
 
 
-def _model(value: Any, base: Path) -> str:
+def _model(value: Any) -> str:
     # Embedded names and hub ids stay as they are; relative folders resolve from the cwd.
     text = str(value)
     p = Path(text).expanduser()
     if p.exists() or text.startswith((".", "/", "~")):
-        return str(_path(text, base))
+        return str(_path(text))
     return text
 
 
@@ -206,15 +207,31 @@ def _as_args(command: str, options: dict) -> list[str]:
     return args
 
 
-def stage_is_current(stage: Stage, manifest: Optional[dict], redone: set[str]) -> bool:
+def stage_is_current(stage: Stage, manifest: Optional[dict], redone: set[str],
+                     previous: Optional[dict] = None) -> bool:
     """Complete, with the options the recipe gives it, and no input redone or changed since."""
     return bool(manifest) and manifest.get("status") == "complete" and manifest.get("stage") == stage.command \
-        and not _differs(stage, manifest) and not _inputs_changed(manifest, redone)
+        and not _differs(stage, manifest, previous) and not _inputs_changed(manifest, redone)
 
 
-def _differs(stage: Stage, manifest: dict) -> bool:
+def _differs(stage: Stage, manifest: dict, previous: Optional[dict] = None) -> bool:
+    """Does the recorded config differ from what this stage would run with? Compared: the options
+    the recipe gives (typed as the stage records them), and — from run.json — options an earlier
+    run gave that the recipe no longer does (removing `max_steps: 20` is a change). Options the stage
+    lets change on resume (collect's --max-cost, say) are not compared."""
     recorded = manifest.get("config", {})
-    return any(_norm(recorded.get(k)) != _norm(v) for k, v in stage.options.items())
+    skip = set(_resumable_changes(stage.command))
+    if any(k not in stage.options and k not in skip for k in (previous or {})):
+        return True
+    return any(_norm(recorded.get(k)) != _norm(v) for k, v in stage.options.items()
+               if k not in skip and recorded.get(k) != REDACTED)
+
+
+def _resumable_changes(command: str) -> tuple:
+    import importlib
+
+    module = importlib.import_module(f"chainforge.stages.{STAGE_MODULES.get(command, command)}")
+    return getattr(module, "RESUMABLE_CHANGES", ())
 
 
 def _inputs_changed(manifest: dict, redone: set[str]) -> bool:
@@ -265,7 +282,7 @@ def invoke(args: list[str]) -> int:
 def run(opts) -> None:
     recipe_path = Path(opts.recipe)
     recipe = load_recipe(recipe_path)
-    plan = plan_stages(recipe, recipe_path.parent)
+    plan = plan_stages(recipe)
     names = [s.name for s in plan]
     for flag in ("start", "until"):
         value = opts.get(flag)
@@ -293,13 +310,14 @@ def run(opts) -> None:
         record = state["stages"].setdefault(st.name, {})
         record.update(folder=st.folder, command=st.command)
         m = read_manifest(st.output)
-        if stage_is_current(st, m, redone):
+        previous = record.get("options")  # what the last run of this recipe gave the stage
+        if stage_is_current(st, m, redone, previous):
             info(f"[{st.folder}] complete with the same options: skipped")
             record["status"] = "skipped (complete)"
             _save_state(state_path, state)
             continue
         args = list(st.args)
-        if m and (m.get("status") == "complete" or m.get("stage") != st.command or _differs(st, m)
+        if m and (m.get("status") == "complete" or m.get("stage") != st.command or _differs(st, m, previous)
                   or _inputs_changed(m, redone)):
             # an unfinished stage whose inputs were redone must not resume on stale partial work
             args.append("--overwrite")
@@ -307,7 +325,7 @@ def run(opts) -> None:
         elif m:
             info(f"[{st.folder}] unfinished: resuming")
         info(f"[{st.folder}] chainforge {' '.join(args)}")
-        record.update(status="running", started=_now())
+        record.update(status="running", started=_now(), options=st.options)
         _save_state(state_path, state)
         t0 = time.time()
         code = invoke(args)
@@ -335,4 +353,3 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["run", "load_recipe", "plan_stages", "invoke", "ChainforgeError"]
