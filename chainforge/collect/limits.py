@@ -65,7 +65,3 @@ class CostBudget:
         self.in_flight -= estimate
         self.spent += actual
         self.rows += row
-
-    @property
-    def reached(self) -> bool:
-        return self.max_cost is not None and self.spent >= self.max_cost
