@@ -320,6 +320,11 @@ BAD = [
     (["--marker-domain", "poetry"], {}, "--marker-domain"),
     (["--retry-failed"], {}, "--retry-failed needs an existing"),
     (["--teacher", "local", "--teacher-model", "/nonexistent/model"], {}, "--teacher-model"),
+    (["--teacher", "openai", "--teacher-base-url", "http://127.0.0.1:9/v1"], {}, "needs --teacher-model"),
+    (["--expander", "anthropic"], {"ANTHROPIC_API_KEY": "sk-a", "ANTHROPIC_BASE_URL": "localhost:9"},
+     "ANTHROPIC_BASE_URL"),
+    (["--expander", "openai"], {"OPENAI_BASE_URL": None}, "--expander openai needs OPENAI_BASE_URL"),
+    (["--expander", "openai"], {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, "needs --expander-model"),
 ]
 
 

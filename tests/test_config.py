@@ -24,6 +24,7 @@ def stage(
     name: Annotated[str, typer.Option("--name")] = "default",
     greedy: Annotated[bool, typer.Option("--greedy/--no-greedy")] = False,
     rewards: Annotated[Optional[list[str]], typer.Option("--rewards")] = None,
+    ratio: Annotated[float, typer.Option("--ratio", min=0.0, max=1.0)] = 0.5,
     config: ConfigFile = None,
 ):
     try:
@@ -58,6 +59,8 @@ def test_dashed_keys_are_accepted(tmp_path):
     ("bogus: 1\n", "unknown key 'bogus'"),
     ("limit: many\n", "key 'limit' expects int"),
     ("limit: 0\n", "key 'limit' must be at least 1"),
+    ("temperature: -1\n", "key 'temperature' must be at least 0.0"),
+    ("ratio: 2\n", "key 'ratio' must be at most 1.0"),
     ("greedy: 3\n", "key 'greedy' expects bool"),
     ("seed: true\n", "key 'seed' expects int, got a boolean"),
     ("name: [a, b]\n", "key 'name' expects str"),
@@ -100,3 +103,10 @@ def test_config_differences_names_changed_options():
 def test_options_require():
     with pytest.raises(UsageError, match="missing --model"):
         Options(model=None).require("model")
+
+
+def test_unreadable_config_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(b"limit: \xff\xfe\n")
+    r = run("--config", str(cfg))
+    assert r.exit_code == 2 and "cannot read config" in r.stderr

@@ -119,6 +119,7 @@ def test_from_a_stage_whose_inputs_were_never_made(tmp_path, cli, tiny_model):
     (lambda r: r["stages"][1].update(learning_rat=1e-5), "has unknown option 'learning_rat'"),
     (lambda r: r["stages"][1].update(max_steps="many"), "key 'max_steps' expects int"),
     (lambda r: r["stages"][1].update(output="elsewhere"), "has unknown option 'output'"),
+    (lambda r: r["stages"].append({"command": "sft"}), "needs `name` and `command`"),
 ])
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path, cli, tiny_model, mutate, needle):
     prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)
@@ -187,3 +188,9 @@ def test_recipe_values_are_typed_as_the_stage_records_them(tmp_path, tiny_model)
     stages[1]["learning_rate"] = "1e-5"  # what YAML makes of `learning_rate: 1e-5`
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tmp_path / "run", tiny_model, prompts, stages))
     assert recipe["stages"][1]["learning_rate"] == 1e-5
+
+
+def test_from_after_until_is_refused(finished_run, cli):
+    _, recipe, _ = finished_run
+    r = cli("run", recipe, "--from", "rl", "--until", "collect")
+    assert r.exit_code == 2 and "--from rl comes after --until collect" in r.stderr
