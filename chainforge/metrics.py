@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT, answers_match, extract_final_answer, is_super_cot
 from chainforge.rewards import parse_reward_spec, score
-from chainforge.sampling import generate, generate_journaled, prompt_id
+from chainforge.sampling import generate, generate_journaled, row_id
 
 EVAL_REWARDS = ("accuracy", "format")
 
@@ -94,7 +94,7 @@ def evaluate_model(model, tokenizer, rows: Iterable[dict], *, prompt_column: str
         correct = [answers_match(ref, f) is True for f in finals]
         majority, _ = majority_vote(finals)
         results.append({
-            "id": str(row["id"]) if row.get("id") not in (None, "") else prompt_id(prompt),
+            "id": row_id(row.get("id"), prompt),
             "prompt": prompt,
             "answer": None if ref is None else str(ref),
             "completions": texts,

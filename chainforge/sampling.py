@@ -537,3 +537,9 @@ def prompt_id(prompt: Prompt) -> str:
     body = prompt if isinstance(prompt, str) else json.dumps(list(prompt), sort_keys=True, ensure_ascii=False,
                                                               default=str)
     return hashlib.sha256(body.encode("utf-8")).hexdigest()[:16]
+
+
+def row_id(given, prompt: Prompt) -> str:
+    """A row's id everywhere (collect, reject, eval, distill): its `id` value when it has a
+    non-empty one, else `prompt_id(prompt)`."""
+    return str(given) if given not in (None, "") else prompt_id(prompt)

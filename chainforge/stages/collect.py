@@ -26,7 +26,7 @@ from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
 from chainforge.collect.teachers import PromptItem
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
-from chainforge.sampling import prompt_id
+from chainforge.sampling import row_id
 
 # Options that may change when a run is resumed: they change how fast or how far it goes, not
 # what a row is.
@@ -185,7 +185,7 @@ def _prompt_ids(ds, column: str) -> PromptIds:
         for k, value in enumerate(row[column]):
             question, _ = _question(value, n * 1000 + k)
             given = row["id"][k] if has_id else None
-            rid = str(given) if given not in (None, "") else prompt_id(question)
+            rid = row_id(given, question)
             per_row.append(rid)
             unique.setdefault(rid, len(per_row) - 1)
     return PromptIds(per_row, unique, len(per_row) - len(unique))

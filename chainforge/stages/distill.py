@@ -126,12 +126,12 @@ def load_trained(out, student_ref: ModelRef):
 def _rows(ds, opts: Options, answers: Optional[str]) -> list[dict]:
     """Plain rows: `id`, `prompt`, `answer` (None without a reference) and `completion` (the
     assistant text a collect/reject output already carries, else None)."""
-    from chainforge.sampling import prompt_id  # the id collect gives rows without one
+    from chainforge.sampling import row_id  # the id collect gives rows
 
     out = []
     for row in ds:
         prompt = row[opts.prompt_column]
-        out.append({"id": str(row["id"]) if row.get("id") is not None else prompt_id(prompt),
+        out.append({"id": row_id(row.get("id"), prompt),
                      "prompt": prompt, "answer": row.get(answers) if answers else None,
                      "completion": _completion(row)})
     return out

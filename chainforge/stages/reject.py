@@ -30,7 +30,7 @@ from chainforge.log import info
 from chainforge.metrics import pass_at_k, score_rows
 from chainforge.rewards import resolve_rewards
 from chainforge.rewards import NEEDS_ANSWER
-from chainforge.sampling import (as_messages, engine_spec, generate_journaled, load_engine, prompt_id,
+from chainforge.sampling import (as_messages, engine_spec, generate_journaled, load_engine, row_id,
                                  resolve_system_prompt)
 
 REJECT_REWARDS = ("accuracy", "format")
@@ -133,7 +133,7 @@ def _row(row: dict, prompt: Any, ref: Optional[Any], text: str, reward: float, c
          rank: int) -> dict:
     user_turns = as_messages(prompt)
     return {
-        "id": str(row["id"]) if row.get("id") not in (None, "") else prompt_id(prompt),
+        "id": row_id(row.get("id"), prompt),
         "prompt": prompt,
         "reference": None if ref is None else str(ref),
         "text": text,
