@@ -78,13 +78,16 @@ def create_output(plan, inputs: Sequence = ()):
     return StageOutput(plan.path, plan.stage, plan.config, [input_record(i) for i in inputs], "")
 
 
-def remove_checkpoints(output_dir: str | Path) -> None:
-    """Delete the resumable `checkpoint-*` folders once the result is saved and the manifest is
-    complete: a complete output is never resumed, and a 7B full fine-tune's optimizer state is
-    ~56 GB per checkpoint."""
+def finish(out, metrics: dict) -> None:
+    """The end of a training stage, on rank 0: the manifest says complete, then the resumable
+    `checkpoint-*` folders go (a complete output is never resumed, and a 7B full fine-tune's
+    optimizer state is ~56 GB per checkpoint)."""
     import shutil
 
-    for ckpt in Path(output_dir).glob("checkpoint-*"):
+    if not is_main_process():
+        return
+    out.finish(metrics)
+    for ckpt in Path(out.path).glob("checkpoint-*"):
         if ckpt.is_dir():
             shutil.rmtree(ckpt, ignore_errors=True)
 

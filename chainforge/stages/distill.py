@@ -105,8 +105,7 @@ def run(opts: Options) -> None:
     metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows))
     metrics.update({f"eval_before/{k}": v for k, v in (before or {}).items()})
     metrics.update({f"eval_after/{k}": v for k, v in (after or {}).items()})
-    out.finish(metrics)
-    training.remove_checkpoints(out.path)
+    training.finish(out, metrics)
     info(f"distill ({method}): {metrics.get('steps')} steps, train_loss {metrics.get('train_loss')}, "
          f"format_rate {metrics.get('format_rate')} -> {out.path}")
 

@@ -95,8 +95,7 @@ def run(opts) -> None:
     training.save_trained(trainer, out, tokenizer, merge=opts.get("merge", True))
     if main:
         metrics = grpo_metrics(trainer, result)
-        out.finish(metrics)
-        training.remove_checkpoints(out.path)  # a complete output is never resumed
+        training.finish(out, metrics)
         info(f"grpo: {metrics['steps']} steps, reward {_fmt(metrics['first_reward'])} -> {_fmt(metrics['reward'])}, "
              f"format_rate {_fmt(metrics['format_rate'])}, generation {_fmt(metrics['generation_time_share'])} "
              f"of the time -> {out.path}")

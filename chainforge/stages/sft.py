@@ -75,9 +75,8 @@ def run(opts: Options) -> None:
                         format_prompts=format_prompts)
     metrics["format_held_out"] = held_out
     metrics["rows"] = len(dataset)
+    training.finish(out, metrics)
     if training.is_main_process():
-        out.finish(metrics)
-        training.remove_checkpoints(out.path)
         info(f"sft: {metrics['steps']} steps, train_loss {metrics['train_loss']}, "
              f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, format_rate {metrics['format_rate']} -> {out.path}")
 
