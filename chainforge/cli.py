@@ -1,40 +1,37 @@
-"""The `chainforge` command: wiring only. One Typer command per stage, each calling its stage's
-`run(opts)` in `chainforge.stages`; heavy libraries are imported there, never here, so `--help`
-is instant (a test checks that torch is not imported).
+"""The `chainforge` command: wiring only. Each stage command's options are generated from its
+config dataclass (`chainforge.stages.<name>.<Name>Config`), and the command builds that config
+(`--config FILE.yaml` under the command line) and calls the stage's `run(config)`. Heavy libraries
+are imported inside the stages, never here, so `--help` is instant (a test checks that torch is
+not imported).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import sys
-from typing import Annotated, Optional
+import traceback
+from typing import Annotated, Any, Optional
 
 import typer
 
-try:  # typer >= 0.29 vendors click
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_exceptions
-
 from chainforge import __version__
-from chainforge.config import (
-    AnswerColumn, BatchSize, ConfigFile, Data, Epochs, GradAccum, GradientCheckpointing,
-    LearningRate, Limit, LoggingSteps, Lora, LoraAlpha, LoraR, LoraTargets, MaxGradNorm,
-    MaxNewTokens, MaxSteps, Merge, Model, Output, Overwrite, PromptColumn, SaveSteps, Seed,
-    Temperature, Wandb, WarmupRatio,
-)
-from chainforge.config import resolve_options
-from chainforge.errors import ChainforgeError
+from chainforge.config import StageConfig, base_type, field_types, literal_choices, load_yaml_config
+from chainforge.errors import ChainforgeError, UsageError
+from chainforge.stages import STAGE_MODULES, run_stage
 
 app = typer.Typer(
     name="chainforge",
     help="DeepSeek-R1-style reasoning for your own models: collect Super CoT data, SFT, GRPO, "
          "rejection sampling, distillation, evaluation.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+INTERRUPTED = "Interrupted: finished work is kept; resume with the same command."
+CONFIG_HELP = "YAML file of options (keys are option names in snake_case); the command line wins."
 
 
 def _version(value: bool) -> None:
@@ -51,346 +48,137 @@ def root(
     """ChainForge."""
 
 
-def run_stage(stage: str, ctx: typer.Context, values: dict) -> None:
-    """Resolve the options (--config under the command line) and run `chainforge.stages.<stage>`."""
+def call_stage(fn) -> None:
+    """Run a stage and turn its outcome into an exit code: ChainforgeError → its code with one
+    `Error:` line, Ctrl-C → 130, any other exception → its traceback, one `Error:` line, exit 1."""
     try:
-        opts = resolve_options(ctx, values)
-        module = importlib.import_module(f"chainforge.stages.{stage}")
-        module.run(opts)
+        fn()
     except ChainforgeError as exc:
         typer.echo(f"Error: {exc.message}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
-        typer.echo("Interrupted: finished work is kept; resume with the same command.", err=True)
+        typer.echo(INTERRUPTED, err=True)
         raise typer.Exit(130) from None
+    except Exception as exc:  # a bug or a library failure: show where, keep the work
+        traceback.print_exc(file=sys.stderr)
+        typer.echo(f"Error: {type(exc).__name__}: {exc} (finished work is kept; fix the cause and rerun "
+                   f"the same command)", err=True)
+        raise typer.Exit(1) from None
 
 
+def build_config(cls: type[StageConfig], ctx: typer.Context, values: dict) -> StageConfig:
+    """The stage config from the command line and `--config` (the command line wins)."""
+    config_path = values.pop("config", None)
+    if config_path:
+        from_file = cls.coerce_mapping(load_yaml_config(config_path), str(config_path))
+        for key, value in from_file.items():
+            source = ctx.get_parameter_source(key)
+            if source is None or source.name not in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
+                values[key] = value
+    return cls(**values)
 
 
-# ---- stage commands, in pipeline order (each: options, then run_stage) --------------------------
+def _cli_annotation(f: dataclasses.Field, hint: Any) -> Any:
+    meta = f.metadata
+    flags = meta.get("flags")
+    if not flags:
+        dashed = "--" + f.name.replace("_", "-")
+        flags = (f"{dashed}/--no-{f.name.replace('_', '-')}",) if f.default is True else (dashed,)
+    # Bounds are checked by the config (one message for the command line, YAML and Python), and
+    # shown here.
+    bounds = [f"{sign} {meta[key]:g}" for key, sign in (("min", ">="), ("above", ">"), ("max", "<="))
+              if meta.get(key) is not None]
+    text = (meta.get("help") or "") + (f" [{', '.join(bounds)}]" if bounds else "")
+    # Fixed choices are validated by the config too (one message for the command line, YAML and
+    # Python); here they are listed in --help and offered by shell completion.
+    choices = literal_choices(hint) or meta.get("choices")
+    extra: dict = {}
+    if choices:
+        text += f" [{'|'.join(choices)}]"
+        extra["autocompletion"] = lambda: list(choices)
+        hint = Optional[list[str]] if base_type(hint) is list else Optional[str]
+    return Annotated[hint, typer.Option(*flags, help=text or None, **extra)]
 
 
-@app.command()
-def collect(
-    ctx: typer.Context,
-    prompts: Annotated[Optional[str], typer.Option(
-        "--prompts", help="Prompt dataset: a save_to_disk folder or .jsonl/.json/.csv/.parquet with a prompt "
-                          "column (an `id` column is used as the row id, else a hash of the prompt).")] = None,
-    output: Output = None,
-    # teacher: who reasons
-    teacher: Annotated[str, typer.Option(
-        "--teacher", help="deepseek (DEEPSEEK_API_KEY), openai (any OpenAI-compatible server: vLLM, SGLang, "
-                          "Ollama) or local (an in-process model, no key). Local and <think>-style servers: a "
-                          "leading <think>...</think> is the reasoning, the rest the answer; with no <think> "
-                          "block the whole completion is the reasoning and its last \\boxed{} (else last "
-                          "line) the answer.")] = "deepseek",
-    teacher_model: Annotated[Optional[str], typer.Option(
-        "--teacher-model", help="deepseek-reasoner (deepseek), the served model name (openai), or a checkpoint "
-                                "folder / hub id / .gguf / `smollm2` (local; the default).")] = None,
-    teacher_base_url: Annotated[Optional[str], typer.Option(
-        "--teacher-base-url", help="API base URL (default DEEPSEEK_BASE_URL or https://api.deepseek.com; "
-                                   "OPENAI_BASE_URL for openai).")] = None,
-    system_prompt: Annotated[Optional[str], typer.Option(
-        "--system-prompt", help="A system turn sent before each prompt (default: none).")] = None,
-    max_new_tokens: MaxNewTokens = None,
-    temperature: Temperature = None,
-    # expander: who grounds uncertain steps
-    expander: Annotated[Optional[str], typer.Option(
-        "--expander", help="anthropic (ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none. Default: "
-                           "anthropic when ANTHROPIC_API_KEY is set, else none.")] = None,
-    expander_model: Annotated[Optional[str], typer.Option(
-        "--expander-model", help="Default claude-sonnet-4-6 (anthropic); the teacher's model (local).")] = None,
-    max_expansions: Annotated[int, typer.Option(
-        "--max-expansions", help="Uncertain steps grounded per trace, at most (bounds the cost).")] = 3,
-    uncertain_marker: Annotated[Optional[list[str]], typer.Option(
-        "--uncertain-marker", help="Extra hedging phrase that flags a step (repeatable).")] = None,
-    marker_domain: Annotated[Optional[list[str]], typer.Option(
-        "--marker-domain", help="Add a domain's marker list: math, code, science, facts (repeatable).")] = None,
-    long_step_words: Annotated[int, typer.Option(
-        "--long-step-words", help="A step longer than this many words counts as uncertain.")] = 120,
-    keep_incorrect: Annotated[bool, typer.Option(
-        "--keep-incorrect/--drop-incorrect", help="Keep rows whose answer does not match the reference "
-                                                  "(flagged correct=false).")] = True,
-    # throughput, retries, cost
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight.")] = 32,
-    requests_per_minute: Annotated[Optional[int], typer.Option(
-        "--requests-per-minute", help="Pace requests to at most this many per minute.")] = None,
-    tokens_per_minute: Annotated[Optional[int], typer.Option(
-        "--tokens-per-minute", help="Pace requests to at most this many (estimated) tokens per minute.")] = None,
-    max_retries: Annotated[int, typer.Option(
-        "--max-retries", help="Retries per request (backoff capped at 30 s; Retry-After honoured up to 60 s).")] = 6,
-    max_cost: Annotated[Optional[float], typer.Option(
-        "--max-cost", help="Stop sending once spent + in-flight estimate reaches this many USD (exit 1; "
-                           "raise it and rerun to continue).")] = None,
-    price: Annotated[Optional[list[str]], typer.Option(
-        "--price", help="MODEL=INPUT,CACHE_HIT,OUTPUT in USD per 1M tokens (repeatable; overrides the "
-                        "built-in table).")] = None,
-    retry_failed: Annotated[bool, typer.Option(
-        "--retry-failed", help="On an existing output: try again the prompts listed in failed.jsonl.")] = False,
-    # data and runtime
-    prompt_column: PromptColumn = "prompt",
-    answer_column: AnswerColumn = "answer",
-    limit: Limit = None,
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """Stage 0: collect Super CoT data. A reasoner (DeepSeek, an OpenAI-compatible server, or a local
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def stage_command(command: str, module_name: str, doc: str) -> None:
+    """Register `chainforge COMMAND`, its options generated from the stage's config class."""
+    module = importlib.import_module(f"chainforge.stages.{module_name}")
+    cls = module.CONFIG
+    hints = field_types(cls)
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    # what a stage reads and writes first; then the stage's own options, then each group's, in the
+    # order the config lists its groups
+    first = ("model", "teacher", "student", "prompts", "data", "output")
+
+    def place(f: dataclasses.Field) -> tuple:
+        owner = next(i for i, c in enumerate(cls.__mro__) if f.name in c.__dict__.get("__annotations__", {}))
+        return (first.index(f.name) if f.name in first else len(first), owner)
+
+    ordered = sorted(dataclasses.fields(cls), key=place)
+    for f in ordered:
+        if f.metadata.get("cli", True):
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_default(f),
+                                            annotation=_cli_annotation(f, hints[f.name])))
+    params.append(inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=Annotated[Optional[str], typer.Option("--config", help=CONFIG_HELP)]))
+
+    def command_fn(ctx: typer.Context, **values: Any) -> None:
+        call_stage(lambda: run_stage(command, build_config(cls, ctx, values)))
+
+    command_fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command_fn.__annotations__ = {p.name: p.annotation for p in params}
+    command_fn.__doc__ = doc
+    command_fn.__name__ = command
+    app.command(command)(command_fn)
+
+
+# ---- stage commands, in pipeline order --------------------------------------------------------------
+
+STAGE_HELP = {
+    "collect": """Stage 0: collect Super CoT data. A reasoner (DeepSeek, an OpenAI-compatible server, or a local
     model) answers each prompt; its uncertain steps get a short grounding from Claude. Journaled as it
-    goes: rerun the same command to resume after a crash, a 402 or Ctrl-C."""
-    run_stage("collect", ctx, locals())
-
-
-
-# options shared by the commands that train or sample (sft, reject, eval)
-SamplingRewards = Annotated[Optional[str], typer.Option(
-    "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5): registered names "
-                      "or dotted paths to your own (my_pkg.rewards:fn). Default: accuracy,format.")]
-SystemPrompt = Annotated[Optional[str], typer.Option(
-    "--system-prompt", help="System turn added to prompts that have none (default: the Super CoT "
-                            "instructions, as grpo/reject/eval/distill use; '' for none).")]
-TopP = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (0 < p <= 1).")]
-Backend = Annotated[str, typer.Option(
-    "--backend", help="hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")]
-SamplingBatchSize = Annotated[str, typer.Option(
-    "--batch-size", help="Candidates decoded together, or auto (sized from free memory).")]
-
-
-@app.command()
-def sft(
-    ctx: typer.Context,
-    model: Model = None,
-    data: Data = None,
-    output: Output = None,
-    # data
-    prompt_column: PromptColumn = "prompt",
-    system_prompt: SystemPrompt = None,
-    only_correct: Annotated[bool, typer.Option(
-        "--only-correct/--all-rows", help="Train only on rows whose `correct` is not false.")] = True,
-    limit: Limit = None,
-    max_length: Annotated[int, typer.Option(
-        "--max-length", min=16, help="Longest training sequence in tokens (longer answers are cut).")] = 2048,
-    packing: Annotated[bool, typer.Option(
-        "--packing/--no-packing", help="Pack rows padding-free (TRL bfd; --batch-size then counts packed rows "
-                                       "of --max-length). Off: batches of similar-length rows (GPUs without "
-                                       "flash-attention).")] = True,
-    # optimisation
-    learning_rate: LearningRate = 1e-5,
-    epochs: Epochs = 1.0,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = 8,
-    grad_accum: GradAccum = 1,
-    warmup_ratio: WarmupRatio = 0.1,
-    max_grad_norm: MaxGradNorm = 1.0,
-    optim: Annotated[str, typer.Option(
-        "--optim", help="transformers optimizer name: adamw_torch, adamw_torch_fused, adamw_8bit "
-                        "(needs bitsandbytes), …")] = "adamw_torch",
-    gradient_checkpointing: GradientCheckpointing = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    lora_alpha: LoraAlpha = 32,
-    lora_targets: LoraTargets = "all-linear",
-    merge: Merge = True,
-    # logging and runtime
-    max_new_tokens: MaxNewTokens = 256,
-    save_steps: SaveSteps = 50,
-    logging_steps: LoggingSteps = 1,
-    wandb: Wandb = False,
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """SFT (stages 1 and 3b): fine-tune on Super CoT traces (a collect or reject output, or
+    goes: rerun the same command to resume after a crash, a 402 or Ctrl-C.""",
+    "sft": """SFT (stages 1 and 3b): fine-tune on Super CoT traces (a collect or reject output, or
     prompt/completion rows) with the loss on the assistant turn only. --max-new-tokens caps the
-    held-out generations behind the format_rate metric."""
-    run_stage("sft", ctx, locals())
-
-
-@app.command()
-def grpo(
-    ctx: typer.Context,
-    model: Model = None,
-    data: Data = None,
-    output: Output = None,
-    # rewards and prompts
-    rewards: Annotated[Optional[str], typer.Option(
-        "--rewards", help="Comma-separated rewards with optional weights (accuracy,format=0.5), registered "
-                          "names or dotted paths to your own (my_pkg.rewards:fn). "
-                          "Default: accuracy,format,expansion.")] = None,
-    system_prompt: SystemPrompt = None,
-    prompt_column: PromptColumn = "prompt",
-    answer_column: AnswerColumn = "answer",
-    limit: Limit = None,
-    # generation
-    num_generations: Annotated[int, typer.Option(
-        "--num-generations", help="Completions per prompt (the group size, at least 2).")] = 8,
-    max_new_tokens: MaxNewTokens = 512,
-    temperature: Temperature = 1.0,
-    use_vllm: Annotated[bool, typer.Option(
-        "--use-vllm", help="Generate with vLLM (colocated; needs the vllm extra).")] = False,
-    # GRPO objective
-    beta: Annotated[float, typer.Option(
-        "--beta", help="KL penalty to the reference model (0 loads none; TRL's default is 0).")] = 0.04,
-    epsilon: Annotated[float, typer.Option("--epsilon", help="Clip range of the policy ratio.")] = 0.2,
-    loss_type: Annotated[str, typer.Option(
-        "--loss-type", help="TRL loss: dapo (token-level, no length bias), grpo, dr_grpo, bnpo, cispo, sapo, "
-                            "luspo, vespo.")] = "dapo",
-    # optimisation
-    learning_rate: LearningRate = 1e-6,
-    max_steps: MaxSteps = None,
-    epochs: Epochs = 1.0,
-    prompts_per_step: Annotated[int, typer.Option(
-        "--prompts-per-step", min=1, help="Prompts per device per micro-step: --batch-size (counted in "
-                                          "completions for grpo) defaults to this × --num-generations.")] = 2,
-    batch_size: BatchSize = None,
-    grad_accum: GradAccum = 1,
-    warmup_ratio: WarmupRatio = 0.0,
-    max_grad_norm: MaxGradNorm = 1.0,
-    gradient_checkpointing: GradientCheckpointing = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    lora_alpha: LoraAlpha = 32,
-    lora_targets: LoraTargets = "all-linear",
-    merge: Merge = True,
-    # logging and runtime
-    save_steps: SaveSteps = 50,
-    logging_steps: LoggingSteps = 1,
-    wandb: Wandb = False,
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """GRPO (stages 2 and 4): sample groups of completions, score them with verifiable rewards, and move
-    the policy towards the better ones of each group, with a KL leash to the starting model."""
-    run_stage("grpo", ctx, locals())
-
-
-@app.command()
-def reject(
-    ctx: typer.Context,
-    model: Model = None,
-    data: Data = None,
-    output: Output = None,
-    # what to keep
-    rewards: SamplingRewards = None,
-    min_reward: Annotated[float, typer.Option(
-        "--min-reward", help="Keep candidates with total reward >= this (inclusive).")] = 1.0,
-    keep: Annotated[str, typer.Option(
-        "--keep", help="best: one per prompt (the highest reward); all-passing: every distinct passing one.")] = "best",
-    # data
-    prompt_column: PromptColumn = "prompt",
-    answer_column: AnswerColumn = "answer",
-    limit: Limit = None,
-    # sampling
-    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Candidates drawn per prompt.")] = 8,
-    temperature: Temperature = 0.7,
-    top_p: TopP = 1.0,
-    max_new_tokens: MaxNewTokens = 512,
-    system_prompt: SystemPrompt = None,
-    # runtime
-    backend: Backend = "hf",
-    batch_size: SamplingBatchSize = "auto",
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """Rejection sampling (stage 3): draw N candidates per prompt, score them with the reward registry,
-    keep the best that reach --min-reward, as an SFT-ready dataset."""
-    run_stage("reject", ctx, locals())
-
-
-@app.command()
-def distill(
-    ctx: typer.Context,
-    teacher: Annotated[Optional[str], typer.Option(
-        "--teacher", help="The trained model to learn from: checkpoint folder, hub id, .gguf or `smollm2`.")] = None,
-    student: Annotated[Optional[str], typer.Option(
-        "--student", help="The model to train: checkpoint folder, hub id, .gguf or `smollm2-half`.")] = None,
-    data: Data = None,
-    output: Output = None,
-    method: Annotated[str, typer.Option(
-        "--method", help="traces: SFT on the teacher's filtered samples (any tokenizers); logits: GKD on the "
-                         "teacher's next-token distributions (one vocabulary).")] = "traces",
-    # data and the held-out check
-    prompt_column: PromptColumn = "prompt",
-    answer_column: AnswerColumn = "answer",
-    limit: Limit = None,
-    eval_data: Annotated[Optional[str], typer.Option(
-        "--eval-data", help="Held-out prompts scored before and after (default: --eval-fraction of --data).")] = None,
-    eval_fraction: Annotated[float, typer.Option(
-        "--eval-fraction", min=0.0, max=0.5, help="Seeded share of --data held out when there is no "
-                                                  "--eval-data (0: no before/after check).")] = 0.1,
-    # generation (traces: the teacher's samples; logits: the on-policy samples)
-    num_samples: Annotated[int, typer.Option(
-        "--num-samples", min=1, help="traces: teacher completions drawn per prompt.")] = 1,
-    temperature: Temperature = 0.7,
-    max_new_tokens: MaxNewTokens = 256,
-    # logit distillation
-    lmbda: Annotated[float, typer.Option(
-        "--lambda", "--lmbda", min=0.0, max=1.0, help="logits: on-policy fraction (batches the student "
-                                                      "samples itself).")] = 0.5,
-    beta: Annotated[float, typer.Option(
-        "--beta", min=0.0, max=1.0, help="logits: generalized JSD interpolation (0 = forward KL, 1 = reverse "
-                                         "KL).")] = 0.5,
-    # optimisation
-    learning_rate: LearningRate = 1e-5,
-    epochs: Epochs = 1.0,
-    max_steps: MaxSteps = None,
-    batch_size: BatchSize = 8,
-    grad_accum: GradAccum = 1,
-    warmup_ratio: WarmupRatio = 0.1,
-    max_grad_norm: MaxGradNorm = 1.0,
-    max_length: Annotated[int, typer.Option(
-        "--max-length", min=16, help="Longest training sequence in tokens (longer answers are cut).")] = 2048,
-    gradient_checkpointing: GradientCheckpointing = False,
-    lora: Lora = False,
-    lora_r: LoraR = 16,
-    lora_alpha: LoraAlpha = 32,
-    lora_targets: LoraTargets = "all-linear",
-    merge: Merge = True,
-    # logging and runtime
-    save_steps: SaveSteps = 50,
-    logging_steps: LoggingSteps = 1,
-    wandb: Wandb = False,
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """Distillation (stage 5): teach a smaller student the teacher's reasoning, from its filtered
+    held-out generations behind the format_rate metric.""",
+    "grpo": """GRPO (stages 2 and 4): sample groups of completions, score them with verifiable rewards, and move
+    the policy towards the better ones of each group, with a KL leash to the starting model.""",
+    "reject": """Rejection sampling (stage 3): draw N candidates per prompt, score them with the reward registry,
+    keep the best that reach --min-reward, as an SFT-ready dataset.""",
+    "distill": """Distillation (stage 5): teach a smaller student the teacher's reasoning, from its filtered
     samples (--method traces) or its next-token distributions (--method logits, GKD); the student's
-    held-out metrics before and after go into the manifest."""
-    run_stage("distill", ctx, locals())
+    held-out metrics before and after go into the manifest.""",
+    "eval": """Evaluate a model: pass@1, pass@k, maj@k and format rate over k samples per question, written to
+    results.jsonl and the manifest (--temperature 0: greedy, k = 1).""",
+}
+
+for _command, _module in STAGE_MODULES.items():
+    if _command in STAGE_HELP:
+        stage_command(_command, _module, STAGE_HELP[_command])
 
 
-@app.command("eval")
-def evaluate(
-    ctx: typer.Context,
-    model: Model = None,
-    data: Data = None,
-    output: Output = None,
-    compare: Annotated[Optional[str], typer.Option(
-        "--compare", help="Another eval output folder: print a side-by-side delta table.")] = None,
-    # data and scoring
-    prompt_column: PromptColumn = "prompt",
-    answer_column: AnswerColumn = "answer",
-    limit: Limit = None,
-    rewards: SamplingRewards = None,
-    # sampling (R1 paper evaluation settings)
-    num_samples: Annotated[int, typer.Option("--num-samples", min=1, help="Completions per question (k).")] = 4,
-    temperature: Temperature = 0.6,
-    top_p: TopP = 0.95,
-    max_new_tokens: MaxNewTokens = 512,
-    system_prompt: SystemPrompt = None,
-    # runtime
-    backend: Backend = "hf",
-    batch_size: SamplingBatchSize = "auto",
-    seed: Seed = 0,
-    overwrite: Overwrite = False,
-    config: ConfigFile = None,
-) -> None:
-    """Evaluate a model: pass@1, pass@k, maj@k and format rate over k samples per question, written to
-    results.jsonl and the manifest (--temperature 0: greedy, k = 1)."""
-    run_stage("evaluate", ctx, locals())
+ConfigFile = Annotated[Optional[str], typer.Option("--config", help=CONFIG_HELP)]
+
+
+def _from_file(ctx: typer.Context, config: Optional[str], values: dict) -> dict:
+    """`--config` for the commands without a stage config: its keys are the option names."""
+    if not config:
+        return values
+    for raw_key, value in load_yaml_config(config).items():
+        key = {"from": "start"}.get(str(raw_key), str(raw_key).replace("-", "_"))
+        if key not in values:
+            raise UsageError(f"unknown key '{raw_key}' in {config}; known keys: "
+                             f"{', '.join(sorted({'start': 'from'}.get(k, k) for k in values))}")
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name != "COMMANDLINE":
+            values[key] = None if value is None else str(value)
+    return values
 
 
 @app.command("run")
@@ -402,7 +190,9 @@ def run_recipe(
     config: ConfigFile = None,
 ) -> None:
     """Run every stage of a recipe in order, skipping stages already complete with the same options."""
-    run_stage("run", ctx, locals())
+    from chainforge.stages import run
+
+    call_stage(lambda: run.run(**_from_file(ctx, config, {"recipe": recipe, "start": start, "until": until})))
 
 
 @app.command()
@@ -412,21 +202,24 @@ def report(
     config: ConfigFile = None,
 ) -> None:
     """Write RUN_DIR/report.md (a row per stage, eval before/after) and PNG plots."""
-    run_stage("report", ctx, locals())
+    from chainforge.stages import report as report_stage
+
+    call_stage(lambda: report_stage.run(**_from_file(ctx, config, {"run_dir": run_dir})))
 
 
 def main() -> None:
-    """Console entry point: click's own usage errors also become one `Error:` line with exit 2."""
+    """Console entry point: usage errors become one `Error:` line with exit 2, Ctrl-C exit 130."""
     try:
         rv = app(standalone_mode=False)
-    except click_exceptions.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx else "", err=False)
-        sys.exit(0)
-    except click_exceptions.ClickException as exc:
-        where = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+    except typer.TyperException as exc:  # the base of every usage error typer raises
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `chainforge` alone: the help, exit 0
+            typer.echo(ctx.get_help() if ctx else "")
+            sys.exit(0)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         typer.echo(f"Error: {exc.format_message()}{where}", err=True)
-        sys.exit(exc.exit_code)
-    except click_exceptions.Abort:
-        typer.echo("Interrupted: finished work is kept; resume with the same command.", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a stage (click turns it into Abort)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,19 +1,24 @@
-"""Options: `--config FILE.yaml` merged under the command line, validated, redacted for manifests.
+"""Options: one typed dataclass per stage, built from the small groups below.
 
-Every command declares its options once, in its Typer signature (the shared ones are the
-`Annotated` aliases at the bottom of this module). A YAML file's keys are those option names in
-snake_case; each value is checked against the option's declared type and bounds, so a wrong type in
-the file fails with a line naming the key. An option given on the command line
-wins over the file.
+Every option is declared once, as a dataclass field with its type, its one default, its bounds
+and its help text (`option(...)`). Everything else reads that field: the Typer command
+(`chainforge.cli` generates its parameters from it), `--config FILE.yaml` and recipe stage keys
+(`coerce_mapping`), the manifest (`redacted()`) and the stage itself (`config.learning_rate`,
+where 0 is a value, never "unset"). `__post_init__` checks types, bounds and choices, and then the
+stage's own rules (`check()`), so a config that exists is a valid one.
+
+    from chainforge.stages.sft import SftConfig, run
+    run(SftConfig(model="smollm2", data="runs/demo/00-collect", output="runs/sft", max_steps=20))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Optional, Union, get_args, get_origin, get_type_hints
-
-import typer
+from typing import Any, Iterable, Literal, Optional, Union, get_args, get_origin
 
 from chainforge.errors import UsageError
 
@@ -21,25 +26,97 @@ SECRET_KEY = re.compile(r"key|token(?!s)|secret|password", re.IGNORECASE)  # not
 REDACTED = "***"
 
 
-class Options(dict):
-    """The resolved options of one command: a dict with attribute access."""
+def option(default: Any = None, help: str = "", *, flags: Optional[tuple[str, ...]] = None,
+           min: Optional[float] = None, max: Optional[float] = None, above: Optional[float] = None,
+           choices: Optional[tuple[str, ...]] = None, cli: bool = True) -> Any:
+    """A config field: `default`, `help`, command-line `flags` (default `--name-with-dashes`, and
+    `--x/--no-x` for a boolean that defaults to true), inclusive bounds `min`/`max`, an exclusive
+    lower bound `above`, `choices` for list items (single choices are `Literal` types)."""
+    meta = {"help": help, "flags": flags, "min": min, "max": max, "above": above, "choices": choices,
+            "cli": cli}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
-    def require(self, *names: str) -> None:
-        for name in names:
-            if self.get(name) in (None, ""):
-                flag = "--" + name.replace("_", "-")
-                raise UsageError(f"missing {flag}: give it on the command line or as `{name}:` in --config")
+def default(group: type, name: str, value: Any, help: Optional[str] = None) -> Any:
+    """The field `name` of `group` with another default (and help): a stage overrides a shared
+    option's default in one visible line, keeping its bounds."""
+    meta = dict(group.__dataclass_fields__[name].metadata)
+    if help is not None:
+        meta["help"] = help
+    return field(default=value, metadata=meta)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What `chainforge run` needs to know about a stage, declared next to its config.
+
+    `produces`: "dataset", "checkpoint" or None. `inputs`: option → where its default comes from
+    in a recipe: "checkpoint"/"dataset" (the latest earlier output of that kind), "prompts" or
+    "eval_data" (the recipe's keys). `resumable`: options that may change between a run and its
+    resumption without redoing the work."""
+
+    command: str
+    produces: Optional[str]
+    inputs: dict = field(default_factory=dict)
+    resumable: tuple = ()
+    trains: bool = False  # sft, grpo, distill: `eval_every_stage` evaluates after it
+
+
+# ---- the base: checks, manifest view, YAML coercion ---------------------------------------------
+
+@dataclass(kw_only=True)
+class StageConfig:
+    """Base of every stage config. Subclasses list the options a stage requires in REQUIRED."""
+
+    REQUIRED: typing.ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        hints = field_types(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check(f, hints[f.name], getattr(self, f.name), flag(f)))
+        for name in self.REQUIRED:
+            if getattr(self, name) in (None, ""):
+                raise UsageError(f"missing {'--' + name.replace('_', '-')}: give it on the command line "
+                                 f"or as `{name}:` in --config")
+        self.check()
+
+    def check(self) -> None:
+        """A stage's rules about combinations of options (exit 2 saying what and how to fix)."""
 
     def redacted(self) -> dict:
-        """What goes into a manifest: secrets masked, the --config path itself left out."""
+        """What goes into a manifest: option name → plain value, secrets masked."""
         return {k: (REDACTED if SECRET_KEY.search(k) and v is not None else _plain(v))
-                for k, v in sorted(self.items()) if k != "config"}
+                for k, v in sorted(dataclasses.asdict(self).items()) if k != "config"}
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def coerce_mapping(cls, values: dict, source: str, skip: Iterable[str] = ()) -> dict:
+        """YAML keys (snake_case or dashed) → typed values; unknown key or wrong type is exit 2."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(skip)}
+        hints = field_types(cls)
+        out = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in fields:
+                raise UsageError(f"unknown key '{raw_key}' in {source}; known keys: {', '.join(sorted(fields))}")
+            out[key] = coerce_value(key, value, hints[key], fields[key].metadata, source)
+        return out
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def flag(f: dataclasses.Field) -> str:
+    flags = f.metadata.get("flags")
+    if flags:
+        return flags[0].split("/")[0]
+    return "--" + f.name.replace("_", "-")
 
 
 def _plain(value: Any) -> Any:
@@ -50,44 +127,70 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def load_yaml_config(path: str | Path) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file not found: {p} (pass an existing YAML file to --config)")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UsageError(f"malformed YAML in {p}{where}: {exc.problem}; fix the file and retry") from None
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise UsageError(f"cannot read config {p}: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"config {p} must be a mapping of option names to values, got {type(data).__name__}")
-    return data
-
-
-def _base_type(annotation: Any) -> Any:
-    """`Annotated[Optional[int], ...]` → int; `Optional[list[str]]` → list."""
-    if get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
+def base_type(annotation: Any) -> Any:
+    """`Optional[int]` → int; `Optional[list[str]]` → list; `Literal['a', 'b']` → str."""
     if get_origin(annotation) is Union:
         args = [a for a in get_args(annotation) if a is not type(None)]
         annotation = args[0] if len(args) == 1 else str
+    if get_origin(annotation) is Literal:
+        return type(get_args(annotation)[0])
     if get_origin(annotation) in (list, tuple):
         return list
     return annotation
 
 
-def coerce_value(name: str, value: Any, annotation: Any, param: Any, source: str) -> Any:
+def literal_choices(annotation: Any) -> Optional[tuple]:
+    if get_origin(annotation) is Union:
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else annotation
+    return get_args(annotation) if get_origin(annotation) is Literal else None
+
+
+def _check(f: dataclasses.Field, annotation: Any, value: Any, name: str) -> Any:
+    """A field's value checked (and int → float widened) where it is set from Python."""
+    if value is None:
+        return None
+    kind = base_type(annotation)
+    expected = getattr(kind, "__name__", str(kind))
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, str),
+          list: lambda v: isinstance(v, (list, tuple))}.get(kind, lambda v: True)
+    if not ok(value):
+        raise UsageError(f"{name} expects {expected}, got {value!r}")
+    if kind is float:
+        value = float(value)
+    if kind is list:
+        value = list(value)
+    _bounds(f.metadata, annotation, value, lambda why: UsageError(f"{name} {why}"))
+    return value
+
+
+def _bounds(meta: Any, annotation: Any, value: Any, error) -> None:
+    low, high, above = meta.get("min"), meta.get("max"), meta.get("above")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if low is not None and value < low:
+            raise error(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise error(f"must be at most {high}, got {value}")
+        if above is not None and value <= above:
+            raise error(f"must be above {above}, got {value}")
+    choices = literal_choices(annotation)
+    if choices and value not in choices:
+        raise error(f"{value!r} is not one of {', '.join(map(str, choices))}")
+    item_choices = meta.get("choices")
+    if item_choices and isinstance(value, list):
+        for v in value:
+            if v not in item_choices:
+                raise error(f"{v!r} is not one of {', '.join(item_choices)}")
+
+
+def coerce_value(name: str, value: Any, annotation: Any, meta: Any, source: str) -> Any:
     """Convert a YAML value to the option's declared type and bounds; one-line error on failure."""
     if value is None:
         return None
-    kind = _base_type(annotation)
+    kind = base_type(annotation)
     expected = getattr(kind, "__name__", str(kind))
 
     def bad(why: str) -> UsageError:
@@ -122,45 +225,34 @@ def coerce_value(name: str, value: Any, annotation: Any, param: Any, source: str
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in items):
             raise bad(f"got {value!r}")
-        return [str(v) for v in items]
+        value = [str(v) for v in items]
     else:  # str, Path and friends
         if isinstance(value, (list, dict)):
             raise bad(f"got a {type(value).__name__}")
         value = str(value)
-    low, high = getattr(param, "min", None), getattr(param, "max", None)
-    if isinstance(value, (int, float)):
-        if low is not None and value < low:
-            raise UsageError(f"{source}: key '{name}' must be at least {low}, got {value}")
-        if high is not None and value > high:
-            raise UsageError(f"{source}: key '{name}' must be at most {high}, got {value}")
+    _bounds(meta, annotation, value, lambda why: UsageError(f"{source}: key '{name}' {why}"))
     return value
 
 
-def resolve_options(ctx: Any, values: dict) -> Options:
-    """Merge the command's `--config` file under what was given on the command line.
+def load_yaml_config(path: str | Path) -> dict:
+    import yaml
 
-    `ctx` is the Typer context of the command, `values` its parameters as Typer passed them.
-    """
-    params = {p.name: p for p in ctx.command.params if p.name}
-    resolved = Options({k: v for k, v in values.items() if k in params})
-    cfg_path = resolved.get("config")
-    if not cfg_path:
-        return resolved
-    callback = ctx.command.callback
-    hints = get_type_hints(getattr(callback, "__wrapped__", callback), include_extras=True)
-    file_values = load_yaml_config(cfg_path)
-    known = set(params) - {"config"}
-    for raw_key, value in file_values.items():
-        key = str(raw_key).replace("-", "_")
-        if key not in known:
-            raise UsageError(
-                f"unknown key '{raw_key}' in {cfg_path}; known keys: {', '.join(sorted(known))}"
-            )
-        source = ctx.get_parameter_source(key)
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT"):
-            continue  # the command line wins
-        resolved[key] = coerce_value(key, value, hints.get(key, str), params[key], str(cfg_path))
-    return resolved
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file not found: {p} (pass an existing YAML file to --config)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"malformed YAML in {p}{where}: {exc.problem}; fix the file and retry") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise UsageError(f"cannot read config {p}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config {p} must be a mapping of option names to values, got {type(data).__name__}")
+    return data
 
 
 def config_differences(recorded: dict, current: dict, ignore: Iterable[str] = ()) -> list[str]:
@@ -170,45 +262,122 @@ def config_differences(recorded: dict, current: dict, ignore: Iterable[str] = ()
     return sorted(k for k in keys if _plain(recorded.get(k)) != _plain(current.get(k)))
 
 
-# ---- options shared by every command: declared once, used in every signature -----------------
+class Options(dict):
+    """A plain mapping of option values with attribute access and the manifest view (for callers
+    that plan an output without a stage config)."""
 
-ConfigFile = Annotated[Optional[str], typer.Option(
-    "--config", help="YAML file of options (keys are option names in snake_case); the command line wins.")]
-Output = Annotated[Optional[str], typer.Option(
-    "--output", "-o", help="Output folder (created once the input is validated).")]
-Data = Annotated[Optional[str], typer.Option(
-    "--data", help="A save_to_disk folder or a .jsonl/.json/.csv/.parquet file.")]
-Model = Annotated[Optional[str], typer.Option(
-    "--model", help="Checkpoint folder, hub id, .gguf file, or the embedded `smollm2`.")]
-Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use only the first N rows.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for sampling, shuffling and init.")]
-PromptColumn = Annotated[str, typer.Option("--prompt-column", help="Column holding the prompt.")]
-AnswerColumn = Annotated[str, typer.Option(
-    "--answer-column", help="Column holding the reference answer (falls back to `reference`).")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --output.")]
-MaxNewTokens = Annotated[Optional[int], typer.Option(
-    "--max-new-tokens", min=1, help="Completion length cap in tokens.")]
-Temperature = Annotated[Optional[float], typer.Option(
-    "--temperature", min=0.0, help="Sampling temperature (0 = greedy).")]
-MaxSteps = Annotated[Optional[int], typer.Option(
-    "--max-steps", min=1, help="Stop after N optimizer steps (overrides epochs).")]
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
-# ---- options shared by the training stages (sft, grpo, distill) ------------------------------------
+    def redacted(self) -> dict:
+        return {k: (REDACTED if SECRET_KEY.search(k) and v is not None else _plain(v))
+                for k, v in sorted(self.items()) if k != "config"}
 
-LearningRate = Annotated[Optional[float], typer.Option("--learning-rate", "--lr", min=0.0, help="Peak learning rate.")]
-Epochs = Annotated[float, typer.Option("--epochs", min=0.0, help="Training epochs (ignored when --max-steps is set).")]
-BatchSize = Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Per-device batch size.")]
-GradAccum = Annotated[int, typer.Option("--grad-accum", min=1, help="Gradient accumulation steps.")]
-WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", min=0.0, max=1.0, help="Fraction of steps spent warming up.")]
-MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", min=0.0, help="Gradient clipping norm.")]
-GradientCheckpointing = Annotated[bool, typer.Option(
-    "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory.")]
-SaveSteps = Annotated[int, typer.Option("--save-steps", min=1, help="Write a resumable checkpoint-* every N steps.")]
-LoggingSteps = Annotated[int, typer.Option("--logging-steps", min=1, help="Log metrics every N steps.")]
-Lora = Annotated[bool, typer.Option("--lora/--no-lora", help="Train LoRA adapters (peft) instead of all weights.")]
-LoraR = Annotated[int, typer.Option("--lora-r", min=1, help="LoRA rank.")]
-LoraAlpha = Annotated[int, typer.Option("--lora-alpha", min=1, help="LoRA alpha.")]
-LoraTargets = Annotated[str, typer.Option(
-    "--lora-targets", help="Comma-separated module names to adapt, or all-linear.")]
-Merge = Annotated[bool, typer.Option("--merge/--no-merge", help="Merge LoRA adapters into the saved checkpoint.")]
-Wandb = Annotated[bool, typer.Option("--wandb/--no-wandb", help="Also log to Weights & Biases (TensorBoard always).")]
+
+# ---- option groups shared by several stages -------------------------------------------------------
+
+@dataclass(kw_only=True)
+class OutputOptions(StageConfig):
+    output: Optional[str] = option(None, "Output folder (created once the input is validated).",
+                                   flags=("--output", "-o"))
+    seed: int = option(0, "Seed for sampling, shuffling and init.")
+    overwrite: bool = option(False, "Replace a non-empty --output.", flags=("--overwrite",))
+
+
+@dataclass(kw_only=True)
+class DataOptions(StageConfig):
+    data: Optional[str] = option(None, "A save_to_disk folder or a .jsonl/.json/.csv/.parquet file.")
+    prompt_column: str = option("prompt", "Column holding the prompt.")
+    limit: Optional[int] = option(None, "Use only the first N rows.", min=1)
+
+
+@dataclass(kw_only=True)
+class AnswerOptions(StageConfig):
+    answer_column: str = option("answer", "Column holding the reference answer (falls back to `reference`).")
+
+
+@dataclass(kw_only=True)
+class ModelOptions(StageConfig):
+    model: Optional[str] = option(None, "Checkpoint folder, hub id, .gguf file, or the embedded `smollm2`.")
+
+
+@dataclass(kw_only=True)
+class GenerationOptions(StageConfig):
+    max_new_tokens: Optional[int] = option(512, "Completion length cap in tokens.", min=1)
+    temperature: Optional[float] = option(None, "Sampling temperature (0 = greedy).", min=0.0)
+    system_prompt: Optional[str] = option(
+        None, "System turn added to prompts that have none (default: the Super CoT instructions, as "
+              "grpo/reject/eval/distill use; '' for none).")
+
+
+@dataclass(kw_only=True)
+class RewardOptions(StageConfig):
+    rewards: Optional[str] = option(
+        None, "Comma-separated rewards with optional weights (accuracy,format=0.5): registered names or "
+              "dotted paths to your own (my_pkg.rewards:fn). Default: accuracy,format.")
+    custom_rewards: bool = option(
+        True, "Allow --rewards entries that are dotted paths (they import and run that code); "
+              "--no-custom-rewards allows only the registered rewards.",
+        flags=("--custom-rewards/--no-custom-rewards",))
+
+
+@dataclass(kw_only=True)
+class EngineOptions(StageConfig):
+    """The sampling engine behind reject and eval."""
+
+    num_samples: int = option(4, "Completions drawn per prompt.", min=1)
+    top_p: float = option(1.0, "Nucleus sampling mass (0 < p <= 1).", above=0.0, max=1.0)
+    backend: Literal["hf", "vllm"] = option(
+        "hf", "hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")
+    batch_size: str = option("auto", "Candidates decoded together, or auto (sized from free memory).")
+
+    def check(self) -> None:
+        if self.batch_size != "auto":
+            try:
+                ok = int(self.batch_size) >= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UsageError(f"--batch-size must be a positive number of rows or `auto`, got {self.batch_size!r}")
+
+
+@dataclass(kw_only=True)
+class TrainOptions(StageConfig):
+    """Shared by sft, grpo and distill."""
+
+    learning_rate: float = option(1e-5, "Peak learning rate.", flags=("--learning-rate", "--lr"), min=0.0)
+    epochs: float = option(1.0, "Training epochs (ignored when --max-steps is set).", min=0.0)
+    max_steps: Optional[int] = option(None, "Stop after N optimizer steps (overrides epochs).", min=1)
+    batch_size: Optional[int] = option(8, "Per-device batch size.", min=1)
+    grad_accum: int = option(1, "Gradient accumulation steps.", min=1)
+    warmup_ratio: float = option(0.1, "Fraction of steps spent warming up.", min=0.0, max=1.0)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.", min=0.0)
+    gradient_checkpointing: bool = option(
+        False, "Trade compute for memory.", flags=("--gradient-checkpointing/--no-gradient-checkpointing",))
+    save_steps: int = option(50, "Write a resumable checkpoint-* every N steps.", min=1)
+    logging_steps: int = option(1, "Log metrics every N steps.", min=1)
+    wandb: bool = option(False, "Also log to Weights & Biases (TensorBoard always).", flags=("--wandb/--no-wandb",))
+
+
+@dataclass(kw_only=True)
+class LoraOptions(StageConfig):
+    lora: bool = option(False, "Train LoRA adapters (peft) instead of all weights.", flags=("--lora/--no-lora",))
+    lora_r: int = option(16, "LoRA rank.", min=1)
+    lora_alpha: int = option(32, "LoRA alpha.", min=1)
+    lora_targets: str = option("all-linear", "Comma-separated module names to adapt, or all-linear.")
+    merge: bool = option(True, "Merge LoRA adapters into the saved checkpoint.")
+
+
+@dataclass(kw_only=True)
+class SftTrainOptions(StageConfig):
+    """The SFT trainer's own options (sft, and distill --method traces which trains through it)."""
+
+    max_length: int = option(2048, "Longest training sequence in tokens (longer answers are cut).", min=16)
+    packing: bool = option(
+        True, "Pack rows padding-free (TRL bfd; --batch-size then counts packed rows of --max-length). Off: "
+              "batches of similar-length rows (GPUs without flash-attention).")
+    optim: str = option("adamw_torch", "transformers optimizer name: adamw_torch, adamw_torch_fused, adamw_8bit "
+                                       "(needs bitsandbytes), …")

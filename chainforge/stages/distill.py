@@ -20,8 +20,9 @@ Held-out check: --eval-data (default: a seeded --eval-fraction of --data, kept o
 scored with eval's metric code before and after training; the manifest records both
 (`eval_before/<metric>`, `eval_after/<metric>`).
 
-Working files in --output: `traces/` (the filtered teacher traces), `eval_before.json`,
-`checkpoint-*` and `runs/` (the trainer's).
+Working files in --output: `teacher-samples.jsonl` (the teacher's completions, journaled: a
+resumed run draws only what is missing), `traces/` (the filtered teacher traces),
+`eval_before.json`, `checkpoint-*` and `runs/` (the trainer's).
 """
 
 from __future__ import annotations
@@ -31,77 +32,112 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from chainforge import training
-from chainforge.config import Options
+from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, OutputOptions,
+                               SftTrainOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import answer_column, atomic_write_text, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from chainforge.log import info
-from chainforge.models import ModelRef, checkpoint_path, default_device, load_model, load_tokenizer, resolve_model
+from chainforge.models import (ModelRef, check_prompt_lengths, checkpoint_path, default_device, load_model,
+                               load_tokenizer, resolve_model, training_template)
+from chainforge.traces import sft_dataset, trace_row
 
-METHODS = ("traces", "logits")
 TRACES_DIR = "traces"
+TEACHER_JOURNAL = "teacher-samples.jsonl"
 EVAL_BEFORE = "eval_before.json"
 FILTER_REWARDS = ("accuracy", "format", "expansion")  # the contract's defaults: `reward` in traces
 FORMAT_PROMPTS = 4  # training prompts for format_rate when there are no held-out rows
 
 
-def run(opts: Options) -> None:
-    # ---- options
-    opts.require("teacher", "student", "data")
-    method = opts.get("method") or "traces"
-    if method not in METHODS:
-        raise UsageError(f"--method {method!r} is not one of {', '.join(METHODS)} "
-                         f"(traces: SFT on teacher samples; logits: GKD on the teacher's distributions)")
-    if method == "logits" and opts.get("temperature") == 0:
-        raise UsageError("--method logits samples on-policy completions, so --temperature must be above 0 "
-                         "(try 0.7); greedy decoding is only for eval")
-    plan = plan_output(opts.output, "distill", opts, overwrite=opts.overwrite)
+@dataclass(kw_only=True)
+class DistillConfig(DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, TrainOptions, LoraOptions):
+    REQUIRED = ("teacher", "student", "data")
+
+    teacher: Optional[str] = option(None, "The trained model to learn from: checkpoint folder, hub id, .gguf or "
+                                          "`smollm2`.")
+    student: Optional[str] = option(None, "The model to train: checkpoint folder, hub id, .gguf or `smollm2-half`.")
+    method: Literal["traces", "logits"] = option(
+        "traces", "traces: SFT on the teacher's filtered samples (any tokenizers); logits: GKD on the teacher's "
+                  "next-token distributions (one vocabulary).")
+    # the held-out check
+    eval_data: Optional[str] = option(None, "Held-out prompts scored before and after (default: --eval-fraction "
+                                            "of --data).")
+    eval_fraction: float = option(0.1, "Seeded share of --data held out when there is no --eval-data (0: no "
+                                       "before/after check).", min=0.0, max=0.5)
+    # generation (traces: the teacher's samples; logits: the on-policy samples)
+    num_samples: int = option(1, "traces: teacher completions drawn per prompt.", min=1)
+    temperature: Optional[float] = default(GenerationOptions, "temperature", 0.7)
+    max_new_tokens: Optional[int] = default(GenerationOptions, "max_new_tokens", 256)
+    # logit distillation
+    lmbda: float = option(0.5, "logits: on-policy fraction (batches the student samples itself).",
+                          flags=("--lambda", "--lmbda"), min=0.0, max=1.0)
+    beta: float = option(0.5, "logits: generalized JSD interpolation (0 = forward KL, 1 = reverse KL).",
+                         min=0.0, max=1.0)
+
+    def check(self) -> None:
+        if self.method == "logits" and self.temperature == 0:
+            raise UsageError("--method logits samples on-policy completions, so --temperature must be above 0 "
+                             "(try 0.7); greedy decoding is only for eval")
+
+
+CONFIG = DistillConfig
+SPEC = StageSpec("distill", produces="checkpoint", inputs={"teacher": "checkpoint", "data": "prompts"},
+                 trains=True)
+
+
+def run(config: DistillConfig) -> None:
+    method = config.method
+    plan = plan_output(config.output, "distill", config, overwrite=config.overwrite)
 
     # ---- data: train rows and the held-out rows
-    data = load_rows(opts.data, opts.limit)
-    require_columns(data, [opts.prompt_column])
-    answers = answer_column(data, opts.answer_column, required=False)
-    train_rows, eval_rows = held_out_split(data, opts, answers)
+    data = load_rows(config.data, config.limit)
+    require_columns(data, [config.prompt_column])
+    answers = answer_column(data, config.answer_column, required=False)
+    train_rows, eval_rows = held_out_split(data, config, answers)
 
     # ---- models and trainer config: validated (vocabularies included) before --output exists
-    teacher_ref = resolve_model(opts.teacher, "--teacher")
-    student_ref = resolve_model(opts.student, "--student")
+    teacher_ref = resolve_model(config.teacher, "--teacher")
+    student_ref = resolve_model(config.student, "--student")
     tokenizer = load_tokenizer(student_ref)
     if method == "logits":
         check_vocabulary(teacher_ref, student_ref, tokenizer)
-        args = gkd_args(opts, plan.path, train_rows)
+        args = gkd_args(config, plan.path, train_rows)
     else:
-        args = traces_args(opts, plan.path, tokenizer, train_rows)
+        args = traces_args(config, plan.path, tokenizer, train_rows)
 
-    inputs = [opts.data] + ([opts.eval_data] if opts.get("eval_data") else []) + [opts.teacher, opts.student]
+    inputs = [config.data] + ([config.eval_data] if config.eval_data else []) + [config.teacher, config.student]
     out = training.create_output(plan, inputs=inputs)
     main = training.is_main_process()
     started = time.time()
-    _seed(opts.seed)
+    _seed(config.seed)
 
     # ---- the student before, the training, the student after
-    student = load_model(student_ref, dtype=training.model_dtype(lora=bool(opts.get("lora"))))
-    before = eval_before(out, student, tokenizer, eval_rows, opts) if main else None
+    student = load_model(student_ref, dtype=training.model_dtype(lora=config.lora))
+    before = eval_before(out, student, tokenizer, eval_rows, config) if main else None
     if method == "traces":
-        traces = load_or_make_traces(out, teacher_ref, train_rows, opts, answers)
-        metrics = train_on_traces(opts, out, student, tokenizer, traces, args)
+        traces = load_or_make_traces(out, teacher_ref, train_rows, config, answers)
+        # the student learns under the system turn it is sampled with (the traces hold none, see traces.py)
+        conversations = sft_dataset(traces, system_prompt=SUPER_COT_SYSTEM_PROMPT)
+        metrics = training.train_sft(config, out, student, tokenizer, conversations, args=args,
+                                     peft_config=training.lora_config(config, student))
         metrics.update(traces=len(traces), trace_prompts=len(set(traces["id"])))
     else:
-        metrics = train_on_logits(opts, out, teacher_ref, student, tokenizer, train_rows, args, started)
+        metrics = train_on_logits(config, out, teacher_ref, student, tokenizer, train_rows, args, started)
     if not main:
         return
     trained = load_trained(out, student_ref)
-    after = held_out_metrics(trained, tokenizer, eval_rows, opts)
+    after = held_out_metrics(trained, tokenizer, eval_rows, config)
     if after is not None:
         metrics["format_rate"] = after.get("format_rate")
     else:  # no held-out rows: a few training prompts, as sft does on small data
         metrics["format_rate"] = training.format_rate(
             trained, tokenizer, [_messages(r["prompt"]) for r in train_rows[:FORMAT_PROMPTS]],
-            max_new_tokens=_max_new_tokens(opts), seed=opts.seed)
+            max_new_tokens=config.max_new_tokens, seed=config.seed)
     metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows))
     metrics.update({f"eval_before/{k}": v for k, v in (before or {}).items()})
     metrics.update({f"eval_after/{k}": v for k, v in (after or {}).items()})
@@ -122,30 +158,29 @@ def load_trained(out, student_ref: ModelRef):
 
 # ---- data ---------------------------------------------------------------------------------------
 
-def _rows(ds, opts: Options, answers: Optional[str]) -> list[dict]:
+def _rows(ds, config: DistillConfig, answers: Optional[str]) -> list[dict]:
     """Plain rows: `id`, `prompt`, `answer` (None without a reference) and `completion` (the
     assistant text a collect/reject output already carries, else None)."""
     from chainforge.sampling import row_id  # the id collect gives rows
 
     out = []
     for row in ds:
-        prompt = row[opts.prompt_column]
+        prompt = row[config.prompt_column]
         out.append({"id": row_id(row.get("id"), prompt),
                      "prompt": prompt, "answer": row.get(answers) if answers else None,
                      "completion": _completion(row)})
     return out
 
 
-def held_out_split(data, opts: Options, answers: Optional[str]) -> tuple[list[dict], list[dict]]:
+def held_out_split(data, config: DistillConfig, answers: Optional[str]) -> tuple[list[dict], list[dict]]:
     """(train rows, held-out rows): --eval-data when given, else a seeded --eval-fraction of --data."""
-    rows = _rows(data, opts, answers)
-    if opts.get("eval_data"):
-        eval_ds = load_rows(opts.eval_data, what="--eval-data")
-        require_columns(eval_ds, [opts.prompt_column], what="--eval-data")
-        eval_answers = answer_column(eval_ds, opts.answer_column, required=False, what="--eval-data")
-        return rows, _rows(eval_ds, opts, eval_answers)
-    fraction = opts.get("eval_fraction")
-    fraction = 0.1 if fraction is None else fraction
+    rows = _rows(data, config, answers)
+    if config.eval_data:
+        eval_ds = load_rows(config.eval_data, what="--eval-data")
+        require_columns(eval_ds, [config.prompt_column], what="--eval-data")
+        eval_answers = answer_column(eval_ds, config.answer_column, required=False, what="--eval-data")
+        return rows, _rows(eval_ds, config, eval_answers)
+    fraction = config.eval_fraction
     if fraction <= 0:
         return rows, []
     n_eval = max(1, round(len(rows) * fraction))
@@ -153,7 +188,7 @@ def held_out_split(data, opts: Options, answers: Optional[str]) -> tuple[list[di
         raise UsageError(f"--data has {len(rows)} row(s): too few to hold out {fraction:.0%} for the "
                          f"before/after check; add rows, pass --eval-data PATH, or --eval-fraction 0")
     order = list(range(len(rows)))
-    random.Random(opts.seed).shuffle(order)
+    random.Random(config.seed).shuffle(order)
     held = set(order[:n_eval])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
@@ -180,7 +215,7 @@ def check_vocabulary(teacher_ref: ModelRef, student_ref: ModelRef, student_tok) 
 
 # ---- the held-out check (eval's metric code) -------------------------------------------------------
 
-def held_out_metrics(model, tokenizer, rows: list[dict], opts: Options) -> Optional[dict]:
+def held_out_metrics(model, tokenizer, rows: list[dict], config: DistillConfig) -> Optional[dict]:
     """Greedy pass@1 / format rate of `model` on the held-out rows, by eval's own code."""
     if not rows:
         return None
@@ -189,34 +224,35 @@ def held_out_metrics(model, tokenizer, rows: list[dict], opts: Options) -> Optio
     model.to(default_device())
     # Greedy, one sample: the check compares the same student before and after, cheaply.
     metrics, _ = evaluate_model(model, tokenizer, [{k: r[k] for k in ("id", "prompt", "answer")} for r in rows],
-                                num_samples=1, temperature=0.0, max_new_tokens=_max_new_tokens(opts),
-                                seed=opts.seed)
+                                num_samples=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
+                                seed=config.seed)
     return metrics
 
 
-def eval_before(out, student, tokenizer, rows: list[dict], opts: Options) -> Optional[dict]:
+def eval_before(out, student, tokenizer, rows: list[dict], config: DistillConfig) -> Optional[dict]:
     """The student's held-out metrics before training; kept in a file so a resumed run reuses them."""
     path = out.path / EVAL_BEFORE
     if not rows:
         return None
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
-    metrics = held_out_metrics(student, tokenizer, rows, opts)
+    metrics = held_out_metrics(student, tokenizer, rows, config)
     atomic_write_text(path, json.dumps(metrics) + "\n")
     return metrics
 
 
 # ---- traces --------------------------------------------------------------------------------------
 
-def make_traces(teacher, tokenizer, rows: list[dict], opts: Options) -> list[dict]:
-    """Sample --num-samples completions per prompt from the teacher; keep the correct, well-formed ones
-    where a reference exists (all non-empty ones elsewhere), one row per distinct completion."""
+def make_traces(teacher, tokenizer, rows: list[dict], config: DistillConfig, journal: Path) -> list[dict]:
+    """Sample --num-samples completions per prompt from the teacher (journaled: a resumed run draws
+    only what is missing); keep the correct, well-formed ones where a reference exists (all
+    non-empty ones elsewhere), one row per distinct completion."""
     from chainforge.rewards import ACCURACY, parse_reward_spec, score
-    from chainforge.sampling import generate
+    from chainforge.sampling import generate_journaled
 
-    samples = generate(teacher, tokenizer, [r["prompt"] for r in rows], n=opts.get("num_samples") or 1,
-                       temperature=_temperature(opts), max_new_tokens=_max_new_tokens(opts), seed=opts.seed,
-                       system_prompt=SUPER_COT_SYSTEM_PROMPT)
+    samples = generate_journaled(journal, teacher, tokenizer, [r["prompt"] for r in rows], n=config.num_samples,
+                                 temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                 seed=config.seed, system_prompt=SUPER_COT_SYSTEM_PROMPT)
     names, weights = parse_reward_spec(None, FILTER_REWARDS)
     kept: list[dict] = []
     for row, completions in zip(rows, samples):
@@ -228,17 +264,12 @@ def make_traces(teacher, tokenizer, rows: list[dict], opts: Options) -> list[dic
             accuracy = values["accuracy"][k]
             if accuracy is not None and not (accuracy == ACCURACY and values["format"][k] > 0):
                 continue
-            kept.append({
-                "id": row["id"], "prompt": row["prompt"],
-                "reference": None if row["answer"] is None else str(row["answer"]),
-                "text": text,
-                "messages": _messages(row["prompt"], text),
-                "reward": totals[k], "correct": None if accuracy is None else True,
-            })
+            kept.append(trace_row(row["id"], row["prompt"], row["answer"], text, totals[k],
+                                  correct=None if accuracy is None else True))
     return kept
 
 
-def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], opts: Options, answers: Optional[str]):
+def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], config: DistillConfig, answers: Optional[str]):
     """The filtered traces under --output/traces: made on rank 0 (other ranks wait and read them),
     reused when a resumed run already made them."""
     import datasets
@@ -249,18 +280,18 @@ def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], opts: Opti
         info(f"reusing {len(traces)} teacher traces from {folder}")
         return traces
     if training.is_main_process():
-        save_traces(folder, make_filtered_traces(out, teacher_ref, rows, opts, answers))
+        save_traces(folder, make_filtered_traces(out, teacher_ref, rows, config, answers))
     training.barrier()
     if not (folder / "state.json").is_file():  # rank 0 failed
         raise RunFailed("no teacher traces were written; see rank 0's error")
     return datasets.load_from_disk(str(folder))
 
 
-def make_filtered_traces(out, teacher_ref: ModelRef, rows: list[dict], opts: Options, answers: Optional[str]):
-    n = opts.get("num_samples") or 1
-    info(f"teacher {opts.teacher}: sampling {n} completion(s) for each of {len(rows)} prompts")
+def make_filtered_traces(out, teacher_ref: ModelRef, rows: list[dict], config: DistillConfig, answers: Optional[str]):
+    n = config.num_samples
+    info(f"teacher {config.teacher}: sampling {n} completion(s) for each of {len(rows)} prompts")
     teacher = load_model(teacher_ref, device=default_device())
-    kept = make_traces(teacher, load_tokenizer(teacher_ref), rows, opts)
+    kept = make_traces(teacher, load_tokenizer(teacher_ref), rows, config, out.path / TEACHER_JOURNAL)
     del teacher
     if not kept:
         out.mark_incomplete()
@@ -285,27 +316,16 @@ def save_traces(folder: Path, kept: list[dict]) -> None:
     os.replace(tmp, folder)
 
 
-def traces_args(opts: Options, output_dir, tokenizer, rows: list[dict]):
-    """sft's config and checks, run before --output exists: the student's chat template must carry
-    the assistant-only loss, and no prompt may fill --max-length."""
+def traces_args(config: DistillConfig, output_dir, tokenizer, rows: list[dict]):
+    """The SFT trainer's config and checks, run before --output exists: the student's chat template
+    must carry the assistant-only loss, and no prompt may fill --max-length."""
     import datasets
-
-    from chainforge.stages.sft import check_prompt_lengths, sft_config, training_template
 
     sample = [_messages(r["prompt"], "<summary>\n0\n</summary>") for r in rows]
     training_template(tokenizer, sample[0])
     check_prompt_lengths(tokenizer, datasets.Dataset.from_list([{"messages": m} for m in sample]),
-                         opts.get("max_length") or 2048)
-    return sft_config(opts, output_dir)
-
-
-def train_on_traces(opts: Options, out, student, tokenizer, traces, args) -> dict:
-    """SFT of the student on the traces through sft's own training path (no second loop here).
-    format_rate is measured afterwards by the caller, the same way for both methods."""
-    from chainforge.stages.sft import sft_dataset, train_sft
-
-    return train_sft(opts, out, student, tokenizer, sft_dataset(traces), args=args,
-                     peft_config=training.lora_config(opts, student))
+                         config.max_length)
+    return training.sft_args(config, output_dir)
 
 
 # ---- logits (GKD) ---------------------------------------------------------------------------------
@@ -359,26 +379,26 @@ def gkd_dataset(rows: list[dict]):
     return datasets.Dataset.from_list([{"messages": _messages(r["prompt"], r["completion"] or "")} for r in rows])
 
 
-def gkd_args(opts: Options, output_dir, rows: list[dict]):
+def gkd_args(config: DistillConfig, output_dir, rows: list[dict]):
     """The GKDConfig: shared training options plus temperature, lambda, beta (before --output exists)."""
     config_class, _ = gkd_trainer_class()
     # Off-policy batches (1 - lambda of them) use the data's own completions when every row has one
     # (a collect or reject output); otherwise the teacher samples them (GKD's sequence-level KD).
     seq_kd = not all(r["completion"] for r in rows)
     return training.trainer_args(
-        opts, output_dir, config_class, temperature=_temperature(opts), lmbda=_lmbda(opts), beta=_beta(opts),
-        max_new_tokens=_max_new_tokens(opts), seq_kd=seq_kd, max_length=opts.get("max_length") or 2048)
+        config, output_dir, config_class, temperature=config.temperature, lmbda=config.lmbda, beta=config.beta,
+        max_new_tokens=config.max_new_tokens, seq_kd=seq_kd, max_length=config.max_length)
 
 
-def train_on_logits(opts: Options, out, teacher_ref: ModelRef, student, tokenizer, rows: list[dict], args,
+def train_on_logits(config: DistillConfig, out, teacher_ref: ModelRef, student, tokenizer, rows: list[dict], args,
                     started: float) -> dict:
     _, trainer_class = gkd_trainer_class()
     info("logits: off-policy sequences " + ("sampled from the teacher" if args.seq_kd else "taken from --data"))
     teacher = load_model(teacher_ref)
     trainer = trainer_class(model=student, teacher_model=teacher, args=args, processing_class=tokenizer,
-                            train_dataset=gkd_dataset(rows), peft_config=training.lora_config(opts, student))
+                            train_dataset=gkd_dataset(rows), peft_config=training.lora_config(config, student))
     result = training.train(trainer, out)
-    training.save_trained(trainer, out, tokenizer, merge=opts.get("merge", True))
+    training.save_trained(trainer, out, tokenizer, merge=config.merge)
     metrics = training.train_metrics(trainer, result, started)
     metrics.update(lmbda=args.lmbda, beta=args.beta, seq_kd=args.seq_kd, format_rate=None)
     return metrics
@@ -392,23 +412,6 @@ def _messages(prompt: Any, answer: Optional[str] = None) -> list[dict]:
 
     messages = as_messages(prompt, SUPER_COT_SYSTEM_PROMPT)
     return messages + ([{"role": "assistant", "content": answer}] if answer is not None else [])
-
-
-def _lmbda(opts: Options) -> float:
-    return 0.5 if opts.get("lmbda") is None else opts.lmbda
-
-
-def _beta(opts: Options) -> float:
-    return 0.5 if opts.get("beta") is None else opts.beta
-
-
-def _temperature(opts: Options) -> float:
-    t = opts.get("temperature")
-    return 0.7 if t is None else t
-
-
-def _max_new_tokens(opts: Options) -> int:
-    return opts.get("max_new_tokens") or 256
 
 
 def _seed(seed: int) -> None:

@@ -16,14 +16,15 @@ The metric code lives in `chainforge.metrics` (`evaluate_model`), reused by othe
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from chainforge.config import Options
-from chainforge.data import (MANIFEST, answer_column, atomic_write_text, load_rows, plan_output, read_manifest,
-                             require_columns)
+from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, GenerationOptions, ModelOptions,
+                               OutputOptions, RewardOptions, StageSpec, default, option)
+from chainforge.data import MANIFEST, atomic_write_text, load_prompt_rows, plan_output, read_manifest
+from chainforge.log import console, fmt_value, info
 from chainforge.errors import UsageError
-from chainforge.log import console, info
 from chainforge.metrics import EVAL_REWARDS, evaluate_model  # evaluate_model: other stages import it from here
 from chainforge.rewards import resolve_rewards
 from chainforge.sampling import engine_spec, load_engine, resolve_system_prompt
@@ -33,36 +34,48 @@ JOURNAL = "samples.jsonl"
 METRIC_ORDER = ("pass@1", "pass@k", "maj@k", "format_rate", "mean_completion_tokens", "k")
 
 
-# Options that may change between a run and its resumption (chainforge run reads this too).
-RESUMABLE_CHANGES = ("compare", "batch_size")
+@dataclass(kw_only=True)
+class EvalConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, RewardOptions, GenerationOptions,
+                 EngineOptions):
+    REQUIRED = ("model", "data", "output")
+
+    compare: Optional[str] = option(None, "Another eval output folder: print a side-by-side delta table.")
+    # sampling: the R1 paper's evaluation settings
+    num_samples: int = default(EngineOptions, "num_samples", 4, "Completions per question (k).")
+    temperature: Optional[float] = default(GenerationOptions, "temperature", 0.6)
+    top_p: float = default(EngineOptions, "top_p", 0.95)
 
 
-def run(opts: Options) -> None:
-    # ---- options
-    opts.require("model", "data", "output")
-    engine = engine_spec(opts)
-    rewards = resolve_rewards(opts.rewards, default=EVAL_REWARDS)
-    other = _compare_target(opts.compare) if opts.compare else None
-    plan = plan_output(opts.output, "eval", opts, overwrite=opts.overwrite, ignore=RESUMABLE_CHANGES)
+CONFIG = EvalConfig
+SPEC = StageSpec("eval", produces=None, inputs={"model": "checkpoint", "data": "eval_data"},
+                 resumable=("compare", "batch_size"))
+RESUMABLE_CHANGES = SPEC.resumable
 
-    # ---- data and model (validated before anything is created)
-    ds = load_rows(opts.data, opts.limit)
-    require_columns(ds, [opts.prompt_column])
-    answers = answer_column(ds, opts.answer_column, required=True)
+
+def run(config: EvalConfig) -> None:
+    # ---- options, data and model checked before anything is created
+    engine = engine_spec(config)
+    rewards = resolve_rewards(config.rewards, default=EVAL_REWARDS, custom=config.custom_rewards)
+    other = _compare_target(config.compare) if config.compare else None
+    plan = plan_output(config.output, "eval", config, overwrite=config.overwrite, ignore=SPEC.resumable)
+    ds, answers = load_prompt_rows(config.data, config.prompt_column, config.answer_column, answer_required=True,
+                                   limit=config.limit)
     rows = [dict(r) for r in ds]
-    k = 1 if opts.temperature <= 0 else opts.num_samples
-    if opts.temperature <= 0 and opts.num_samples > 1:
+    greedy = config.temperature is not None and config.temperature <= 0
+    k = 1 if greedy else config.num_samples
+    if greedy and config.num_samples > 1:
         info(f"--temperature 0 is greedy: every sample would be the same, so 1 is drawn per question (k=1)")
 
-    out = plan.create(inputs=[opts.data, opts.model])
+    # ---- sample and score (the output exists from here on)
+    out = plan.create(inputs=[config.data, config.model])
     model, tokenizer = load_engine(engine)
-    info(f"eval: {len(rows)} questions x {k} samples, temperature {opts.temperature}, "
-         f"top_p {opts.top_p}, backend {engine.backend}")
+    info(f"eval: {len(rows)} questions x {k} samples, temperature {config.temperature}, "
+         f"top_p {config.top_p}, backend {engine.backend}")
     metrics, results = evaluate_model(
-        model, tokenizer, rows, prompt_column=opts.prompt_column, answer_column=answers,
-        num_samples=k, temperature=opts.temperature, top_p=opts.top_p, max_new_tokens=opts.max_new_tokens,
-        seed=opts.seed, system_prompt=resolve_system_prompt(opts.system_prompt), rewards=rewards, batch_size=engine.batch_size,
-        progress=True, journal=str(out.path / JOURNAL))
+        model, tokenizer, rows, prompt_column=config.prompt_column, answer_column=answers,
+        num_samples=k, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+        seed=config.seed, system_prompt=resolve_system_prompt(config.system_prompt), rewards=rewards,
+        batch_size=engine.batch_size, progress=True, journal=str(out.path / JOURNAL))
 
     atomic_write_text(out.path / RESULTS, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                   for r in results))
@@ -92,14 +105,6 @@ def _compare_target(folder: str) -> dict:
     return {"path": str(p), "metrics": manifest.get("metrics") or {}, "results": results}
 
 
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
 def print_metrics(metrics: dict, title: str) -> None:
     from rich.table import Table
 
@@ -107,7 +112,7 @@ def print_metrics(metrics: dict, title: str) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in METRIC_ORDER:
-        table.add_row(name, _fmt(metrics.get(name)))
+        table.add_row(name, fmt_value(metrics.get(name)))
     console.print(table)
 
 
@@ -128,7 +133,7 @@ def print_comparison(metrics: dict, results: list[dict], other: dict) -> None:
     for col, justify in (("metric", "left"), ("this", "right"), ("other", "right"), ("delta", "right")):
         table.add_column(col, justify=justify)
     for name, a, b, delta in comparison_rows(metrics, other["metrics"]):
-        table.add_row(name, _fmt(a), _fmt(b), "-" if delta is None else f"{delta:+.3f}")
+        table.add_row(name, fmt_value(a), fmt_value(b), "-" if delta is None else f"{delta:+.3f}")
     console.print(table)
     theirs = {r.get("id"): r for r in other["results"]}
     shared = [r for r in results if r["id"] in theirs]

@@ -29,96 +29,127 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
 
+from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, ModelOptions,
+                               OutputOptions, RewardOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import UsageError
 from chainforge.formats import completion_text, parse_super_cot
-from chainforge.log import info
+from chainforge.log import fmt_value, info
 from chainforge.models import load_model, load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import training
 
 STAGE = "grpo"
-LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+LossType = Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
 # Keywords TRL itself passes to reward functions: a data column of the same name would collide.
 RESERVED_COLUMNS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
                     "environments")
 
 
-def run(opts) -> None:
-    opts.require("model", "data", "output")
-    reward_names, reward_weights = resolve_rewards(opts.get("rewards"))
+@dataclass(kw_only=True)
+class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, RewardOptions, GenerationOptions,
+                 TrainOptions, LoraOptions):
+    REQUIRED = ("model", "data", "output")
+
+    rewards: Optional[str] = default(
+        RewardOptions, "rewards", None,
+        "Comma-separated rewards with optional weights (accuracy,format=0.5), registered names or dotted paths "
+        "to your own (my_pkg.rewards:fn). Default: accuracy,format,expansion.")
+    # generation
+    num_generations: int = option(8, "Completions per prompt (the group size, at least 2).")
+    temperature: Optional[float] = default(GenerationOptions, "temperature", 1.0)
+    use_vllm: bool = option(False, "Generate with vLLM (colocated; needs the vllm extra).", flags=("--use-vllm",))
+    # GRPO objective
+    beta: float = option(0.04, "KL penalty to the reference model (0 loads none; TRL's default is 0).")
+    epsilon: float = option(0.2, "Clip range of the policy ratio.")
+    loss_type: LossType = option(
+        "dapo", "TRL loss: dapo (token-level, no length bias), grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo.")
+    # optimisation
+    learning_rate: float = default(TrainOptions, "learning_rate", 1e-6)
+    prompts_per_step: int = option(
+        2, "Prompts per device per micro-step: --batch-size (counted in completions for grpo) defaults to "
+           "this × --num-generations.", min=1)
+    batch_size: Optional[int] = default(TrainOptions, "batch_size", None)
+    warmup_ratio: float = default(TrainOptions, "warmup_ratio", 0.0)
+
+    def check(self) -> None:
+        check_sampling(self)
+
+
+CONFIG = GrpoConfig
+SPEC = StageSpec("grpo", produces="checkpoint", inputs={"model": "checkpoint", "data": "prompts"}, trains=True)
+
+
+def run(config: GrpoConfig) -> None:
+    reward_names, reward_weights = resolve_rewards(config.rewards, custom=config.custom_rewards)
     reward_fns = [get_reward(name) for name in reward_names]
-    check_sampling(opts)
-    batch_size, grad_accum = resolve_batch(opts)
-    ref = resolve_model(opts.model)
-    plan = plan_output(opts.output, STAGE, opts, overwrite=opts.overwrite)
+    batch_size, grad_accum = resolve_batch(config)
+    ref = resolve_model(config.model)
+    plan = plan_output(config.output, STAGE, config, overwrite=config.overwrite)
 
     needs_answer = sorted(set(reward_names) & NEEDS_ANSWER)
-    ds = load_prompts(opts, needs_answer)
-    prompts_per_round = batch_size * grad_accum * world_size() // opts.num_generations
+    ds = load_prompts(config, needs_answer)
+    prompts_per_round = batch_size * grad_accum * world_size() // config.num_generations
     if len(ds) < prompts_per_round:
         raise UsageError(f"--data has {len(ds)} prompt(s) but each generation round takes {prompts_per_round} "
                          f"(batch-size {batch_size} × grad-accum {grad_accum} / num-generations "
-                         f"{opts.num_generations}); add prompts or lower --prompts-per-step/--batch-size")
+                         f"{config.num_generations}); add prompts or lower --prompts-per-step/--batch-size")
 
     from trl import GRPOConfig
 
     tokenizer = load_tokenizer(ref)
     # fp32 weights under bf16 autocast for full fine-tuning: at lr 1e-6 bf16 weights would drop the updates.
-    model = load_model(ref, dtype=training.model_dtype(lora=bool(opts.get("lora"))))
-    peft_config = training.lora_config(opts, model)
+    model = load_model(ref, dtype=training.model_dtype(lora=config.lora))
+    peft_config = training.lora_config(config, model)
     args = training.trainer_args(
-        opts, plan.path, GRPOConfig,
-        learning_rate=opts.get("learning_rate") or 1e-6,
+        config, plan.path, GRPOConfig,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum,
-        num_generations=opts.num_generations,
-        max_completion_length=opts.get("max_new_tokens") or 512,
-        temperature=opts.get("temperature") if opts.get("temperature") is not None else 1.0,
-        beta=opts.beta,
-        epsilon=opts.epsilon,
-        loss_type=opts.loss_type,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_new_tokens,
+        temperature=config.temperature,
+        beta=config.beta,
+        epsilon=config.epsilon,
+        loss_type=config.loss_type,
         reward_weights=reward_weights,
-        use_vllm=bool(opts.get("use_vllm")),
+        use_vllm=config.use_vllm,
     )
-    out = training.create_output(plan, inputs=[opts.data, opts.model])
+    out = training.create_output(plan, inputs=[config.data, config.model])
     main = training.is_main_process()
     if main:
         weighted = ", ".join(f"{n}×{w:g}" for n, w in zip(reward_names, reward_weights))
-        info(f"grpo: {len(ds)} prompts, rewards {weighted}, {opts.num_generations} generations per prompt, "
-             f"batch {batch_size} completions × grad-accum {grad_accum}, beta {opts.beta}, loss {opts.loss_type}")
+        info(f"grpo: {len(ds)} prompts, rewards {weighted}, {config.num_generations} generations per prompt, "
+             f"batch {batch_size} completions × grad-accum {grad_accum}, beta {config.beta}, loss {config.loss_type}")
     trainer = make_trainer(model, reward_fns, args, ds, tokenizer, peft_config)
     result = training.train(trainer, out)
-    training.save_trained(trainer, out, tokenizer, merge=opts.get("merge", True))
+    training.save_trained(trainer, out, tokenizer, merge=config.merge)
     if main:
         metrics = grpo_metrics(trainer, result)
         training.finish(out, metrics)
-        info(f"grpo: {metrics['steps']} steps, reward {_fmt(metrics['first_reward'])} -> {_fmt(metrics['reward'])}, "
-             f"format_rate {_fmt(metrics['format_rate'])}, generation {_fmt(metrics['generation_time_share'])} "
+        info(f"grpo: {metrics['steps']} steps, reward {fmt_value(metrics['first_reward'])} -> {fmt_value(metrics['reward'])}, "
+             f"format_rate {fmt_value(metrics['format_rate'])}, generation {fmt_value(metrics['generation_time_share'])} "
              f"of the time -> {out.path}")
 
 
 # ---- options ------------------------------------------------------------------------------------
 
-def check_sampling(opts) -> None:
-    if opts.num_generations < 2:
-        raise UsageError(f"--num-generations must be at least 2, got {opts.num_generations}: GRPO scores each "
+def check_sampling(config) -> None:
+    if config.num_generations < 2:
+        raise UsageError(f"--num-generations must be at least 2, got {config.num_generations}: GRPO scores each "
                          f"completion against the others of its group (8 is the usual choice)")
-    if opts.beta < 0:
-        raise UsageError(f"--beta must be ≥ 0, got {opts.beta}: it weighs the KL penalty to the reference model "
+    if config.beta < 0:
+        raise UsageError(f"--beta must be ≥ 0, got {config.beta}: it weighs the KL penalty to the reference model "
                          f"(0 turns it off, 0.04 is the default)")
-    if opts.epsilon <= 0:
-        raise UsageError(f"--epsilon must be > 0, got {opts.epsilon} (the clip range; 0.2 is the default)")
-    temperature = opts.get("temperature")
-    if temperature is not None and temperature <= 0:
+    if config.epsilon <= 0:
+        raise UsageError(f"--epsilon must be > 0, got {config.epsilon} (the clip range; 0.2 is the default)")
+    if config.temperature is None or config.temperature <= 0:
         raise UsageError("--temperature must be > 0 for GRPO: a group of greedy completions is identical and "
                          "teaches nothing (1.0 is the default)")
-    if opts.loss_type not in LOSS_TYPES:
-        raise UsageError(f"--loss-type {opts.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
-    if opts.get("use_vllm") and not vllm_available():
+    if config.use_vllm and not vllm_available():
         raise UsageError(f"--use-vllm needs vLLM, which is not installed: {VLLM_INSTALL} "
                          "(or drop --use-vllm to generate with transformers)")
 
@@ -127,13 +158,13 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def resolve_batch(opts) -> tuple[int, int]:
+def resolve_batch(config) -> tuple[int, int]:
     """(per-device batch in completions, grad accum). Derived from --prompts-per-step unless
     --batch-size is given; an explicit batch that splits a group is exit 2 with numbers that fit."""
-    g, accum, world = opts.num_generations, opts.get("grad_accum") or 1, world_size()
-    if opts.get("batch_size") is None:
-        return (opts.get("prompts_per_step") or 1) * g, accum
-    batch = opts.batch_size
+    g, accum, world = config.num_generations, config.grad_accum, world_size()
+    if config.batch_size is None:
+        return config.prompts_per_step * g, accum
+    batch = config.batch_size
     total = batch * accum * world
     if total % g == 0:
         return batch, accum
@@ -150,13 +181,13 @@ def resolve_batch(opts) -> tuple[int, int]:
 
 # ---- data ---------------------------------------------------------------------------------------
 
-def load_prompts(opts, needs_answer: list[str]):
+def load_prompts(config, needs_answer: list[str]):
     """The prompt dataset with the columns TRL and our rewards expect: `prompt` (chat messages) and
     `answer`; other columns pass through to the reward functions."""
-    ds = load_rows(opts.data, limit=opts.get("limit"))
-    prompt_col = opts.get("prompt_column") or "prompt"
+    ds = load_rows(config.data, limit=config.limit)
+    prompt_col = config.prompt_column
     require_columns(ds, [prompt_col])
-    requested = opts.get("answer_column") or "answer"
+    requested = config.answer_column
     try:
         ans_col = answer_column(ds, requested, required=bool(needs_answer))
     except UsageError as exc:
@@ -173,7 +204,7 @@ def load_prompts(opts, needs_answer: list[str]):
         ds = ds.remove_columns(drop)
     if renames:
         ds = ds.rename_columns(renames)
-    system = resolve_system_prompt(opts.get("system_prompt"))
+    system = resolve_system_prompt(config.system_prompt)
     chats = [as_messages(p, system) for p in ds["prompt"]]  # not .map(): no progress bar on stderr
     return ds.remove_columns("prompt").add_column("prompt", chats)
 
@@ -235,10 +266,6 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config):
 
     return Trainer(model=model, reward_funcs=reward_fns, args=args, train_dataset=ds,
                    processing_class=tokenizer, peft_config=peft_config)
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
 
 
 def _parse(text: str):

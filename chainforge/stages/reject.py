@@ -21,74 +21,78 @@ candidates already drawn.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Literal, Optional
 
-from chainforge.config import Options
-from chainforge.data import answer_column, load_rows, plan_output, require_columns
+from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, GenerationOptions, ModelOptions,
+                               OutputOptions, RewardOptions, StageSpec, default, option)
+from chainforge.data import load_prompt_rows, plan_output
 from chainforge.errors import RunFailed, UsageError
 from chainforge.log import info
-from chainforge.metrics import pass_at_k, score_rows
-from chainforge.rewards import resolve_rewards
-from chainforge.rewards import NEEDS_ANSWER
-from chainforge.sampling import (as_messages, engine_spec, generate_journaled, load_engine, row_id,
-                                 resolve_system_prompt)
+from chainforge.metrics import pass_at_k, passes, score_rows, select_candidates
+from chainforge.rewards import NEEDS_ANSWER, resolve_rewards
+from chainforge.sampling import engine_spec, generate_journaled, load_engine, resolve_system_prompt, row_id
+from chainforge.traces import trace_row
 
 REJECT_REWARDS = ("accuracy", "format")
-KEEP = ("best", "all-passing")
 JOURNAL = "candidates.jsonl"
-# Rewards are sums of floats (0.7 + 0.2 + 0.1 is 0.9999999999999999): "≥ R" allows round-off.
-_TOLERANCE = 1e-9
 
 
-# Options that may change between a run and its resumption (chainforge run reads this too):
-# the drawn candidates are kept, so a new filter reuses them.
-RESUMABLE_CHANGES = ("min_reward", "keep", "batch_size")
+@dataclass(kw_only=True)
+class RejectConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, RewardOptions, GenerationOptions,
+                   EngineOptions):
+    REQUIRED = ("model", "data", "output")
+
+    min_reward: float = option(1.0, "Keep candidates with total reward >= this (inclusive).")
+    keep: Literal["best", "all-passing"] = option(
+        "best", "best: one per prompt (the highest reward); all-passing: every distinct passing one.")
+    num_samples: int = default(EngineOptions, "num_samples", 8, "Candidates drawn per prompt.")
+    temperature: Optional[float] = default(GenerationOptions, "temperature", 0.7)
 
 
-def run(opts: Options) -> None:
-    # ---- options
-    opts.require("model", "data", "output")
-    engine = engine_spec(opts)
-    names, weights = resolve_rewards(opts.rewards, default=REJECT_REWARDS)
-    if opts.keep not in KEEP:
-        raise UsageError(f"--keep {opts.keep!r} is not one of {', '.join(KEEP)}")
-    # Candidates don't depend on these: a rerun with another filter reuses the journal.
-    plan = plan_output(opts.output, "reject", opts, overwrite=opts.overwrite,
-                       ignore=RESUMABLE_CHANGES)
+CONFIG = RejectConfig
+# The drawn candidates are kept, so a new filter (or batch size) reuses them on resume.
+SPEC = StageSpec("reject", produces="dataset", inputs={"model": "checkpoint", "data": "prompts"},
+                 resumable=("min_reward", "keep", "batch_size"))
+RESUMABLE_CHANGES = SPEC.resumable
 
-    # ---- data (validated before anything is created)
-    ds = load_rows(opts.data, opts.limit)
-    require_columns(ds, [opts.prompt_column])
-    answers = answer_column(ds, opts.answer_column, required=False)
+
+def run(config: RejectConfig) -> None:
+    # ---- options and data, validated before anything is created
+    engine = engine_spec(config)
+    names, weights = resolve_rewards(config.rewards, default=REJECT_REWARDS, custom=config.custom_rewards)
+    plan = plan_output(config.output, "reject", config, overwrite=config.overwrite, ignore=SPEC.resumable)
+    ds, answers = load_prompt_rows(config.data, config.prompt_column, config.answer_column, limit=config.limit)
     needs = [n for n in names if n in NEEDS_ANSWER]
     if needs and answers is None:
         raise UsageError(f"--rewards {', '.join(needs)} needs reference answers but --data has no column "
-                         f"'{opts.answer_column}' (nor 'reference'); columns found: {', '.join(ds.column_names)} "
+                         f"'{config.answer_column}' (nor 'reference'); columns found: {', '.join(ds.column_names)} "
                          f"(pass --answer-column NAME, or use rewards that need no answer, e.g. --rewards format)")
     rows = [dict(r) for r in ds]
-
-    # ---- sample and score
-    out = plan.create(inputs=[opts.data, opts.model])
-    model, tokenizer = load_engine(engine)
-    prompts = [r[opts.prompt_column] for r in rows]
-    info(f"reject: {len(rows)} prompts x {opts.num_samples} candidates, temperature {opts.temperature}, "
-         f"rewards {', '.join(f'{n}={w:g}' for n, w in zip(names, weights))}, min reward {opts.min_reward}")
-    drawn = generate_journaled(
-        out.path / JOURNAL, model, tokenizer, prompts, n=opts.num_samples, temperature=opts.temperature,
-        top_p=opts.top_p, max_new_tokens=opts.max_new_tokens, seed=opts.seed, batch_size=engine.batch_size,
-        system_prompt=resolve_system_prompt(opts.system_prompt), progress=True)
-    texts = [[c.text for c in comps] for comps in drawn]
+    prompts = [r[config.prompt_column] for r in rows]
     refs = [r.get(answers) if answers else None for r in rows]
+
+    # ---- sample and score (the output exists from here on)
+    out = plan.create(inputs=[config.data, config.model])
+    model, tokenizer = load_engine(engine)
+    info(f"reject: {len(rows)} prompts x {config.num_samples} candidates, temperature {config.temperature}, "
+         f"rewards {', '.join(f'{n}={w:g}' for n, w in zip(names, weights))}, min reward {config.min_reward}")
+    drawn = generate_journaled(
+        out.path / JOURNAL, model, tokenizer, prompts, n=config.num_samples, temperature=config.temperature,
+        top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=engine.batch_size,
+        system_prompt=resolve_system_prompt(config.system_prompt), progress=True)
+    texts = [[c.text for c in comps] for comps in drawn]
     rewards = score_rows(rows, texts, refs, names, weights)
 
     # ---- filter
     kept: list[dict] = []
     passing_counts = []
     for row, prompt, ref, cands, scores in zip(rows, prompts, refs, texts, rewards):
-        passing_counts.append(sum(s >= opts.min_reward - _TOLERANCE for s in scores))
-        for rank, (text, reward) in enumerate(select_candidates(cands, scores, opts.min_reward, opts.keep)):
-            kept.append(_row(row, prompt, ref, text, reward, len(cands), rank))
-    n = opts.num_samples
+        passing_counts.append(sum(passes(s, config.min_reward) for s in scores))
+        for rank, (text, reward) in enumerate(select_candidates(cands, scores, config.min_reward, config.keep)):
+            kept.append(trace_row(row_id(row.get("id"), prompt), prompt, ref, text, reward,
+                                  candidates=len(cands), kept_rank=rank))
+    n = config.num_samples
     all_scores = [s for scores in rewards for s in scores]
     metrics = {
         "prompts": len(rows),
@@ -101,7 +105,7 @@ def run(opts: Options) -> None:
     }
     if not kept:
         out.mark_incomplete(metrics)
-        raise RunFailed(f"no candidate reached --min-reward {opts.min_reward} (best reward "
+        raise RunFailed(f"no candidate reached --min-reward {config.min_reward} (best reward "
                         f"{max(all_scores):.3g} over {len(all_scores)} candidates); nothing to keep. Rerun "
                         f"with a lower --min-reward (the candidates drawn are reused), or draw more with "
                         f"--num-samples / a longer --max-new-tokens after --overwrite")
@@ -112,33 +116,3 @@ def run(opts: Options) -> None:
     out.finish(metrics)
     info(f"reject: kept {len(kept)} of {len(all_scores)} candidates from {len(rows)} prompts "
          f"(pass@1 {metrics['pass@1']:.3f}, pass@{n} {metrics['pass@k']:.3f}) -> {out.path}")
-
-
-def select_candidates(texts: Sequence[str], rewards: Sequence[float], min_reward: float,
-                      keep: str = "best") -> list[tuple[str, float]]:
-    """The kept (text, reward) of one question, best first.
-
-    Identical completions count once; a candidate passes with reward ≥ min_reward; ties are broken
-    by draw order. `best` keeps the first passing one, `all-passing` all of them."""
-    seen: dict[str, tuple[int, float]] = {}
-    for i, (text, reward) in enumerate(zip(texts, rewards)):
-        if text not in seen:
-            seen[text] = (i, reward)
-    ranked = sorted(seen.items(), key=lambda item: (-item[1][1], item[1][0]))
-    passing = [(text, reward) for text, (_, reward) in ranked if reward >= min_reward - _TOLERANCE]
-    return passing[:1] if keep == "best" else passing
-
-
-def _row(row: dict, prompt: Any, ref: Optional[Any], text: str, reward: float, candidates: int,
-         rank: int) -> dict:
-    user_turns = as_messages(prompt)
-    return {
-        "id": row_id(row.get("id"), prompt),
-        "prompt": prompt,
-        "reference": None if ref is None else str(ref),
-        "text": text,
-        "messages": user_turns + [{"role": "assistant", "content": text}],
-        "reward": float(reward),
-        "candidates": candidates,
-        "kept_rank": rank,
-    }

@@ -128,8 +128,8 @@ def _plot_bars(path: Path, title: str, groups: list[str], series: dict[str, list
     return path
 
 
-def run(opts) -> None:
-    run_dir = Path(opts.run_dir)
+def run(run_dir: str | Path) -> None:
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a folder; give the run_dir of a `chainforge run` recipe")
     stages = find_stages(run_dir)

@@ -9,43 +9,56 @@ A recipe (../shared/CONTRACT.md, "Recipes"):
     model: smollm2            # base model for the first stage that needs one
     prompts: data/toy/train.jsonl
     eval_data: data/toy/test.jsonl
+    eval: {limit: 24, num_samples: 2}      # options of the evaluations after each training stage
     stages:
       - {name: collect, command: collect, teacher: local, teacher_model: smollm2}
-      - {name: sft-cold, command: sft, max_steps: 20}
+      - {name: sft-cold, command: sft, config: sft-cpu-small.yaml, max_steps: 20}
       ...
 
-Stage i writes `run_dir/NN-name` (NN = i from 00). Inputs a stage does not set default to the
-latest EARLIER stage's output of the right kind in recipe order (a dataset from collect/reject, a
-checkpoint from sft/grpo/distill); grpo, reject and distill read the recipe's `prompts`, eval its
-`eval_data`. Each stage runs through the same code as its command, in this process.
+Stage i writes `run_dir/NN-name` (NN = i from 00). Each stage's config is built from its config
+class (`chainforge.stages.<module>.CONFIG`): an option file named by `config:` (relative to the
+recipe), then the stage's own keys, then defaults for the inputs it does not set, taken from its
+SPEC: the latest EARLIER output of the right kind in recipe order (a dataset from collect/reject, a
+checkpoint from sft/grpo/distill), or the recipe's `prompts` / `eval_data`. Every config is built
+(and so validated) before the first stage runs; then each stage's `run(config)` is called here.
+
+With `eval_data` (and `eval_every_stage`, default true), the base model is evaluated into
+`run_dir/evals/00-base` and every training stage's result into `run_dir/evals/NN-name`, each with
+`compare` set to the evaluation of that stage's input checkpoint (distill: of the student before
+training, `evals/NN-name-student-start`), by eval's own `run(config)` with the `eval:` options.
 
 Skipping and resuming: a stage whose output says `complete` with the options this recipe gives it
 and unchanged inputs is skipped; a changed option (or an input that was redone) re-runs it with
---overwrite, and so everything after it; an unfinished stage (crash, Ctrl-C) is resumed by the
+overwrite, and so everything after it; an unfinished stage (crash, Ctrl-C) is resumed by the
 stage itself. `run_dir/run.json` records each stage's status and wall time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import gc
 import json
+import re
 import time
-from dataclasses import dataclass, field
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from chainforge.config import REDACTED
+from chainforge.config import REDACTED, coerce_value, field_types, load_yaml_config
 from chainforge.data import atomic_write_text, read_manifest
-from chainforge.errors import Interrupted, RunFailed, UsageError
+from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
 from chainforge.log import info
+from chainforge.stages import STAGE_MODULES, run_stage, stage_module
 
-RECIPE_KEYS = {"run_dir", "model", "prompts", "eval_data", "stages"}
-# What each command's result is, for "latest earlier output of the right kind".
-PRODUCES = {"collect": "dataset", "reject": "dataset", "sft": "checkpoint", "grpo": "checkpoint",
-            "distill": "checkpoint", "eval": None}
+RECIPE_KEYS = {"run_dir", "model", "prompts", "eval_data", "stages", "eval", "eval_every_stage", "decontaminate",
+               "custom_rewards"}
 RUN_STATE = "run.json"
-STAGE_MODULES = {"eval": "evaluate"}
+EVALS = "evals"
+STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Set by the recipe for each stage, never by its keys.
+NOT_RECIPE_OPTIONS = ("output", "overwrite")
 
 
 @dataclass
@@ -53,31 +66,23 @@ class Stage:
     index: int
     name: str
     command: str
-    options: dict
+    options: dict  # what the recipe gives the stage (option files, keys, input defaults)
     output: Path
-    args: list[str] = field(default_factory=list)
+    config: Any = None  # the stage's config, built from `options`
 
     @property
     def folder(self) -> str:
         return self.output.name
 
+    @property
+    def spec(self):
+        return stage_module(self.command).SPEC
 
-def command_params(command: str) -> dict[str, Any]:
-    """The options a command takes, by snake_case name (from the CLI's own declarations)."""
-    import typer
 
-    from chainforge.cli import app
-
-    group = typer.main.get_command(app)
-    cmd = group.commands.get(command)  # type: ignore[attr-defined]
-    if cmd is None:
-        return {}
-    return {p.name: p for p in cmd.params if p.name}
-
+# ---- the recipe -----------------------------------------------------------------------------------
 
 def load_recipe(path: str | Path) -> dict:
-    from chainforge.config import coerce_value, load_yaml_config
-
+    """The recipe with every stage's options typed and checked (exit 2 before anything runs)."""
     if not Path(path).is_file():
         raise UsageError(f"recipe not found: {path} (see configs/demo.yaml for an example)")
     recipe = load_yaml_config(path)
@@ -87,91 +92,96 @@ def load_recipe(path: str | Path) -> dict:
                          f"known: {', '.join(sorted(RECIPE_KEYS))}")
     if not recipe.get("run_dir"):
         raise UsageError(f"recipe {path}: `run_dir` is required (where stage folders go)")
+    for key in ("eval_every_stage", "decontaminate", "custom_rewards"):
+        if recipe.get(key) is not None and not isinstance(recipe[key], bool):
+            raise UsageError(f"recipe {path}: `{key}` must be true or false, got {recipe[key]!r}")
     stages = recipe.get("stages")
     if not isinstance(stages, list) or not stages:
         raise UsageError(f"recipe {path}: `stages` must be a non-empty list of {{name, command, …}}")
+    eval_cls = stage_module("eval").CONFIG
+    if recipe.get("eval") is not None:
+        if not isinstance(recipe["eval"], dict):
+            raise UsageError(f"recipe {path}: `eval` must be a mapping of eval options (num_samples, limit, …)")
+        recipe["eval"] = _stage_options(eval_cls, recipe["eval"], f"recipe {path}: eval",
+                                        skip=("model", "data", "compare"))
     seen: set[str] = set()
-    hints = {c: _hints(c) for c in PRODUCES}
     for i, st in enumerate(stages):
         if not isinstance(st, dict) or not st.get("name") or not st.get("command"):
             raise UsageError(f"recipe {path}: stage {i} needs `name` and `command`")
         name, command = str(st["name"]), str(st["command"])
+        if not STAGE_NAME.match(name):
+            raise UsageError(f"recipe {path}: stage name '{name}' must match [A-Za-z0-9][A-Za-z0-9._-]* (it names "
+                             f"the stage's folder under run_dir)")
         if name in seen:
             raise UsageError(f"recipe {path}: stage name '{name}' is used twice; names must be unique")
         seen.add(name)
-        if command not in PRODUCES:
+        if command not in STAGE_MODULES:
             raise UsageError(f"recipe {path}: stage '{name}' has unknown command '{command}'; "
-                             f"known: {', '.join(sorted(PRODUCES))}")
-        params = command_params(command)
-        for key in st:
-            k = str(key).replace("-", "_")
-            if key in ("name", "command"):
-                continue
-            if k not in params or k in ("output", "config", "overwrite"):
-                allowed = sorted(set(params) - {"output", "config", "overwrite"})
-                raise UsageError(f"recipe {path}: stage '{name}' ({command}) has unknown option '{key}'; "
-                                 f"known: {', '.join(allowed)}")
-            # keep the typed value: it is what the stage's manifest will record (YAML reads 1e-5 as a string)
-            st[key] = coerce_value(k, st[key], hints[command].get(k, str), params[k], f"recipe {path}: stage '{name}'")
+                             f"known: {', '.join(sorted(STAGE_MODULES))}")
+        cls = stage_module(command).CONFIG
+        where = f"recipe {path}: stage '{name}'"
+        options: dict = {}
+        if st.get("config") is not None:  # an option file, relative to the recipe
+            file = Path(str(st["config"]))
+            file = file if file.is_absolute() else Path(path).resolve().parent / file
+            options.update(_stage_options(cls, load_yaml_config(file), f"{where}: {file.name}", command))
+        keys = {k: v for k, v in st.items() if k not in ("name", "command", "config")}
+        options.update(_stage_options(cls, keys, where, command))
+        st.clear()
+        st.update(name=name, command=command, **options)
     return recipe
 
 
-def _hints(command: str) -> dict:
-    import typing
-
-    from chainforge.cli import app
-
-    for info_ in app.registered_commands:
-        fn = info_.callback
-        if fn is not None and (info_.name or fn.__name__.replace("_", "-")) == command:
-            return typing.get_type_hints(fn, include_extras=True)
-    return {}
+def _stage_options(cls, values: dict, where: str, command: str = "eval", skip: tuple = ()) -> dict:
+    known = [n for n in cls.option_names() if n not in NOT_RECIPE_OPTIONS and n not in skip]
+    hints = field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for key, value in values.items():
+        k = str(key).replace("-", "_")
+        if k not in known:
+            raise UsageError(f"{where} ({command}) has unknown option '{key}'; known: {', '.join(sorted(known))}")
+        # keep the typed value: it is what the stage's manifest will record (YAML reads 1e-5 as a string)
+        out[k] = coerce_value(k, value, hints[k], fields[k].metadata, where)
+    return out
 
 
 def plan_stages(recipe: dict) -> list[Stage]:
-    """Each stage's folder and command-line arguments, defaults filled from earlier stages.
-    Relative paths in a recipe resolve from the current folder (run it from the repository root)."""
+    """Each stage's folder and config, inputs defaulted from earlier stages; every config is built
+    (so checked) here. Relative paths in a recipe resolve from the current folder."""
     run_dir = _path(recipe["run_dir"])
-    latest: dict[str, str] = {}
-    if recipe.get("model"):
-        latest["checkpoint"] = str(_model(recipe["model"]))
-    prompts = str(_path(recipe["prompts"])) if recipe.get("prompts") else None
-    eval_data = str(_path(recipe["eval_data"])) if recipe.get("eval_data") else None
+    sources: dict[str, Optional[str]] = {
+        "checkpoint": str(_model(recipe["model"])) if recipe.get("model") else None,
+        "dataset": None,
+        "prompts": str(_path(recipe["prompts"])) if recipe.get("prompts") else None,
+        "eval_data": str(_path(recipe["eval_data"])) if recipe.get("eval_data") else None,
+    }
     plan = []
     for i, raw in enumerate(recipe["stages"]):
         command = raw["command"]
-        options = {str(k).replace("-", "_"): v for k, v in raw.items() if k not in ("name", "command")}
-        defaults: dict[str, Optional[str]] = {}
-        if command == "collect":
-            defaults["prompts"] = prompts
-        elif command == "sft":
-            defaults["model"] = latest.get("checkpoint")
-            defaults["data"] = latest.get("dataset")
-        elif command in ("grpo", "reject"):
-            defaults["model"] = latest.get("checkpoint")
-            defaults["data"] = prompts
-        elif command == "distill":
-            defaults["teacher"] = latest.get("checkpoint")
-            defaults["data"] = prompts
-        elif command == "eval":
-            defaults["model"] = latest.get("checkpoint")
-            defaults["data"] = eval_data or prompts
-        for key, value in defaults.items():
-            if key not in options and value is not None:
-                options[key] = value
+        module = stage_module(command)
+        options = {k: v for k, v in raw.items() if k not in ("name", "command")}
         for key in ("data", "prompts", "eval_data"):
-            if key in raw and isinstance(options.get(key), str):
+            if isinstance(options.get(key), str):
                 options[key] = str(_path(options[key]))
         for key in ("model", "teacher", "student", "teacher_model"):
-            if key in raw and isinstance(options.get(key), str):
+            if isinstance(options.get(key), str):
                 options[key] = str(_model(options[key]))
+        for key, source in module.SPEC.inputs.items():
+            value = sources.get(source) or (sources["prompts"] if source == "eval_data" else None)
+            if key not in options and value is not None:
+                options[key] = value
+        if recipe.get("custom_rewards") is not None and "custom_rewards" in module.CONFIG.option_names():
+            options.setdefault("custom_rewards", recipe["custom_rewards"])
         out = run_dir / f"{i:02d}-{raw['name']}"
         stage = Stage(i, str(raw["name"]), command, options, out)
-        stage.args = [command, *_as_args(command, options), "--output", str(out)]
+        try:
+            stage.config = module.CONFIG(**options, output=str(out))
+        except UsageError as exc:
+            raise UsageError(f"stage '{stage.name}' ({command}): {exc.message}") from None
         plan.append(stage)
-        kind = PRODUCES[command]
-        if kind:
-            latest[kind] = str(out)
+        if module.SPEC.produces:
+            sources[module.SPEC.produces] = str(out)
     return plan
 
 
@@ -189,23 +199,7 @@ def _model(value: Any) -> str:
     return text
 
 
-def _as_args(command: str, options: dict) -> list[str]:
-    params = command_params(command)
-    args: list[str] = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            secondary = getattr(params.get(key), "secondary_opts", None)
-            args.append(flag if value else (secondary[0] if secondary else "--no-" + key.replace("_", "-")))
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                args += [flag, str(v)]
-        else:
-            args += [flag, str(value)]
-    return args
-
+# ---- skip, resume or redo -------------------------------------------------------------------------
 
 def stage_is_current(stage: Stage, manifest: Optional[dict], redone: set[str],
                      previous: Optional[dict] = None) -> bool:
@@ -220,18 +214,11 @@ def _differs(stage: Stage, manifest: dict, previous: Optional[dict] = None) -> b
     run gave that the recipe no longer does (removing `max_steps: 20` is a change). Options the stage
     lets change on resume (collect's --max-cost, say) are not compared."""
     recorded = manifest.get("config", {})
-    skip = set(_resumable_changes(stage.command))
+    skip = set(stage.spec.resumable)
     if any(k not in stage.options and k not in skip for k in (previous or {})):
         return True
     return any(_norm(recorded.get(k)) != _norm(v) for k, v in stage.options.items()
                if k not in skip and recorded.get(k) != REDACTED)
-
-
-def _resumable_changes(command: str) -> tuple:
-    import importlib
-
-    module = importlib.import_module(f"chainforge.stages.{STAGE_MODULES.get(command, command)}")
-    return getattr(module, "RESUMABLE_CHANGES", ())
 
 
 def _inputs_changed(manifest: dict, redone: set[str]) -> bool:
@@ -257,91 +244,163 @@ def _norm(value: Any) -> Any:
     return str(value)
 
 
-def invoke(args: list[str]) -> int:
-    """Run `chainforge ARGS` in this process and return its exit code."""
-    import typer
+def command_line(stage: Stage, overwrite: bool) -> str:
+    """The command that does what this stage does (shown in the log, to rerun a stage by hand)."""
+    fields = {f.name: f for f in dataclasses.fields(stage.config)}
+    args = [stage.command]
+    for key, value in {**stage.options, "output": str(stage.output)}.items():
+        if value is None or key not in fields:
+            continue
+        flags = fields[key].metadata.get("flags")
+        flag = flags[0] if flags else "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            on, _, off = flag.partition("/")
+            args.append(on if value else (off or f"--no-{key.replace('_', '-')}"))
+        elif isinstance(value, list):
+            args += [x for v in value for x in (flag, str(v))]
+        else:
+            args += [flag, str(value)]
+    return "chainforge " + " ".join(args + (["--overwrite"] if overwrite else []))
 
-    from chainforge.cli import app
 
+def execute(stage: Stage, redone: set[str], record: dict, state_path: Path, state: dict) -> None:
+    """Skip, resume or redo one stage (its outcome goes into run.json); raise when it stops."""
+    m = read_manifest(stage.output)
+    previous = record.get("options")  # what the last run of this recipe gave the stage
+    record.update(folder=str(stage.output.relative_to(state_path.parent)), command=stage.command)
+    label = record["folder"]
+    if stage_is_current(stage, m, redone, previous):
+        info(f"[{label}] complete with the same options: skipped")
+        record["status"] = "skipped (complete)"
+        _save_state(state_path, state)
+        return
+    overwrite = bool(m) and (m.get("status") == "complete" or m.get("stage") != stage.command
+                             or _differs(stage, m, previous) or _inputs_changed(m, redone))
+    if overwrite:
+        # an unfinished stage whose inputs were redone must not resume on stale partial work
+        info(f"[{label}] options or inputs changed: redoing it")
+    elif m:
+        info(f"[{label}] unfinished: resuming")
+    info(f"[{label}] {command_line(stage, overwrite)}")
+    record.update(status="running", started=_now(), options=stage.options)
+    _save_state(state_path, state)
+    t0 = time.time()
+    code = _call(stage.command, dataclasses.replace(stage.config, overwrite=overwrite))
+    gc.collect()
+    record.update(status="complete" if code == 0 else f"failed (exit {code})",
+                  wall_s=round(time.time() - t0, 1), finished=_now())
+    _save_state(state_path, state)
+    if code == 130:
+        raise Interrupted(f"stage '{stage.name}' interrupted; rerun the same `chainforge run` to resume")
+    if code == 2:
+        raise RunFailed(f"stage '{stage.name}' refused its input (see the error above); fix the "
+                        f"recipe and rerun: finished stages are kept")
+    if code != 0:
+        raise RunFailed(f"stage '{stage.name}' stopped (exit {code}); rerun the same `chainforge run` "
+                        f"to resume it")
+    redone.add(str(stage.output))
+
+
+def _call(command: str, config) -> int:
+    """The stage's run(config), its outcome as the exit code its command would give."""
     try:
-        rv = typer.main.get_command(app).main(args=args, prog_name="chainforge", standalone_mode=False)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+        run_stage(command, config)
+    except ChainforgeError as exc:
+        info(f"Error: {exc.message}")
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # click's usage errors in non-standalone mode
-        code = getattr(exc, "exit_code", None)
-        if code is None:
-            raise
-        msg = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        info(f"Error: {msg}")
-        return int(code)
-    return int(rv) if isinstance(rv, int) else 0
+    except Exception as exc:  # a crash: show it, keep what was finished
+        traceback.print_exc()
+        info(f"Error: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
 
 
-def run(opts) -> None:
-    recipe_path = Path(opts.recipe)
-    recipe = load_recipe(recipe_path)
-    plan = plan_stages(recipe)
+# ---- evaluation after every training stage --------------------------------------------------------
+
+class Evaluations:
+    """`run_dir/evals/*`: the base model, and each training stage's result compared with its input."""
+
+    def __init__(self, recipe: dict, run_dir: Path):
+        self.options = dict(recipe.get("eval") or {})
+        self.data = str(_path(recipe["eval_data"]))
+        self.base = str(_model(recipe["model"])) if recipe.get("model") else None
+        self.folder = run_dir / EVALS
+        self.done: dict[str, Path] = {}  # model → its evaluation folder
+
+    def stage(self, name: str, model: str, compare: Optional[Path]) -> Stage:
+        options = {**self.options, "model": model, "data": self.data}
+        if compare is not None:
+            options["compare"] = str(compare)
+        out = self.folder / name
+        stage = Stage(-1, name, "eval", options, out)
+        stage.config = stage_module("eval").CONFIG(**options, output=str(out))
+        return stage
+
+    def after(self, st: Stage, run, redone: set[str]) -> None:
+        """Evaluate stage `st`'s checkpoint, comparing with its starting model's evaluation."""
+        cfg = st.config
+        start = cfg.student if st.command == "distill" else cfg.model
+        if st.command == "distill":
+            before = self._ensure(f"{st.folder}-student-start", start, None, run, redone)
+        elif start == self.base:
+            before = self._ensure("00-base", start, None, run, redone)
+        else:
+            before = self.done.get(start) or self._ensure(Path(start).name, start, None, run, redone)
+        self._ensure(st.folder, str(st.output), before, run, redone)
+
+    def _ensure(self, name: str, model: str, compare: Optional[Path], run, redone: set[str]) -> Path:
+        stage = self.stage(name, model, compare)
+        run(stage)
+        self.done[model] = stage.output
+        return stage.output
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+def run(recipe: str, start: Optional[str] = None, until: Optional[str] = None) -> None:
+    recipe_path = Path(recipe)
+    spec = load_recipe(recipe_path)
+    plan = plan_stages(spec)
     names = [s.name for s in plan]
-    for flag in ("start", "until"):
-        value = opts.get(flag)
+    for flag, value in (("from", start), ("until", until)):
         if value and value not in names:
-            raise UsageError(f"--{'from' if flag == 'start' else flag} {value}: no such stage; "
-                             f"stages: {', '.join(names)}")
-    first = names.index(opts.start) if opts.get("start") else 0
-    last = names.index(opts.until) if opts.get("until") else len(plan) - 1
+            raise UsageError(f"--{flag} {value}: no such stage; stages: {', '.join(names)}")
+    first = names.index(start) if start else 0
+    last = names.index(until) if until else len(plan) - 1
     if first > last:
-        raise UsageError(f"--from {opts.start} comes after --until {opts.until}")
+        raise UsageError(f"--from {start} comes after --until {until}")
     for st in plan[:first]:
         m = read_manifest(st.output)
-        if PRODUCES[st.command] and not (m and m.get("status") == "complete"):
-            raise UsageError(f"--from {opts.start}: earlier stage '{st.name}' has no complete output at "
+        if st.spec.produces and not (m and m.get("status") == "complete"):
+            raise UsageError(f"--from {start}: earlier stage '{st.name}' has no complete output at "
                              f"{st.output}; run it first (drop --from)")
+    has_eval_data = bool(spec.get("eval_data"))
+    every = spec.get("eval_every_stage")
+    every = has_eval_data if every is None else every
+    if every and not has_eval_data:
+        raise UsageError(f"recipe {recipe_path}: `eval_every_stage: true` needs `eval_data` (the held-out prompts)")
+    evals = Evaluations(spec, plan[0].output.parent) if every else None
 
     run_dir = plan[0].output.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / RUN_STATE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
-    state.update(recipe=str(recipe_path), stages=state.get("stages", {}))
+    decontaminate = spec.get("decontaminate")
+    state.update(recipe=str(recipe_path), stages=state.get("stages", {}), evals=state.get("evals", {}),
+                 eval_every_stage=bool(every),
+                 decontaminate=has_eval_data if decontaminate is None else decontaminate)
 
     redone: set[str] = set()
+
+    def run_eval(stage: Stage) -> None:
+        execute(stage, redone, state["evals"].setdefault(stage.name, {}), state_path, state)
+
     for st in plan[first:last + 1]:
-        record = state["stages"].setdefault(st.name, {})
-        record.update(folder=st.folder, command=st.command)
-        m = read_manifest(st.output)
-        previous = record.get("options")  # what the last run of this recipe gave the stage
-        if stage_is_current(st, m, redone, previous):
-            info(f"[{st.folder}] complete with the same options: skipped")
-            record["status"] = "skipped (complete)"
-            _save_state(state_path, state)
-            continue
-        args = list(st.args)
-        if m and (m.get("status") == "complete" or m.get("stage") != st.command or _differs(st, m, previous)
-                  or _inputs_changed(m, redone)):
-            # an unfinished stage whose inputs were redone must not resume on stale partial work
-            args.append("--overwrite")
-            info(f"[{st.folder}] options or inputs changed: redoing it")
-        elif m:
-            info(f"[{st.folder}] unfinished: resuming")
-        info(f"[{st.folder}] chainforge {' '.join(args)}")
-        record.update(status="running", started=_now(), options=st.options)
-        _save_state(state_path, state)
-        t0 = time.time()
-        code = invoke(args)
-        gc.collect()
-        record.update(status="complete" if code == 0 else f"failed (exit {code})",
-                      wall_s=round(time.time() - t0, 1), finished=_now())
-        _save_state(state_path, state)
-        if code != 0:
-            if code == 130:
-                raise Interrupted(f"stage '{st.name}' interrupted; rerun the same `chainforge run` to resume")
-            if code == 2:
-                raise RunFailed(f"stage '{st.name}' refused its input (see the error above); fix the "
-                                f"recipe and rerun: finished stages are kept")
-            raise RunFailed(f"stage '{st.name}' stopped (exit {code}); rerun the same `chainforge run` "
-                            f"to resume it")
-        redone.add(str(st.output))
+        execute(st, redone, state["stages"].setdefault(st.name, {}), state_path, state)
+        if evals is not None and st.spec.trains:
+            evals.after(st, run_eval, redone)
     info(f"run complete: {run_dir} (report: chainforge report {run_dir})")
 
 
@@ -351,5 +410,3 @@ def _save_state(path: Path, state: dict) -> None:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
