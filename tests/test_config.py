@@ -1,98 +1,75 @@
-"""--config merging on a real Typer command built from the shared option declarations."""
+"""The typed configs: one definition per option, read by --help, --config, recipes, the manifest and
+the stage alike. Checked through the real CLI and the config classes themselves."""
 
-from typing import Annotated, Optional
+import dataclasses
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
-from chainforge.config import (
-    REDACTED, ConfigFile, Limit, Options, Seed, Temperature, config_differences, resolve_options,
-)
+from chainforge.cli import app
+from chainforge.config import REDACTED, config_differences
 from chainforge.errors import UsageError
-
-app = typer.Typer()
-seen: dict = {}
+from chainforge.stages import STAGE_MODULES, stage_module
 
 
-@app.command()
-def stage(
-    ctx: typer.Context,
-    limit: Limit = None,
-    seed: Seed = 0,
-    temperature: Temperature = None,
-    name: Annotated[str, typer.Option("--name")] = "default",
-    greedy: Annotated[bool, typer.Option("--greedy/--no-greedy")] = False,
-    rewards: Annotated[Optional[list[str]], typer.Option("--rewards")] = None,
-    ratio: Annotated[float, typer.Option("--ratio", min=0.0, max=1.0)] = 0.5,
-    config: ConfigFile = None,
-):
-    try:
-        seen.clear()
-        seen.update(resolve_options(ctx, locals()))
-    except UsageError as exc:
-        typer.echo(f"Error: {exc.message}", err=True)
-        raise typer.Exit(2)
+def configs():
+    return [(command, stage_module(command).CONFIG) for command in STAGE_MODULES]
 
 
-def run(*args):
-    return CliRunner().invoke(app, list(args))
+def test_every_cli_option_default_is_its_config_default_and_is_in_help(cli):
+    group = typer.main.get_command(app)
+    for command, cls in configs():
+        params = {p.name: p for p in group.commands[command].params}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(params) - {"config"} == set(fields), command
+        help_text = cli(command, "--help").stdout
+        for name, f in fields.items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            assert params[name].default == default, (command, name)
+            assert params[name].opts[0] in help_text, (command, name)
+            assert f.metadata.get("help"), (command, name)  # every option says what it does
 
 
-def test_file_values_apply_and_the_command_line_wins(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("limit: 5\nseed: 3\nname: from-file\ngreedy: true\ntemperature: 1\nrewards: [accuracy, format]\n")
-    r = run("--config", str(cfg), "--seed", "9")
-    assert r.exit_code == 0, r.output
-    assert seen["limit"] == 5 and seen["seed"] == 9 and seen["name"] == "from-file"
-    assert seen["greedy"] is True and seen["temperature"] == 1.0
-    assert seen["rewards"] == ["accuracy", "format"]
+def test_zero_is_a_value_not_unset(tiny_model, tmp_path):
+    """`--learning-rate 0` reaches the trainer as 0 (it used to become the default)."""
+    from trl import SFTConfig
+
+    from chainforge import training
+    from chainforge.stages.sft import SftConfig
+
+    cfg = SftConfig(model=str(tiny_model), data="d", output=str(tmp_path / "o"), learning_rate=0, warmup_ratio=0)
+    assert cfg.learning_rate == 0.0
+    args = training.trainer_args(cfg, tmp_path / "o", SFTConfig, report_to=[])
+    assert args.learning_rate == 0.0 and args.warmup_steps == 0
 
 
-def test_dashed_keys_are_accepted(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("limit: 2\n")
-    assert run("--config", str(cfg)).exit_code == 0 and seen["limit"] == 2
+def test_config_checks_types_bounds_choices_and_required():
+    from chainforge.stages.reject import RejectConfig
+
+    ok = dict(model="m", data="d", output="o")
+    for bad, needle in [
+        ({"num_samples": 0}, "--num-samples must be at least 1"),
+        ({"top_p": 0.0}, "--top-p must be above 0"),
+        ({"keep": "some"}, "--keep 'some' is not one of best, all-passing"),
+        ({"backend": "tpu"}, "--backend 'tpu' is not one of hf, vllm"),
+        ({"num_samples": "8"}, "--num-samples expects int"),
+        ({"model": None}, "missing --model"),
+    ]:
+        with pytest.raises(UsageError) as err:
+            RejectConfig(**{**ok, **bad})
+        assert needle in err.value.message, (bad, err.value.message)
+    assert RejectConfig(**ok, min_reward=1).min_reward == 1.0  # an int where a float is expected widens
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("bogus: 1\n", "unknown key 'bogus'"),
-    ("limit: many\n", "key 'limit' expects int"),
-    ("limit: 0\n", "key 'limit' must be at least 1"),
-    ("temperature: -1\n", "key 'temperature' must be at least 0.0"),
-    ("ratio: 2\n", "key 'ratio' must be at most 1.0"),
-    ("greedy: 3\n", "key 'greedy' expects bool"),
-    ("seed: true\n", "key 'seed' expects int, got a boolean"),
-    ("name: [a, b]\n", "key 'name' expects str"),
-    ("limit: 1\n  seed: [\n", "malformed YAML"),
-    ("- a\n- b\n", "must be a mapping"),
-])
-def test_bad_config_files_are_one_line_errors(tmp_path, body, needle):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(body)
-    r = run("--config", str(cfg))
-    assert r.exit_code == 2
-    assert needle in r.stderr
-    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1
+def test_redaction_masks_secret_keys_and_leaves_config_out():
+    @dataclasses.dataclass(kw_only=True)
+    class WithSecrets(stage_module("eval").CONFIG):
+        api_key: str = "sk-123"
+        hf_token: str = "t"
 
-
-def test_malformed_yaml_names_the_line(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("limit: 1\nseed: 2\nname: [unclosed\n")
-    r = run("--config", str(cfg))
-    assert r.exit_code == 2 and "line 4" in r.stderr
-
-
-def test_missing_config_file(tmp_path):
-    r = run("--config", str(tmp_path / "nope.yaml"))
-    assert r.exit_code == 2 and "config file not found" in r.stderr
-
-
-def test_redaction_masks_secret_keys():
-    opts = Options(api_key="sk-123", hf_token="t", client_secret="s", model="m", config="x.yaml")
-    red = opts.redacted()
-    assert red["api_key"] == REDACTED and red["hf_token"] == REDACTED and red["client_secret"] == REDACTED
-    assert red["model"] == "m" and "config" not in red
+    red = WithSecrets(model="m", data="d", output="o").redacted()
+    assert red["api_key"] == REDACTED and red["hf_token"] == REDACTED
+    assert red["model"] == "m" and red["max_new_tokens"] == 512 and "config" not in red
 
 
 def test_config_differences_names_changed_options():
@@ -100,13 +77,66 @@ def test_config_differences_names_changed_options():
     assert config_differences({"a": 1, "c": 1}, {"a": 1, "c": 2}, ignore=["c"]) == []
 
 
-def test_options_require():
-    with pytest.raises(UsageError, match="missing --model"):
-        Options(model=None).require("model")
+# ---- --config files, through the real command --------------------------------------------------------
+
+def _eval(cli, tmp_path, body, *args):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(body)
+    return cli("eval", "--config", cfg, "--data", tmp_path / "missing.jsonl", "--output", tmp_path / "o", *args)
 
 
-def test_unreadable_config_file(tmp_path):
+def test_file_values_apply_and_the_command_line_wins(cli, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(config):
+        seen["config"] = config
+
+    monkeypatch.setattr(stage_module("eval"), "run", fake_run)
+    r = _eval(cli, tmp_path, "model: m\nlimit: 5\nseed: 3\ntemperature: 1\ncustom-rewards: false\n"
+                             "top_p: 0.5\n", "--seed", "9")
+    assert r.exit_code == 0, r.output
+    cfg = seen["config"]
+    assert (cfg.limit, cfg.seed, cfg.temperature, cfg.custom_rewards, cfg.top_p) == (5, 9, 1.0, False, 0.5)
+    assert cfg.num_samples == 4  # untouched options keep the config's default
+
+
+@pytest.mark.parametrize("body,needle", [
+    ("bogus: 1\n", "unknown key 'bogus'"),
+    ("limit: many\n", "key 'limit' expects int"),
+    ("limit: 0\n", "key 'limit' must be at least 1"),
+    ("temperature: -1\n", "key 'temperature' must be at least 0.0"),
+    ("top_p: 2\n", "key 'top_p' must be at most 1.0"),
+    ("overwrite: 3\n", "key 'overwrite' expects bool"),
+    ("seed: true\n", "key 'seed' expects int, got a boolean"),
+    ("model: [a, b]\n", "key 'model' expects str"),
+    ("keep: x\n", "unknown key 'keep'"),
+    ("backend: tpu\n", "key 'backend' 'tpu' is not one of hf, vllm"),
+    ("limit: 1\n  seed: [\n", "malformed YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+])
+def test_bad_config_files_are_one_line_errors(cli, tmp_path, body, needle):
+    r = _eval(cli, tmp_path, body)
+    assert r.exit_code == 2
+    assert needle in r.stderr, r.stderr
+    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_yaml_names_the_line(cli, tmp_path):
+    r = _eval(cli, tmp_path, "limit: 1\nseed: 2\nmodel: [unclosed\n")
+    assert r.exit_code == 2 and "line 4" in r.stderr
+
+
+def test_missing_and_unreadable_config_files(cli, tmp_path):
+    r = cli("eval", "--config", tmp_path / "nope.yaml")
+    assert r.exit_code == 2 and "config file not found" in r.stderr
     cfg = tmp_path / "c.yaml"
     cfg.write_bytes(b"limit: \xff\xfe\n")
-    r = run("--config", str(cfg))
+    r = cli("eval", "--config", cfg)
     assert r.exit_code == 2 and "cannot read config" in r.stderr
+
+
+def test_choices_are_listed_in_help(cli):
+    assert "[best|all-passing]" in cli("reject", "--help").stdout
+    assert "[traces|logits]" in cli("distill", "--help").stdout
+    assert "[deepseek|openai|local]" in cli("collect", "--help").stdout

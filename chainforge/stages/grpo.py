@@ -85,6 +85,9 @@ SPEC = StageSpec("grpo", produces="checkpoint", inputs={"model": "checkpoint", "
 
 
 def run(config: GrpoConfig) -> None:
+    if config.use_vllm and not vllm_available():  # the machine, not the options: checked at run time
+        raise UsageError(f"--use-vllm needs vLLM, which is not installed: {VLLM_INSTALL} "
+                         "(or drop --use-vllm to generate with transformers)")
     reward_names, reward_weights = resolve_rewards(config.rewards, custom=config.custom_rewards)
     reward_fns = [get_reward(name) for name in reward_names]
     batch_size, grad_accum = resolve_batch(config)
@@ -149,9 +152,6 @@ def check_sampling(config) -> None:
     if config.temperature is None or config.temperature <= 0:
         raise UsageError("--temperature must be > 0 for GRPO: a group of greedy completions is identical and "
                          "teaches nothing (1.0 is the default)")
-    if config.use_vllm and not vllm_available():
-        raise UsageError(f"--use-vllm needs vLLM, which is not installed: {VLLM_INSTALL} "
-                         "(or drop --use-vllm to generate with transformers)")
 
 
 def world_size() -> int:
