@@ -101,8 +101,13 @@ def test_traces_saves_filtered_traces_and_a_loadable_student(traces_run, prompts
     unanswered = {row["prompt"] for row in rows if row["answer"] is None}
     assert set(traces["prompt"]) <= unanswered
     first = traces[0]
-    assert first["messages"][0]["role"] == "system" and first["messages"][-1] == {
-        "role": "assistant", "content": first["text"]}
+    # one rule for trace rows (reject's too): the prompt and the answer, no sampling system turn
+    assert first["messages"] == [{"role": "user", "content": first["prompt"]},
+                                 {"role": "assistant", "content": first["text"]}]
+    # the teacher's samples went through the journaled engine: one line per training prompt
+    journal = (out / "teacher-samples.jsonl").read_text().splitlines()
+    assert len(journal) == metrics["train_prompts"]
+    assert all(len(json.loads(line)["completions"]) == 2 for line in journal)
 
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.num_hidden_layers == 1
@@ -114,7 +119,12 @@ def test_student_loss_on_teacher_traces_goes_down(traces_run, student_model):
 
     r, out = traces_run
     assert r.exit_code == 0, r.stderr
-    conversations = datasets.load_from_disk(str(out / "traces"))["messages"]
+    from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
+    from chainforge.traces import sft_dataset
+
+    # what the student trained on: the traces under the system turn it is sampled with
+    traces = datasets.load_from_disk(str(out / "traces"))
+    conversations = sft_dataset(traces, system_prompt=SUPER_COT_SYSTEM_PROMPT)["messages"]
     before = assistant_loss(student_model, conversations)
     after = assistant_loss(out, conversations)
     assert after < before * 0.9, (before, after)

@@ -157,8 +157,11 @@ def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, toy, 
     not_eval.mkdir()
     (not_eval / "chainforge.json").write_text(json.dumps({"stage": "reject", "status": "complete"}))
     monkeypatch.setitem(sys.modules, "vllm", None)
+    bad_prompt = write_jsonl(tmp_path / "bp.jsonl", [{"prompt": ["not", "messages"], "answer": "2"}])
     cases = [
         (("--num-samples", 0), "--num-samples"),
+        (("--data", bad_prompt), "--data row 0: column 'prompt' must be a non-empty string"),
+        (("--rewards", "test_reject:vowel_share", "--no-custom-rewards"), "custom rewards are turned off"),
         ((), "no answer column"),
         (("--compare", not_eval), "is not an eval output"),
         (("--compare", tmp_path / "missing"), "is not an eval output"),

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from chainforge.config import Options
 from chainforge.errors import UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from conftest import write_jsonl
@@ -122,11 +121,10 @@ def test_learning_signal_reward_rises(cli, tiny_model, tmp_path):
 
 # ---- the batch rule, prompts and answers (no model) ---------------------------------------------
 
-def opts(**kw) -> Options:
-    base = dict(num_generations=8, grad_accum=1, batch_size=None, prompts_per_step=2, beta=0.04, epsilon=0.2,
-                temperature=1.0, loss_type="dapo", use_vllm=False)
-    base.update(kw)
-    return Options(base)
+def opts(**kw):
+    from chainforge.stages.grpo import GrpoConfig
+
+    return GrpoConfig(**{"model": "m", "data": "d", "output": "o", **kw})
 
 
 def test_batch_is_derived_from_prompts_per_step():
@@ -155,22 +153,22 @@ def test_prompts_become_chats_and_answers_arrive_as_answer(tmp_path):
 
     rows = [{"question": "What is 1 + 1?", "gold": "2", "answer": "stale", "completions": "x"}]
     data = write_jsonl(tmp_path / "p.jsonl", rows)
-    ds = load_prompts(Options(data=str(data), prompt_column="question", answer_column="gold"), ["accuracy"])
+    ds = load_prompts(opts(data=str(data), prompt_column="question", answer_column="gold"), ["accuracy"])
     assert sorted(ds.column_names) == ["answer", "prompt"]
     row = ds[0]
     assert row["answer"] == "2"
     assert row["prompt"] == [{"role": "system", "content": SUPER_COT_SYSTEM_PROMPT},
                              {"role": "user", "content": "What is 1 + 1?"}]
-    ds = load_prompts(Options(data=str(data), prompt_column="question", answer_column="gold", system_prompt=""), [])
+    ds = load_prompts(opts(data=str(data), prompt_column="question", answer_column="gold", system_prompt=""), [])
     assert ds[0]["prompt"] == [{"role": "user", "content": "What is 1 + 1?"}]
 
     chats = [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}],
               "reference": "4"}]
-    ds = load_prompts(Options(data=str(write_jsonl(tmp_path / "c.jsonl", chats))), ["accuracy"])
+    ds = load_prompts(opts(data=str(write_jsonl(tmp_path / "c.jsonl", chats))), ["accuracy"])
     assert ds[0]["prompt"] == chats[0]["prompt"] and ds[0]["answer"] == "4"
     # a chat prompt without a system turn gets the one every other stage samples under
     bare = [{"prompt": [{"role": "user", "content": "2 + 2?"}], "reference": "4"}]
-    ds = load_prompts(Options(data=str(write_jsonl(tmp_path / "b.jsonl", bare))), ["accuracy"])
+    ds = load_prompts(opts(data=str(write_jsonl(tmp_path / "b.jsonl", bare))), ["accuracy"])
     assert ds[0]["prompt"] == [{"role": "system", "content": SUPER_COT_SYSTEM_PROMPT},
                                {"role": "user", "content": "2 + 2?"}]
 

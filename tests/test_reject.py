@@ -4,7 +4,7 @@ import sys
 import datasets
 import pytest
 
-from chainforge.stages.reject import select_candidates
+from chainforge.metrics import select_candidates
 from conftest import write_jsonl
 
 CONTRACT_COLUMNS = {"id", "prompt", "reference", "text", "messages", "reward", "candidates", "kept_rank"}
@@ -131,8 +131,14 @@ def test_chat_prompts_and_default_rewards(cli, tiny_model, prompts, tmp_path):
 def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, prompts, tmp_path, monkeypatch):
     data, _ = prompts
     no_answer = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "What is 2 + 3?"}])
+    bad_prompt = write_jsonl(tmp_path / "bp.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"},
+                                                     {"prompt": 7, "answer": "7"}])
+    bad_answer = write_jsonl(tmp_path / "ba.jsonl", [{"prompt": "What is 1 + 1?", "answer": {"value": 2}}])
     monkeypatch.setitem(sys.modules, "vllm", None)
     cases = [
+        ((bad_prompt,), "--data row 1: column 'prompt' must be a non-empty string"),
+        ((bad_answer,), "--data row 0: column 'answer' must hold the reference answer"),
+        ((data, "--rewards", "test_reject:vowel_share", "--no-custom-rewards"), "custom rewards are turned off"),
         ((data, "--num-samples", 0), "--num-samples"),
         ((no_answer, "--rewards", "accuracy,format"), "--rewards accuracy needs reference answers"),
         ((data, "--backend", "vllm"), "pip install 'chainforge[vllm]'"),

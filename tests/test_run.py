@@ -120,6 +120,11 @@ def test_from_a_stage_whose_inputs_were_never_made(tmp_path, cli, tiny_model):
     (lambda r: r["stages"][1].update(max_steps="many"), "key 'max_steps' expects int"),
     (lambda r: r["stages"][1].update(output="elsewhere"), "has unknown option 'output'"),
     (lambda r: r["stages"].append({"command": "sft"}), "needs `name` and `command`"),
+    (lambda r: r["stages"][0].update(name="x/../../victim"), "stage name 'x/../../victim' must match"),
+    (lambda r: r["stages"][0].update(name=".."), "stage name '..' must match"),
+    (lambda r: r["stages"][1].update(config="missing.yaml"), "config file not found"),
+    (lambda r: r.update(eval={"bogus": 1}), "recipe"),
+    (lambda r: r.update(eval_every_stage="yes"), "`eval_every_stage` must be true or false"),
 ])
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path, cli, tiny_model, mutate, needle):
     prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)

@@ -168,9 +168,10 @@ def test_reject_output_trains_unchanged_with_lora(tiny_model, tmp_path, cli):
 # ---- the label mask and the template -----------------------------------------------------------
 
 def _trainer(tiny_model, tmp_path, rows, **opts):
-    from chainforge.config import Options
-    from chainforge.models import ModelRef, load_model, load_tokenizer
-    from chainforge.stages.sft import _trainer_class, sft_config, sft_dataset, training_template
+    from chainforge.models import ModelRef, load_model, load_tokenizer, training_template
+    from chainforge.stages.sft import SftConfig
+    from chainforge.traces import sft_dataset
+    from chainforge.training import sft_args, sft_trainer_class
 
     import datasets
 
@@ -181,9 +182,10 @@ def _trainer(tiny_model, tmp_path, rows, **opts):
     ds = sft_dataset(datasets.Dataset.from_list(rows))
     training_template(tok, ds[0]["messages"])
     opts.setdefault("packing", False)  # padded batches unless a test asks for packing
-    args = sft_config(Options(batch_size=len(rows), max_length=512, seed=0, **opts), tmp_path / "o",
-                      report_to=[])
-    return _trainer_class()(model=load_model(ref), args=args, train_dataset=ds, processing_class=tok), tok, ds
+    config = SftConfig(model=str(tiny_model), data="d", output=str(tmp_path / "o"), batch_size=len(rows),
+                       max_length=512, seed=0, **opts)
+    args = sft_args(config, tmp_path / "o", report_to=[])
+    return sft_trainer_class()(model=load_model(ref), args=args, train_dataset=ds, processing_class=tok), tok, ds
 
 
 @pytest.mark.parametrize("template", ["chatml", "smollm2"])
@@ -221,7 +223,7 @@ def test_label_mask_counts_every_assistant_token_and_nothing_else(tiny_model, tm
 def test_super_cot_text_survives_the_template_byte_for_byte(tiny_model):
     from chainforge.formats import RESERVED_TAGS
     from chainforge.models import ModelRef, load_tokenizer
-    from chainforge.stages.sft import training_template
+    from chainforge.models import training_template
 
     tok = load_tokenizer(ModelRef(str(tiny_model), "folder", str(tiny_model)))
     row = collect_rows(3)[2]  # three steps, one with an <explanation>
@@ -238,7 +240,7 @@ def test_super_cot_text_survives_the_template_byte_for_byte(tiny_model):
 def test_a_template_that_strips_think_blocks_is_replaced(tiny_model):
     """A reasoning-model template that drops <think>…</think> from the answer fails the probe."""
     from chainforge.models import CHATML_TEMPLATE, ModelRef, load_tokenizer
-    from chainforge.stages.sft import training_template
+    from chainforge.models import training_template
 
     tok = load_tokenizer(ModelRef(str(tiny_model), "folder", str(tiny_model)))
     tok.chat_template = CHATML_TEMPLATE.replace(
@@ -300,7 +302,7 @@ def test_bad_input_is_exit_2_and_creates_nothing(case, tiny_model, tmp_path, cli
 def test_all_rows_keeps_rows_marked_incorrect(tiny_model, tmp_path):
     import datasets
 
-    from chainforge.stages.sft import sft_dataset
+    from chainforge.traces import sft_dataset
 
     rows = datasets.Dataset.from_list(collect_rows(4))
     assert len(sft_dataset(rows, only_correct=True)) == 3
@@ -342,7 +344,7 @@ def test_rows_get_the_super_cot_system_turn_that_later_stages_sample_under():
 
     from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
     from chainforge.sampling import resolve_system_prompt
-    from chainforge.stages.sft import sft_dataset
+    from chainforge.traces import sft_dataset
 
     rows = datasets.Dataset.from_list([
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]},
