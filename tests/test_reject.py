@@ -131,8 +131,8 @@ def test_chat_prompts_and_default_rewards(cli, tiny_model, prompts, tmp_path):
 def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, prompts, tmp_path, monkeypatch):
     data, _ = prompts
     no_answer = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "What is 2 + 3?"}])
-    bad_prompt = write_jsonl(tmp_path / "bp.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"},
-                                                     {"prompt": 7, "answer": "7"}])
+    bad_prompt = write_jsonl(tmp_path / "bp.jsonl", [{"prompt": [{"role": "user", "content": "1 + 1?"}], "answer": "2"},
+                                                     {"prompt": [{"role": "user"}], "answer": "7"}])
     bad_answer = write_jsonl(tmp_path / "ba.jsonl", [{"prompt": "What is 1 + 1?", "answer": {"value": 2}}])
     monkeypatch.setitem(sys.modules, "vllm", None)
     cases = [
