@@ -95,15 +95,17 @@ class StageConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def coerce_mapping(cls, values: dict, source: str, skip: Iterable[str] = ()) -> dict:
-        """YAML keys (snake_case or dashed) → typed values; unknown key or wrong type is exit 2."""
+    def coerce_mapping(cls, values: dict, source: str, skip: Iterable[str] = (),
+                       unknown: str = "unknown key '{key}' in {source}; known keys: {known}") -> dict:
+        """YAML keys (snake_case or dashed) → typed values; an unknown key (`unknown` says it) or a
+        wrong type is exit 2."""
         fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(skip)}
         hints = field_types(cls)
         out = {}
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
             if key not in fields:
-                raise UsageError(f"unknown key '{raw_key}' in {source}; known keys: {', '.join(sorted(fields))}")
+                raise UsageError(unknown.format(key=raw_key, source=source, known=", ".join(sorted(fields))))
             out[key] = coerce_value(key, value, hints[key], fields[key].metadata, source)
         return out
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Iterator, Literal, Optional
 
 from chainforge.collect.chat import Counters, RunStopped

@@ -30,11 +30,11 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, TrainOptions, default, option)
-from chainforge.data import answer_column, load_rows, plan_output, require_columns
+from chainforge.data import load_prompt_rows, plan_output
 from chainforge.errors import UsageError
 from chainforge.formats import completion_text, parse_super_cot
 from chainforge.log import fmt_value, info
@@ -184,19 +184,15 @@ def resolve_batch(config) -> tuple[int, int]:
 def load_prompts(config, needs_answer: list[str]):
     """The prompt dataset with the columns TRL and our rewards expect: `prompt` (chat messages) and
     `answer`; other columns pass through to the reward functions."""
-    ds = load_rows(config.data, limit=config.limit)
-    prompt_col = config.prompt_column
-    require_columns(ds, [prompt_col])
-    requested = config.answer_column
+    prompt_col, requested = config.prompt_column, config.answer_column
     try:
-        ans_col = answer_column(ds, requested, required=bool(needs_answer))
+        ds, ans_col = load_prompt_rows(config.data, prompt_col, requested, answer_required=bool(needs_answer),
+                                       limit=config.limit)
     except UsageError as exc:
+        if "answer column" not in exc.message:
+            raise
         raise UsageError(f"{exc.message}; the rewards {', '.join(needs_answer)} compare against it "
                          f"(or drop them from --rewards)") from None
-    for i, p in enumerate(ds[prompt_col]):
-        if not _valid_prompt(p):
-            raise UsageError(f"--data row {i}: column '{prompt_col}' must be a non-empty string or a list of "
-                             f"{{role, content}} messages, got {str(p)[:60]!r}")
     renames = {c: n for c, n in ((prompt_col, "prompt"), (ans_col, "answer")) if c and c != n}
     drop = [c for c in ds.column_names if (c in renames.values() and c not in renames) or c in RESERVED_COLUMNS]
     if drop:
@@ -207,13 +203,6 @@ def load_prompts(config, needs_answer: list[str]):
     system = resolve_system_prompt(config.system_prompt)
     chats = [as_messages(p, system) for p in ds["prompt"]]  # not .map(): no progress bar on stderr
     return ds.remove_columns("prompt").add_column("prompt", chats)
-
-
-def _valid_prompt(p: Any) -> bool:
-    if isinstance(p, str):
-        return bool(p.strip())
-    return (isinstance(p, list) and bool(p)
-            and all(isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in p))
 
 
 # ---- trainer ------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from chainforge.config import REDACTED, coerce_value, field_types, load_yaml_config
+from chainforge.config import REDACTED, load_yaml_config
 from chainforge.data import atomic_write_text, read_manifest
 from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
 from chainforge.log import info
@@ -133,17 +133,9 @@ def load_recipe(path: str | Path) -> dict:
 
 
 def _stage_options(cls, values: dict, where: str, command: str = "eval", skip: tuple = ()) -> dict:
-    known = [n for n in cls.option_names() if n not in NOT_RECIPE_OPTIONS and n not in skip]
-    hints = field_types(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for key, value in values.items():
-        k = str(key).replace("-", "_")
-        if k not in known:
-            raise UsageError(f"{where} ({command}) has unknown option '{key}'; known: {', '.join(sorted(known))}")
-        # keep the typed value: it is what the stage's manifest will record (YAML reads 1e-5 as a string)
-        out[k] = coerce_value(k, value, hints[k], fields[k].metadata, where)
-    return out
+    # typed as the stage's manifest will record them (YAML reads 1e-5 as a string)
+    return cls.coerce_mapping(values, where, skip=NOT_RECIPE_OPTIONS + skip,
+                              unknown="{source} (" + command + ") has unknown option '{key}'; known: {known}")
 
 
 def plan_stages(recipe: dict) -> list[Stage]:
