@@ -34,3 +34,14 @@ def test_help_does_not_import_heavy_libraries():
     r = subprocess.run([sys.executable, "-c", HELP_CHECK], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout, r.stdout
+
+
+def test_shell_completion_is_on_and_offers_the_fixed_choices(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "chainforge", "--help"], capture_output=True, text=True)
+    assert "--install-completion" in r.stdout
+    # what the shell asks when completing `chainforge reject --keep <TAB>`
+    env = dict(__import__("os").environ, _CHAINFORGE_COMPLETE="complete_bash", COMP_WORDS="chainforge reject --keep ",
+               COMP_CWORD="3")
+    r = subprocess.run([sys.executable, "-c", "from chainforge.cli import app; app(prog_name='chainforge')"],
+                       capture_output=True, text=True, env=env)
+    assert set(r.stdout.split()) >= {"best", "all-passing"}, (r.stdout, r.stderr)
