@@ -138,12 +138,12 @@ def run_config(name, model_factory, tokenizer, dataset, batch_size, max_length, 
     """One epoch over `dataset` under configuration `name`; returns (real tokens, seconds, steps)."""
     from trl import SFTConfig, SFTTrainer
 
-    from chainforge.config import Options
-    from chainforge.stages.sft import sft_config
-    from chainforge.training import trainer_args
+    from chainforge.stages.sft import SftConfig
+    from chainforge.training import sft_args, trainer_args
 
-    opts = Options(batch_size=batch_size, max_length=max_length, seed=0, epochs=1.0, save_steps=10 ** 6,
-                   logging_steps=10 ** 6, learning_rate=1e-5, packing=(name == "ours"))
+    opts = SftConfig(model="m", data="d", output=str(out_dir), batch_size=batch_size, max_length=max_length, seed=0,
+                     epochs=1.0, save_steps=10 ** 6, logging_steps=10 ** 6, learning_rate=1e-5,
+                     packing=(name == "ours"))
     if name == "trl-padded":
         args = trainer_args(opts, out_dir, SFTConfig, max_length=max_length, assistant_only_loss=True,
                             save_strategy="no")
@@ -152,7 +152,7 @@ def run_config(name, model_factory, tokenizer, dataset, batch_size, max_length, 
         args = trainer_args(opts, out_dir, SFTConfig, max_length=None, assistant_only_loss=True,
                             padding_free=True, save_strategy="no")
     else:  # ours, length-grouped: exactly what `chainforge sft` builds (with --packing / --no-packing)
-        args = sft_config(opts, out_dir, save_strategy="no")
+        args = sft_args(opts, out_dir, save_strategy="no")
     args.report_to = []
     timer = StepTimer()
     trainer = SFTTrainer(model=model_factory(), args=args, train_dataset=dataset, processing_class=tokenizer,
