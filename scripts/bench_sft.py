@@ -6,7 +6,7 @@
     python scripts/bench_sft.py --shape qwen2.5-1.5b --dtype bf16 --rows 512   # on a GPU
 
 Variable-length conversations (total 32..512 tokens, uniform) go through the real `chainforge sft`
-code path (`sft_config` + `train_sft`'s SFTTrainer) once per configuration, one full epoch each over
+code path (`training.sft_args` + `training.train_sft`'s SFTTrainer) once per configuration, one full epoch each over
 the same rows, with the same batch size:
 
 - `trl-padded`: SFTConfig's defaults (no packing, random batches padded to their longest row);

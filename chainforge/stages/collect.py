@@ -90,32 +90,32 @@ SPEC = StageSpec("collect", produces="dataset", inputs={"prompts": "prompts"},
 RESUMABLE_CHANGES = SPEC.resumable
 
 
-def run(opts: CollectConfig) -> None:
+def run(config: CollectConfig) -> None:
     # ---- options ---------------------------------------------------------------------------------
-    teacher_src = resolve_teacher(opts)
-    expander_given = opts.expander
-    expander_src = resolve_expander(opts, teacher_src)
+    teacher_src = resolve_teacher(config)
+    expander_given = config.expander
+    expander_src = resolve_expander(config, teacher_src)
     # the manifest records the models actually used (a default resolved here)
-    opts = replace(opts, teacher_model=teacher_src.model, expander=expander_src.kind,
+    config = replace(config, teacher_model=teacher_src.model, expander=expander_src.kind,
                    expander_model=expander_src.model)
-    prices = price_table(opts.price)
-    rule = UncertaintyRule.build(opts.uncertain_marker or (), opts.marker_domain or (), opts.long_step_words)
+    prices = price_table(config.price)
+    rule = UncertaintyRule.build(config.uncertain_marker or (), config.marker_domain or (), config.long_step_words)
 
     # ---- output plan and prompts (nothing is created before both are valid) ------------------------
-    plan = plan_output(opts.output, "collect", opts, overwrite=opts.overwrite, ignore=RESUMABLE_CHANGES,
-                       allow_complete=bool(opts.retry_failed))
-    if opts.retry_failed and not plan.resuming:
-        raise UsageError(f"--retry-failed needs an existing collect output at --output {opts.output}; "
+    plan = plan_output(config.output, "collect", config, overwrite=config.overwrite, ignore=RESUMABLE_CHANGES,
+                       allow_complete=bool(config.retry_failed))
+    if config.retry_failed and not plan.resuming:
+        raise UsageError(f"--retry-failed needs an existing collect output at --output {config.output}; "
                          f"run without it first")
-    ds = load_rows(opts.prompts, opts.limit, what="--prompts")
-    require_columns(ds, [opts.prompt_column], what="--prompts")
-    ref_col = answer_column(ds, opts.answer_column, required=False, what="--prompts")
-    ids = _prompt_ids(ds, opts.prompt_column)
+    ds = load_rows(config.prompts, config.limit, what="--prompts")
+    require_columns(ds, [config.prompt_column], what="--prompts")
+    ref_col = answer_column(ds, config.answer_column, required=False, what="--prompts")
+    ids = _prompt_ids(ds, config.prompt_column)
 
     # ---- output, journal ---------------------------------------------------------------------------
-    out = plan.create(inputs=[opts.prompts])
+    out = plan.create(inputs=[config.prompts])
     journal, failed = AppendLog(out.path / JOURNAL), AppendLog(out.path / FAILED)
-    if opts.retry_failed:
+    if config.retry_failed:
         (out.path / FAILED).unlink(missing_ok=True)  # those prompts are pending again
     done = {rid: cost for _, (rid, cost) in journal.recover(lambda r: (r["id"], r["usage"]["cost_usd"]))}
     failed_ids = {rid for _, rid in failed.recover(lambda r: r["id"])}
@@ -139,25 +139,25 @@ def run(opts: CollectConfig) -> None:
     from chainforge.collect.engine import Collector
     from chainforge.collect.limits import CostBudget, RateLimiter
 
-    budget = CostBudget(opts.max_cost, spent=sum(done.values()), rows=len(done))
-    limiter = RateLimiter(opts.requests_per_minute, opts.tokens_per_minute)
+    budget = CostBudget(config.max_cost, spent=sum(done.values()), rows=len(done))
+    limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
 
     expander_obj = None  # built inside the event loop; metrics_now may run before that
 
     def metrics_now() -> dict:
-        return _metrics(journal, failed, ids, opts.keep_incorrect, previous, counters, exp_counters,
+        return _metrics(journal, failed, ids, config.keep_incorrect, previous, counters, exp_counters,
                         expander_obj)[0]
 
     async def collect() -> str:
         nonlocal expander_obj
-        teacher = build_teacher(teacher_src, opts, counters, limiter if limiter.active else None)
-        expander_obj = build_expander(expander_src, opts, exp_counters, teacher)
-        concurrency = 1 if teacher_src.kind == "local" else opts.concurrency
-        collector = Collector(teacher, expander_obj, rule, opts.max_expansions, journal, failed, budget, tally,
+        teacher = build_teacher(teacher_src, config, counters, limiter if limiter.active else None)
+        expander_obj = build_expander(expander_src, config, exp_counters, teacher)
+        concurrency = 1 if teacher_src.kind == "local" else config.concurrency
+        collector = Collector(teacher, expander_obj, rule, config.max_expansions, journal, failed, budget, tally,
                               concurrency, price_for(prices, teacher_src.model),
                               price_for(prices, expander_src.model))
         try:
-            return await collector.run(_pending_items(ds, opts.prompt_column, ref_col, ids, skip))
+            return await collector.run(_pending_items(ds, config.prompt_column, ref_col, ids, skip))
         finally:
             await teacher.aclose()
             await expander_obj.aclose()
@@ -173,11 +173,11 @@ def run(opts: CollectConfig) -> None:
     failed.close()
 
     # ---- dataset from the journal, manifest --------------------------------------------------------
-    metrics, keep = _metrics(journal, failed, ids, opts.keep_incorrect, previous, counters, exp_counters,
+    metrics, keep = _metrics(journal, failed, ids, config.keep_incorrect, previous, counters, exp_counters,
                              expander_obj, compact=True)
     if outcome == "budget":
         out.mark_incomplete(metrics)
-        raise RunFailed(f"--max-cost ${opts.max_cost:g} reached (spent ${metrics['cost_usd']:.4f}); "
+        raise RunFailed(f"--max-cost ${config.max_cost:g} reached (spent ${metrics['cost_usd']:.4f}); "
                         f"raise --max-cost and rerun the same command to continue")
     if not keep:
         out.mark_incomplete(metrics)
