@@ -10,6 +10,9 @@ created); `load_model(ref)` / `load_tokenizer(ref)` load it. The reserved names:
 - `smollm2-half`: the same with every other decoder layer kept (15 of 30), initialised from the
   teacher's layers with the same vocabulary — the embedded distillation student. It babbles until
   distilled.
+
+`training_template(tokenizer, sample)` makes sure a chat template carries the assistant-only loss
+and renders Super CoT text intact (sft and distill check it before their output exists).
 """
 
 from __future__ import annotations
@@ -286,23 +289,3 @@ def training_template(tokenizer, sample: list[dict]) -> str:
             return f"installed {what}"
     raise UsageError("no chat template keeps the Super CoT text intact with an assistant-only loss for "
                      "this tokenizer; give a model whose template uses ChatML or add {% generation %} markers")
-
-
-def check_prompt_lengths(tokenizer, dataset, max_length: int) -> int:
-    """Exit 2 when a prompt alone fills --max-length (its answer would be cut away entirely).
-    Returns how many rows will be truncated (prompt fits, answer does not)."""
-    from chainforge.traces import prompt_messages
-
-    truncated = 0
-    for i, row in enumerate(dataset):
-        prompt_ids = tokenizer.apply_chat_template(prompt_messages(row["messages"]), tokenize=True,
-                                                   add_generation_prompt=True, return_dict=True)["input_ids"]
-        if len(prompt_ids) >= max_length:
-            raise UsageError(f"--data row {i}: the prompt is {len(prompt_ids)} tokens but --max-length is "
-                             f"{max_length}, leaving no room for the answer; raise --max-length or drop the row")
-        full = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
-        truncated += len(full) > max_length
-    if truncated:
-        info(f"{truncated} of {len(dataset)} rows are longer than --max-length {max_length}: their answers "
-             f"are cut at the limit (raise --max-length to keep them whole)")
-    return truncated

@@ -13,6 +13,9 @@ A training stage reads top to bottom (see chainforge/stages/sft.py):
 
 Working files under fixed names in the output folder: `checkpoint-*` (resumable trainer state) and
 `runs/` (TensorBoard event files).
+
+The SFT trainer path (`sft_args`, `train_sft`, `check_prompt_lengths`) lives here too: sft trains
+through it, and so does distill --method traces.
 """
 
 from __future__ import annotations
@@ -328,3 +331,21 @@ def sft_trainer_class():
     return ChainforgeSFTTrainer
 
 
+def check_prompt_lengths(tokenizer, dataset, max_length: int) -> int:
+    """Exit 2 when a prompt alone fills --max-length (its answer would be cut away entirely).
+    Returns how many rows will be truncated (prompt fits, answer does not)."""
+    from chainforge.traces import prompt_messages
+
+    truncated = 0
+    for i, row in enumerate(dataset):
+        prompt_ids = tokenizer.apply_chat_template(prompt_messages(row["messages"]), tokenize=True,
+                                                   add_generation_prompt=True, return_dict=True)["input_ids"]
+        if len(prompt_ids) >= max_length:
+            raise UsageError(f"--data row {i}: the prompt is {len(prompt_ids)} tokens but --max-length is "
+                             f"{max_length}, leaving no room for the answer; raise --max-length or drop the row")
+        full = tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"]
+        truncated += len(full) > max_length
+    if truncated:
+        info(f"{truncated} of {len(dataset)} rows are longer than --max-length {max_length}: their answers "
+             f"are cut at the limit (raise --max-length to keep them whole)")
+    return truncated

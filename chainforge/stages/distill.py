@@ -43,7 +43,7 @@ from chainforge.data import answer_column, atomic_write_text, load_rows, plan_ou
 from chainforge.errors import RunFailed, UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from chainforge.log import info
-from chainforge.models import (ModelRef, check_prompt_lengths, checkpoint_path, default_device, load_model,
+from chainforge.models import (ModelRef, checkpoint_path, default_device, load_model,
                                load_tokenizer, resolve_model, training_template)
 from chainforge.traces import sft_dataset, trace_row
 
@@ -323,7 +323,7 @@ def traces_args(config: DistillConfig, output_dir, tokenizer, rows: list[dict]):
 
     sample = [_messages(r["prompt"], "<summary>\n0\n</summary>") for r in rows]
     training_template(tokenizer, sample[0])
-    check_prompt_lengths(tokenizer, datasets.Dataset.from_list([{"messages": m} for m in sample]),
+    training.check_prompt_lengths(tokenizer, datasets.Dataset.from_list([{"messages": m} for m in sample]),
                          config.max_length)
     return training.sft_args(config, output_dir)
 

@@ -37,7 +37,7 @@ from chainforge.config import (DataOptions, GenerationOptions, LoraOptions, Mode
                                SftTrainOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import load_rows, plan_output
 from chainforge.log import info
-from chainforge.models import (check_prompt_lengths, checkpoint_path, load_model, load_tokenizer, resolve_model,
+from chainforge.models import (checkpoint_path, load_model, load_tokenizer, resolve_model,
                                training_template)
 from chainforge.sampling import resolve_system_prompt
 from chainforge.traces import prompt_messages, sft_dataset
@@ -74,7 +74,7 @@ def run(config: SftConfig) -> None:
 
     tokenizer = load_tokenizer(ref)
     training_template(tokenizer, dataset[0]["messages"])
-    check_prompt_lengths(tokenizer, dataset, config.max_length)
+    training.check_prompt_lengths(tokenizer, dataset, config.max_length)
     args = training.sft_args(config, plan.path)
     model = load_model(ref, dtype=training.model_dtype(lora=config.lora))
     peft_config = training.lora_config(config, model)
