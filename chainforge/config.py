@@ -83,7 +83,8 @@ class StageConfig:
         self.check()
 
     def check(self) -> None:
-        """A stage's rules about combinations of options (exit 2 saying what and how to fix)."""
+        """A stage's (or group's) rules about combinations of options (exit 2 saying what and how
+        to fix). Overrides call `super().check()` so every group's rules run."""
 
     def redacted(self) -> dict:
         """What goes into a manifest: option name → plain value, secrets masked."""
@@ -325,6 +326,12 @@ class RewardOptions(StageConfig):
               "--no-custom-rewards allows only the registered rewards.",
         flags=("--custom-rewards/--no-custom-rewards",))
 
+    def check(self) -> None:
+        from chainforge.rewards import resolve_rewards
+
+        resolve_rewards(self.rewards, custom=self.custom_rewards)  # names, weights, and the custom-code rule
+        super().check()
+
 
 @dataclass(kw_only=True)
 class EngineOptions(StageConfig):
@@ -344,6 +351,7 @@ class EngineOptions(StageConfig):
                 ok = False
             if not ok:
                 raise UsageError(f"--batch-size must be a positive number of rows or `auto`, got {self.batch_size!r}")
+        super().check()
 
 
 @dataclass(kw_only=True)

@@ -184,6 +184,8 @@ def prompts(tmp_path) -> Path:
     (["--rewards", "accuracy,brevity"], ["unknown reward 'brevity'", "accuracy", "expansion", "overlong"]),
     (["--rewards", "no_such_module:fn"], ["cannot load reward"]),
     (["--rewards", "format=lots"], ["not a number"]),
+    (["--rewards", "format,grpo_rewards:close_to_19", "--no-custom-rewards"],
+     ["--rewards grpo_rewards:close_to_19: custom rewards are turned off", "accuracy"]),
     (["--num-generations", "1"], ["--num-generations must be at least 2"]),
     (["--beta", "-0.1"], ["--beta must be ≥ 0"]),
     (["--temperature", "0"], ["--temperature must be > 0"]),

@@ -166,3 +166,22 @@ def test_a_recipe_stage_reads_an_option_file_and_its_own_keys_win(tmp_path, tiny
     (tmp_path / "opts" / "sft-small.yaml").write_text("learning_rat: 1\n")
     with pytest.raises(Exception, match="unknown option 'learning_rat'"):
         load_recipe(recipe)
+
+
+def test_a_recipe_can_forbid_custom_rewards_for_every_stage(tmp_path, tiny_model):
+    from chainforge.errors import UsageError
+    from chainforge.stages import run as run_stage
+    from chainforge.stages.run import load_recipe, plan_stages
+
+    stages = [{"name": "rl", "command": "grpo"}, {"name": "pick", "command": "reject"},
+              {"name": "own", "command": "reject", "custom_rewards": True, "rewards": "grpo_rewards:close_to_19"}]
+    recipe = _recipe(tmp_path, stages, model=str(tiny_model), custom_rewards=False)
+    plan = {s.name: s.config for s in plan_stages(load_recipe(recipe))}
+    assert plan["rl"].custom_rewards is False and plan["pick"].custom_rewards is False
+    assert plan["own"].custom_rewards is True  # a stage's own key wins
+
+    stages[0]["rewards"] = "accuracy,grpo_rewards:close_to_19"
+    recipe = _recipe(tmp_path, stages, model=str(tiny_model), custom_rewards=False)
+    with pytest.raises(UsageError, match="stage 'rl' .*custom rewards are turned off"):
+        run_stage.run(str(recipe))
+    assert not (tmp_path / "run").exists()  # refused before the first stage ran

@@ -83,6 +83,7 @@ class DistillConfig(DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, 
         if self.method == "logits" and self.temperature == 0:
             raise UsageError("--method logits samples on-policy completions, so --temperature must be above 0 "
                              "(try 0.7); greedy decoding is only for eval")
+        super().check()
 
 
 CONFIG = DistillConfig

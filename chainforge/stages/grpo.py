@@ -78,6 +78,7 @@ class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Reward
 
     def check(self) -> None:
         check_sampling(self)
+        super().check()
 
 
 CONFIG = GrpoConfig
