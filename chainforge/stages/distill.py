@@ -7,10 +7,12 @@
 
 Two methods:
 - `traces` (default), the way the R1 paper built R1-Distill-Qwen: the teacher samples --num-samples
-  completions per prompt with the shared sampling engine; where a reference answer exists, only
-  correct, well-formed Super CoT completions are kept (the reward registry decides). They are saved
-  as a dataset under `--output/traces` (reusable: `chainforge sft --data OUT/traces`) and the student
-  trains on them through sft's own training path. Teacher and student may use different tokenizers.
+  completions per prompt with the shared sampling engine (journaled, so a resumed run draws only
+  what is missing); where a reference answer exists, only correct, well-formed Super CoT
+  completions are kept (the reward registry decides). They are saved as a dataset under
+  `--output/traces` (reusable: `chainforge sft --data OUT/traces`) and the student trains on them
+  through the SFT trainer path sft uses (`training.train_sft`), under the Super CoT system turn it
+  is sampled with. Teacher and student may use different tokenizers.
 - `logits`: generalized knowledge distillation (GKD, Agarwal et al. 2024, TRL's GKDTrainer): the
   student matches the teacher's whole next-token distribution (generalized JSD, --beta) on a mix of
   its own samples (--lambda, the on-policy fraction) and teacher sequences. One vocabulary needed:
