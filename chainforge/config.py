@@ -115,11 +115,17 @@ def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def cli_flags(f: dataclasses.Field) -> tuple[str, ...]:
+    """A field's command-line flags: its declared ones, else `--name` (`--name/--no-name` for a
+    boolean that defaults to true)."""
+    if f.metadata.get("flags"):
+        return tuple(f.metadata["flags"])
+    dashed = f.name.replace("_", "-")
+    return (f"--{dashed}/--no-{dashed}",) if f.default is True else (f"--{dashed}",)
+
+
 def flag(f: dataclasses.Field) -> str:
-    flags = f.metadata.get("flags")
-    if flags:
-        return flags[0].split("/")[0]
-    return "--" + f.name.replace("_", "-")
+    return cli_flags(f)[0].split("/")[0]
 
 
 def _plain(value: Any) -> Any:

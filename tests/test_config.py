@@ -140,3 +140,15 @@ def test_choices_are_listed_in_help(cli):
     assert "[best|all-passing]" in cli("reject", "--help").stdout
     assert "[traces|logits]" in cli("distill", "--help").stdout
     assert "[deepseek|openai|local]" in cli("collect", "--help").stdout
+
+
+def test_the_options_page_is_generated_from_the_configs():
+    """docs/options.md is what scripts/options_doc.py writes from the config classes today."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "scripts" / "options_doc.py"), "--check"], capture_output=True,
+                       text=True, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr

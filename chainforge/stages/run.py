@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from chainforge.config import REDACTED, load_yaml_config
+from chainforge.config import REDACTED, cli_flags, load_yaml_config
 from chainforge.data import atomic_write_text, read_manifest
 from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
 from chainforge.log import info
@@ -243,8 +243,7 @@ def command_line(stage: Stage, overwrite: bool) -> str:
     for key, value in {**stage.options, "output": str(stage.output)}.items():
         if value is None or key not in fields:
             continue
-        flags = fields[key].metadata.get("flags")
-        flag = flags[0] if flags else "--" + key.replace("_", "-")
+        flag = cli_flags(fields[key])[0]
         if isinstance(value, bool):
             on, _, off = flag.partition("/")
             args.append(on if value else (off or f"--no-{key.replace('_', '-')}"))
