@@ -105,7 +105,8 @@ def test_eval_prompt_without_words_matches_nothing():
 
 
 def test_reported_match_prefers_the_earlier_eval_file_then_the_earlier_overlap():
-    first, second = "one two three four five six seven eight", "nine ten eleven twelve thirteen fourteen fifteen sixteen"
+    first = "one two three four five six seven eight"
+    second = "nine ten eleven twelve thirteen fourteen fifteen sixteen"
     train = f"{second} then {first}"
     # The overlap with the second file comes first in the text, but the first file wins.
     assert matches([train], [[first], [second]]) == [Match(0, 0, first)]
