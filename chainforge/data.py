@@ -247,12 +247,12 @@ def _protected(resolved: Path) -> Optional[str]:
     home = Path.home().resolve()
     if resolved == Path(resolved.anchor):
         return "the filesystem root"
+    if resolved == home:
+        return "your home directory"
     if resolved == cwd:
         return "the current directory"
     if resolved in cwd.parents:
         return "a parent of the current directory"
-    if resolved == home:
-        return "your home directory"
     if resolved in home.parents:
         return "a parent of your home directory"
     return None
@@ -286,15 +286,16 @@ def _is_writer_rank() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
-def lock_output(folder: Path) -> None:
+def lock_output(folder: Path) -> bool:
     """Take `folder`'s lock for this process until it exits; exit 2 if another process holds it.
 
     The lock is `flock` on `folder/.chainforge.lock` (through the filelock package): the kernel drops
     it when the holder dies, so a lock left by a killed run never blocks its resume. The holder's pid
     is written into the file for the message. A process that holds the lock already keeps it (the
-    CLI, `run` and tests may plan the same output more than once in one process)."""
+    CLI, `run` and tests may plan the same output more than once in one process). True when this
+    call took the lock, False when it was held already (or this rank does not write)."""
     if not _is_writer_rank():
-        return
+        return False
     from filelock import FileLock, Timeout
 
     key = str(folder.resolve())
@@ -302,7 +303,7 @@ def lock_output(folder: Path) -> None:
     held = _held.get(key)
     if held is not None:
         if held.is_locked and lock_path.exists():
-            return
+            return False
         _held.pop(key).release(force=True)  # the folder was removed and made again under us
 
     def write_pid(fd: int) -> None:
@@ -316,8 +317,10 @@ def lock_output(folder: Path) -> None:
         raise UsageError(f"{folder} is in use by chainforge (pid {_holder_pid(lock_path)}); wait for that "
                          f"run to finish, or write to another --output") from None
     if not _held:
+        atexit.unregister(release_output_locks)  # registered once, however often locks come and go
         atexit.register(release_output_locks)
     _held[key] = lock
+    return True
 
 
 def _holder_pid(lock_path: Path) -> str:
@@ -428,15 +431,25 @@ def plan_output(path: Optional[str], stage: str, config: Any, overwrite: bool = 
         raise UsageError(f"--output {p} is not empty and holds no {MANIFEST}: it is not a chainforge "
                          f"output, and chainforge never writes into or removes other folders; choose "
                          f"a new or empty folder")
+    if overwrite and _entries(p) and not written_by_chainforge(read_manifest(p)):
+        raise UsageError(f"--output {p} holds a {MANIFEST} that chainforge did not write (or that was "
+                         f"edited), so it is not removed; choose a new or empty folder")
     # Ours (or empty): lock it before looking closer, so that a second process stops here.
-    lock_output(p)
+    took = lock_output(p)
+    try:
+        return _plan_existing(p, stage, redacted, overwrite, ignore, allow_complete)
+    except UsageError:
+        if took:
+            release_output_lock(p)  # refused: leave the folder as it was
+        raise
+
+
+def _plan_existing(p: Path, stage: str, redacted: dict, overwrite: bool, ignore: Iterable[str],
+                   allow_complete: bool) -> OutputPlan:
     if not _entries(p):
         return OutputPlan(p, stage, redacted, "new")
     previous = read_manifest(p) or {}
     if overwrite:
-        if not written_by_chainforge(previous):
-            raise UsageError(f"--output {p} holds a {MANIFEST} that chainforge did not write (or that was "
-                             f"edited), so it is not removed; choose a new or empty folder")
         return OutputPlan(p, stage, redacted, "overwrite")
     if previous.get("stage") != stage:
         raise UsageError(f"--output {p} is not empty (a '{previous.get('stage')}' output); choose an "
