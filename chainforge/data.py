@@ -244,7 +244,10 @@ def _check_not_an_input(p: Path, resolved: Path, config) -> None:
 def _protected(resolved: Path) -> Optional[str]:
     """Why --overwrite must never remove this folder, or None."""
     cwd = Path.cwd().resolve()
-    home = Path.home().resolve()
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no HOME and no password entry: there is no home to protect
+        home = Path(resolved.anchor)
     if resolved == Path(resolved.anchor):
         return "the filesystem root"
     if resolved == home:
@@ -415,7 +418,11 @@ def plan_output(path: Optional[str], stage: str, config: Any, overwrite: bool = 
     if not path:
         raise UsageError("missing --output: give the folder to write to")
     p = Path(path)
-    resolved = p.expanduser().resolve()
+    try:
+        resolved = p.expanduser().resolve()
+        Path.cwd()
+    except FileNotFoundError:
+        raise UsageError("the current directory no longer exists; cd to an existing folder and rerun") from None
     redacted = config.redacted() if hasattr(config, "redacted") else dict(config)
     if p.exists() and not p.is_dir():
         raise UsageError(f"--output {p} exists and is not a folder; choose another path")

@@ -113,6 +113,15 @@ def test_overwrite_never_removes_cwd_its_parents_home_or_root(where, tmp_path, m
     assert snapshot(home) == before
 
 
+def test_a_deleted_working_directory_is_a_clear_error(tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(UsageError, match="current directory no longer exists"):
+        plan_output("out", "sft", opts(), overwrite=True)
+
+
 @dataclass
 class TypedConfig:
     """A typed options object (a dataclass, not a dict): plan_output reads it with getattr only."""
