@@ -63,6 +63,7 @@ class FakeServer:
     def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0, host: str = "127.0.0.1"):
         self.latency, self.record, self._port, self.host = latency, record, port, host
         self.basic_auth: Optional[tuple[str, str]] = None  # (user, password) accepted besides the key
+        self.ignore_stream = False  # answer `"stream": true` with one JSON body, as some servers do
         self.requests: list[dict] = []  # {path, headers, json, t}
         self.attempts: collections.Counter = collections.Counter()
         self.plans: dict[str, list[str]] = {}
@@ -88,6 +89,10 @@ class FakeServer:
             self._server.close()
             for w in list(self._writers):
                 w.close()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._loop:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -157,7 +162,7 @@ class FakeServer:
             fault = plan[n] if n < len(plan) else "ok"
         if self.latency and fault != "blank":
             await asyncio.sleep(self.latency)
-        stream = bool(payload.get("stream"))
+        stream = bool(payload.get("stream")) and not self.ignore_stream
         if fault == "ok":
             self.served += 1
             if stream:

@@ -261,7 +261,8 @@ class HttpClient:
 
 
 def _why(exc) -> str:
-    text = str(exc) if exc is not None else ""
+    """One short line (aiohttp's parser errors span lines, with a caret under the bad byte)."""
+    text = " ".join(str(exc).split()) if exc is not None else ""
     return text[:200] or type(exc).__name__
 
 
