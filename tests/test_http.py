@@ -188,6 +188,7 @@ def test_http_proxy_relays_every_teacher_request(deepseek, cli, tmp_path, monkey
         assert r.exit_code == 0, r.stderr
     assert metrics(out)["rows"] == 3 and len(deepseek.requests) == 3
     assert proxy.requests == [f"POST http://127.0.0.1:{deepseek.port}/chat/completions"] * 3
+    assert f"via proxy {proxy.url}" in r.stderr.splitlines()[0]
 
 
 def test_no_proxy_naming_the_host_bypasses_the_proxy(deepseek, cli, tmp_path, monkeypatch):
@@ -198,7 +199,17 @@ def test_no_proxy_naming_the_host_bypasses_the_proxy(deepseek, cli, tmp_path, mo
         r = cli("collect", "--prompts", prompts(tmp_path, 3), "--output", out, "--expander", "none")
         assert r.exit_code == 0, r.stderr
     assert metrics(out)["rows"] == 3 and len(deepseek.requests) == 3
-    assert proxy.requests == []
+    assert proxy.requests == [] and "via proxy" not in r.stderr
+
+
+def test_a_proxy_that_is_not_http_is_bad_input(deepseek, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "socks5://bob:pw-secret@127.0.0.1:1080")
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts(tmp_path, 1), "--output", out, "--expander", "none")
+    assert r.exit_code == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: HTTP_PROXY") and "NO_PROXY" in lines[0]
+    assert "pw-secret" not in r.stderr and not out.exists() and deepseek.requests == []
 
 
 # ---- hostile and broken replies: one request fails, the run goes on ----------------------------------

@@ -140,7 +140,12 @@ def env_proxy(endpoint: Endpoint) -> tuple[Optional[str], Optional[tuple[str, st
     host = endpoint.host if endpoint.port in (80, 443) else f"{endpoint.host}:{endpoint.port}"
     if urllib.request.proxy_bypass(endpoint.host) or urllib.request.proxy_bypass(host):
         return None, None
-    parsed = Endpoint.parse(proxy if "://" in proxy else f"http://{proxy}")
+    try:
+        parsed = Endpoint.parse(proxy if "://" in proxy else f"http://{proxy}")
+    except ValueError as exc:
+        name = f"{endpoint.scheme.upper()}_PROXY"
+        raise ValueError(f"{name} (for {endpoint.netloc}): {exc}; give an http:// proxy URL, or name the "
+                         f"host in NO_PROXY") from None
     auth = (parsed.username, parsed.password or "") if parsed.has_credentials else None
     return parsed.url, auth
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from chainforge.collect.chat import ChatAPI, Counters
-from chainforge.collect.http import Endpoint, make_client
+from chainforge.collect.http import Endpoint, env_proxy, make_client
 from chainforge.errors import UsageError
 
 TEACHERS = ("deepseek", "openai", "local")
@@ -30,12 +30,13 @@ LOCAL_TEMPERATURE = 0.6  # the R1 paper's sampling temperature
 
 
 @dataclass
-class HttpLimits:
-    """Per-request limits for the API clients; None takes `chainforge.collect.http`'s default."""
+class HttpOptions:
+    """How the API clients talk; None takes `chainforge.collect.http`'s default."""
 
     idle_timeout: Optional[float] = None  # seconds of silence mid-reply
     deadline: Optional[float] = None  # seconds for a whole request
     max_response_bytes: Optional[int] = None
+    stream: bool = True  # False: one JSON body per reply, for a server that rejects `stream_options`
 
 
 @dataclass
@@ -49,12 +50,14 @@ class Source:
     key_env: Optional[str] = None
     model_ref: object = None  # chainforge.models.ModelRef for local
     endpoint: Optional[Endpoint] = field(default=None, repr=False)  # with the credentials, if any
+    proxy: Optional[str] = None  # from HTTP(S)_PROXY, credentials left out
 
     def describe(self) -> str:
         if self.kind == "none":
             return "none"
         where = f" at {self.base_url}" if self.base_url else ""
-        return f"{self.kind} ({self.model}{where})"
+        via = f" via proxy {self.proxy}" if self.proxy else ""
+        return f"{self.kind} ({self.model}{where}{via})"
 
 
 def api_key(env: str) -> Optional[str]:
@@ -90,7 +93,11 @@ def _remote(kind: str, model: str, endpoint: Endpoint, what: str, key: Optional[
 
         say(f"collect: warning: {secret} goes to {endpoint.host} over plain http://, readable on the way; "
             f"use https:// unless that network is yours")
-    return Source(kind, model, endpoint.display, key, key_env, endpoint=endpoint)
+    try:
+        proxy, _ = env_proxy(endpoint)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return Source(kind, model, endpoint.display, key, key_env, endpoint=endpoint, proxy=proxy)
 
 
 def _record_url(opts, name: str, endpoint: Endpoint) -> None:
@@ -174,19 +181,19 @@ def resolve_expander(opts, teacher: Source) -> Source:
 
 
 def _chat(ep: Source, name: str, opts, counters: Counters, limiter=None, max_tokens=None,
-          temperature=None, http: Optional[HttpLimits] = None, per_row: int = 1) -> ChatAPI:
+          temperature=None, http: Optional[HttpOptions] = None, per_row: int = 1) -> ChatAPI:
     headers = {"Authorization": f"Bearer {ep.key}"} if ep.key else {}
-    http = http or HttpLimits()
+    http = http or HttpOptions()
     # One connection per request the engine lets through (`per_row` for the expander, which grounds
     # a row's steps at once): the pool never queues what the engine already admitted.
     client = make_client(ep.endpoint, headers, limit=max(1, int(opts.concurrency or 1)) * max(1, per_row),
                          idle_timeout=http.idle_timeout, deadline=http.deadline,
                          max_response_bytes=http.max_response_bytes)
     return ChatAPI(client, ep.model, name, ep.key_env or "", opts.max_retries,
-                   counters, max_tokens=max_tokens, temperature=temperature, limiter=limiter)
+                   counters, max_tokens=max_tokens, temperature=temperature, limiter=limiter, stream=http.stream)
 
 
-def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[HttpLimits] = None):
+def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[HttpOptions] = None):
     from chainforge.collect.teachers import ApiTeacher, LocalTeacher
 
     if ep.kind == "local":
@@ -199,7 +206,7 @@ def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[
     return ApiTeacher(chat, opts.system_prompt)
 
 
-def build_expander(ep: Source, opts, counters: Counters, teacher, http: Optional[HttpLimits] = None):
+def build_expander(ep: Source, opts, counters: Counters, teacher, http: Optional[HttpOptions] = None):
     from chainforge.collect import expander as ex
 
     if ep.kind == "none":
