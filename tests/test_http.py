@@ -20,12 +20,13 @@ from chainforge.collect.http import Endpoint, HttpClient, TransportError
 
 @pytest.fixture
 def fast(monkeypatch):
-    """Quick backoff and short limits, so stalls and trickles fail in about a second."""
+    """Quick backoff and short limits, so stalls and trickles fail in seconds. The fake trickles a
+    byte every 0.05 s, twenty times inside the idle timeout, so a trickle can only hit the deadline."""
     import chainforge.collect.retry as retry
 
     monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
-    monkeypatch.setattr(http, "IDLE_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(http, "DEADLINE_S", 2.0)
+    monkeypatch.setattr(http, "IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(http, "DEADLINE_S", 3.0)
     monkeypatch.setattr(http, "MAX_RESPONSE_BYTES", 256 * 1024)
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy",
                  "ALL_PROXY", "all_proxy"):
@@ -109,7 +110,7 @@ def test_a_stalled_stream_is_retried_and_reported_as_a_timeout(deepseek, cli, tm
     m = metrics(out)
     assert m["rows"] == 2 and m["failed"] == 1 and deepseek.attempts[q(0)] == 2
     (f,) = failed(out)
-    assert f["prompt"] == q(1) and "timed out: no data for 0.5 s" in f["reason"]
+    assert f["prompt"] == q(1) and "timed out: no data for 1 s" in f["reason"]
 
 
 # ---- gzip, IPv6, base URLs ----------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def test_a_proxy_that_is_not_http_is_bad_input(deepseek, cli, tmp_path, monkeypa
 # ---- hostile and broken replies: one request fails, the run goes on ----------------------------------
 
 HOSTILE = ["stall", "trickle", "badlength", "badchunk", "longheader", "huge", "drop"]
-TIMEOUTS = {"stall": "no data for 0.5 s", "trickle": "no complete reply within 2 s"}
+TIMEOUTS = {"stall": "no data for 1 s", "trickle": "no complete reply within 3 s"}
 
 
 @pytest.mark.parametrize("fault", HOSTILE)
