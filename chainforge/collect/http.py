@@ -169,7 +169,7 @@ class HttpClient:
         self.max_response_bytes = MAX_RESPONSE_BYTES if max_response_bytes is None else max_response_bytes
         self.connect_timeout = CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
         self.proxy, self._proxy_auth = env_proxy(self.endpoint)
-        self._urls: dict[str, str] = {}
+        self._urls: dict = {}  # path → yarl.URL
         self._session = None
         self._aiohttp = None
 
@@ -196,7 +196,11 @@ class HttpClient:
     async def post(self, path: str, body: bytes, on_event: Optional[Callable[[str], None]] = None) -> Response:
         """POST `body`; a 2xx `text/event-stream` reply goes to `on_event` (each event's data)."""
         session = self._session or self._open()
-        url = self._urls.get(path) or self._urls.setdefault(path, self.endpoint.join(path))
+        url = self._urls.get(path)
+        if url is None:  # parsed once: yarl would otherwise parse the string on every request
+            from yarl import URL
+
+            url = self._urls[path] = URL(self.endpoint.join(path))
         a = self._aiohttp
         try:
             async with session.post(url, data=body, auth=self._auth, proxy=self.proxy,
