@@ -277,3 +277,28 @@ def test_the_client_turns_every_broken_reply_into_a_transport_error(fast, reply,
 
 def test_the_response_cap_defaults_to_at_least_32_mib():
     assert HttpClient("http://127.0.0.1:9").max_response_bytes >= 32 * 2 ** 20
+
+
+def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(fast):
+    """A 307 to another server fails that prompt (HTTP 307) instead of sending the key there."""
+    from chainforge.collect.chat import PromptFailed
+
+    with FakeDeepSeek() as elsewhere:
+        async def go():
+            async def handle(reader, writer):
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere.url}/chat/completions\r\n"
+                             f"Content-Length: 0\r\n\r\n".encode())
+                await writer.drain()
+                writer.close()
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
+            api = chat(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", "sk-stays-here")
+            try:
+                with pytest.raises(PromptFailed) as exc:
+                    await api.complete([{"role": "user", "content": "hi"}])
+                return exc.value
+            finally:
+                await api.client.aclose()
+                server.close()
+        failure = asyncio.run(go())
+    assert failure.status_code == 307 and elsewhere.requests == []

@@ -203,8 +203,9 @@ class HttpClient:
             url = self._urls[path] = URL(self.endpoint.join(path))
         a = self._aiohttp
         try:
+            # No redirects: a POST would come back as a GET, and the key would follow it elsewhere.
             async with session.post(url, data=body, auth=self._auth, proxy=self.proxy,
-                                    proxy_auth=self._proxy_basic) as resp:
+                                    proxy_auth=self._proxy_basic, allow_redirects=False) as resp:
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 streamed = (on_event is not None and 200 <= resp.status < 300
                             and headers.get("content-type", "").startswith("text/event-stream"))
