@@ -210,8 +210,9 @@ def _load_repository(source: str, what: str, split: Optional[str], subset: Optio
                 raise UsageError(f"{what} {source} has no subset '{subset}'; its subsets: "
                                  f"{', '.join(names)} (pass --subset NAME)") from None
             raise
-        data_files = builder.config.data_files or {}
-        splits = list(data_files) or list(builder.info.splits or {})
+        # Split keys may be NamedSplit objects; the user names them by their strings.
+        data_files = {str(k): v for k, v in (builder.config.data_files or {}).items()}
+        splits = list(data_files) or [str(k) for k in (builder.info.splits or {})]
         chosen = _pick_split(splits, split, what, source)
         if local and len(data_files) > 1:
             # Convert only the split asked for: the others may be large.
