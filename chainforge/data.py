@@ -200,16 +200,22 @@ def _load_repository(source: str, what: str, split: Optional[str], subset: Optio
     try:
         try:
             builder = datasets.load_dataset_builder(source, subset, cache_dir=cache)
-        except ValueError:
+        except ValueError as exc:
             # A missing or unknown config name: list the subsets ourselves, in our words.
             names = datasets.get_dataset_config_names(source, cache_dir=cache)
-            if subset is None and len(names) > 1:
-                raise UsageError(f"{what} {source} has several subsets: {', '.join(names)}; "
-                                 f"choose one with --subset NAME") from None
-            if subset is not None and subset not in names:
-                raise UsageError(f"{what} {source} has no subset '{subset}'; its subsets: "
-                                 f"{', '.join(names)} (pass --subset NAME)") from None
-            raise
+            if local or names != ["default"]:
+                if subset is None and len(names) > 1:
+                    raise UsageError(f"{what} {source} has several subsets: {', '.join(names)}; "
+                                     f"choose one with --subset NAME") from None
+                if subset is not None and subset not in names:
+                    raise UsageError(f"{what} {source} has no subset '{subset}'; its subsets: "
+                                     f"{', '.join(names)} (pass --subset NAME)") from None
+                raise
+            # A hub dataset read back from the HF cache offline: only the cache knows which subsets
+            # it holds, and datasets' message lists them (its Python example is left out).
+            said = "; ".join(line.strip() for line in str(exc).splitlines()
+                             if line.strip() and "load_dataset(" not in line and not line.startswith("Please"))
+            raise UsageError(f"{what} {source}: {said} (choose one with --subset NAME)") from None
         # Split keys may be NamedSplit objects; the user names them by their strings.
         data_files = {str(k): v for k, v in (builder.config.data_files or {}).items()}
         splits = list(data_files) or [str(k) for k in (builder.info.splits or {})]

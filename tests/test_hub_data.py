@@ -233,3 +233,45 @@ def test_repository_folder_through_a_stage(cli, tiny_model, tmp_path):
     results = [json.loads(line) for line in (tmp_path / "ev" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["prompt"] for r in results) == [f"Add {i} and 2." for i in range(4)]  # train split
     assert sorted(os.listdir(repo)) == ["data"]  # nothing written next to the data
+
+
+# What an earlier online `load_dataset("openai/gsm8k", subset)` leaves in the HF cache: the prepared
+# Arrow files under <namespace>___<name>/<subset>/<version>/<hash>. Built here from a local copy of
+# the repository (named like the hub one), then read back by hub id with the hub unreachable.
+CACHED_HUB = """
+import json, os, shutil, sys
+import datasets
+from chainforge.data import load_rows
+from chainforge.errors import UsageError
+
+repo, cache = sys.argv[1], datasets.config.HF_DATASETS_CACHE
+for subset in ("main", "socratic"):
+    datasets.load_dataset_builder(repo, subset).download_and_prepare()
+shutil.move(os.path.join(cache, os.path.basename(repo)), os.path.join(cache, "openai___gsm8k"))
+out = {}
+for name, kwargs in [("main-test", {"subset": "main", "split": "test"}), ("socratic", {"subset": "socratic"}),
+                     ("no-subset", {}), ("bad-subset", {"subset": "nope"}),
+                     ("bad-split", {"subset": "main", "split": "validation"})]:
+    try:
+        out[name] = load_rows("openai/gsm8k", **kwargs)["question"][:]
+    except UsageError as exc:
+        out[name] = "Error: " + exc.message
+print(json.dumps(out))
+"""
+
+
+def test_hub_id_loads_offline_from_the_hf_cache(tmp_path):
+    repo = gsm8k_like(tmp_path / "gsm8k", "parquet")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    environ.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-c", CACHED_HUB, str(repo)], capture_output=True, text=True,
+                       env=environ, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["main-test"] == [row["question"] for row in rows("main", "test")]
+    assert out["socratic"] == [row["question"] for row in rows("socratic", "train")]
+    for case in ("no-subset", "bad-subset"):
+        assert out[case].startswith("Error: --data openai/gsm8k: "), out[case]
+        assert "main" in out[case] and "socratic" in out[case] and "--subset NAME" in out[case]
+    assert out["bad-split"] == ("Error: --data openai/gsm8k has no split 'validation'; its splits: "
+                                "train, test (pass --split NAME)")
