@@ -154,6 +154,8 @@ STAGE_HELP = {
     "distill": """Distillation (stage 5): teach a smaller student the teacher's reasoning, from its filtered
     samples (--method traces) or its next-token distributions (--method logits, GKD); the student's
     held-out metrics before and after go into the manifest.""",
+    "decontaminate": """Drop training rows whose prompt shares an --ngram word run with any --against eval prompt
+    (repeat --against for several eval sets); writes the kept rows and removed.jsonl.""",
     "eval": """Evaluate a model: pass@1, pass@k, maj@k and format rate over k samples per question, written to
     results.jsonl and the manifest (--temperature 0: greedy, k = 1).""",
 }

@@ -20,9 +20,12 @@ through it, and so does distill --method traces.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -129,11 +132,93 @@ def trainer_args(config, output_dir: str | Path, config_class, **stage_specific)
 
 
 def last_checkpoint(output_dir: str | Path) -> Optional[str]:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder in `output_dir`, or None.
 
-    if not Path(output_dir).is_dir():
+    The Trainer writes a checkpoint in place (weights, optimizer.pt, scheduler.pt, rng_state*.pth,
+    trainer_state.json last), so a run killed mid-save leaves a folder that is missing its last
+    files or holds truncated ones, and resuming from it crashes. Such a folder is skipped, with a
+    warning naming it, in favour of the previous complete one (save_total_limit keeps two)."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
         return None
-    return get_last_checkpoint(str(output_dir))
+    found = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT.fullmatch(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    for _, ckpt in sorted(found, reverse=True):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return str(ckpt)
+        info(f"warning: skipping {ckpt.name}: {problem} (the run was likely stopped while saving it); "
+             f"resuming from an earlier checkpoint")
+    return None
+
+
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin", "adapter_model.bin")
+_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def checkpoint_problem(ckpt: Path) -> Optional[str]:
+    """Why a Trainer checkpoint folder cannot be resumed from, or None when it is complete.
+
+    Cheap checks only (no tensor is loaded): trainer_state.json (written last) parses; the weights
+    are there (single file or every shard of an index); each safetensors file is as long as its
+    header says; each torch.save file (optimizer, scheduler, rng state, training args) ends with
+    its zip directory, which a truncated file lacks."""
+    state = ckpt / "trainer_state.json"
+    if not state.is_file():
+        return "trainer_state.json is missing"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "trainer_state.json is truncated or unreadable"
+    weights = [ckpt / n for n in _WEIGHTS if (ckpt / n).is_file()]
+    for index in (ckpt / n for n in _INDEXES):
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+                return f"{index.name} is truncated or unreadable"
+            missing = [s for s in shards if not (ckpt / s).is_file()]
+            if missing:
+                return f"weight shard {missing[0]} is missing"
+            weights += [ckpt / s for s in shards]
+    if not weights and not any(p.is_dir() and p.name.startswith(("global_step", "pytorch_model_fsdp"))
+                               for p in ckpt.iterdir()):
+        return "no model weights"
+    for f in sorted(ckpt.iterdir()):
+        if not f.is_file():
+            continue
+        if f.suffix == ".safetensors":
+            why = _safetensors_problem(f)
+            if why:
+                return f"{f.name} {why}"
+        elif f.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(f):
+            return f"{f.name} is truncated or unreadable"
+    return None
+
+
+def _safetensors_problem(path: Path) -> Optional[str]:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes: its
+    size must be exactly what the header describes."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "is truncated"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return "is truncated"
+            header = json.loads(f.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return "has an unreadable header"
+    if size != 8 + n + end:
+        return "is truncated"
+    return None
 
 
 def lora_config(config, model, task_type: str = "CAUSAL_LM"):

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
-"""Collect throughput and memory against a fake DeepSeek on 127.0.0.1 answering in L seconds.
+"""collect's marginal throughput against a fake DeepSeek on 127.0.0.1 answering in L seconds.
 
-    python scripts/bench_collect.py                     # asyncio client: 2000 and 8000 prompts
-    python scripts/bench_collect.py --compare           # + httpx2 and httpx 0.28 at 1000 prompts
+    python scripts/bench_collect.py                                  # 1000 and 5000 prompts, C = 128 and 512
+    python scripts/bench_collect.py --sizes 2000 10000 --concurrency 512
 
-For each run: achieved requests/s of the collect loop, the ideal C/L, their ratio, and the peak RSS
-of the collect process. Every run is its own process (peak RSS only grows), and the fake server is
-another (so it does not share a GIL with the client). The expander is off. Figures are measured in
-this one run; nothing is asserted.
+For each C, `chainforge collect` runs twice, each time in a fresh process (streamed replies, the
+expander off), on n1 and n2 prompts. The marginal rate (n2 - n1) / (t2 - t1), t being each process's
+wall time, leaves out what both runs pay once — start-up, imports, the final dataset write — and is
+compared with the ideal C / L. Also printed: each run's wall time and the peak RSS of the larger
+run. The fake server is its own process (it does not share a GIL with collect). Figures are measured
+in this one run; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -26,23 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def worker(args) -> None:
-    """One `chainforge collect` in this process; prints {elapsed, rss_mb} as JSON."""
+    """One `chainforge collect` in this process; prints its peak RSS in MB as JSON."""
     sys.path.insert(0, str(ROOT))
-    from chainforge.collect import engine, resolve
-    from chainforge.collect.http import make_client
-
-    resolve.make_client = lambda url, headers: make_client(url, headers, kind=args.client)
-    elapsed: list[float] = []
-    run = engine.Collector.run
-
-    async def timed(self, items):
-        t0 = time.perf_counter()
-        try:
-            return await run(self, items)
-        finally:
-            elapsed.append(time.perf_counter() - t0)
-
-    engine.Collector.run = timed
     from chainforge.cli import app
 
     try:
@@ -51,61 +38,62 @@ def worker(args) -> None:
     except SystemExit as exc:
         if exc.code:
             raise
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"elapsed": elapsed[0], "rss_mb": rss_mb}))
+    print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def measure(server_url: str, n: int, client: str, concurrency: int, tmp: Path) -> dict:
+def timed_run(server_url: str, n: int, concurrency: int, tmp: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one collect process on n prompts."""
     prompts = tmp / f"prompts-{n}.jsonl"
-    with open(prompts, "w") as f:
-        for i in range(n):
-            f.write(json.dumps({"prompt": f"Question {i}: what is {i} times 7?", "answer": str(7 * i)}) + "\n")
-    out = tmp / f"out-{client}-{n}"
+    if not prompts.exists():
+        with open(prompts, "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"prompt": f"Question {i}: what is {i} times 7?", "answer": str(7 * i)}) + "\n")
+    out = tmp / f"out-{concurrency}-{n}"
     env = dict(os.environ, DEEPSEEK_API_KEY="sk-test-fake-key-0123456789", DEEPSEEK_BASE_URL=server_url,
-               CHAINFORGE_HOME=str(tmp / "home"))
-    env.pop("ANTHROPIC_API_KEY", None)
-    proc = subprocess.run([sys.executable, __file__, "--worker", "--client", client, "--prompts", str(prompts),
-                           "--output", str(out), "--concurrency", str(concurrency)],
-                          env=env, capture_output=True, text=True)
+               CHAINFORGE_HOME=str(tmp / "home"), PYTHONPATH=str(ROOT))
+    for name in ("ANTHROPIC_API_KEY", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        env.pop(name, None)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--worker", "--prompts", str(prompts), "--output", str(out),
+                           "--concurrency", str(concurrency)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"collect failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return wall, json.loads(proc.stdout.strip().splitlines()[-1])["rss_mb"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latency", type=float, default=0.2, help="server latency L in seconds")
-    p.add_argument("--concurrency", type=int, default=128, help="requests in flight C")
-    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000])
-    p.add_argument("--compare", action="store_true", help="also httpx2 and httpx 0.28 (at --compare-size)")
-    p.add_argument("--compare-size", type=int, default=1000)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[128, 512], help="requests in flight C")
+    p.add_argument("--sizes", type=int, nargs=2, default=[1000, 5000], metavar=("N1", "N2"))
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--client", default="asyncio", help=argparse.SUPPRESS)
     p.add_argument("--prompts", help=argparse.SUPPRESS)
     p.add_argument("--output", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        args.concurrency = args.concurrency[0]
         return worker(args)
 
+    n1, n2 = args.sizes
     server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_apis.py"), "deepseek",
                                "--latency", str(args.latency)], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline().split()[1])
         url = f"http://127.0.0.1:{port}"
-        ideal = args.concurrency / args.latency
-        runs = [("asyncio", n) for n in args.sizes]
-        if args.compare:
-            runs += [("httpx2", args.compare_size), ("httpx", args.compare_size)]
-        print(f"fake DeepSeek at L={args.latency * 1000:.0f} ms, C={args.concurrency} in flight, expander off; "
-              f"ideal C/L = {ideal:.1f} req/s")
-        print(f"{'client':<8} {'prompts':>7} {'req/s':>8} {'ideal':>7} {'ratio':>6} {'peak RSS MB':>12}")
+        print(f"fake DeepSeek at L={args.latency * 1000:.0f} ms, streamed replies, expander off; "
+              f"runs of {n1} and {n2} prompts; load average {os.getloadavg()[0]:.2f} at start")
+        print(f"{'C':>5} {'t(n1) s':>8} {'t(n2) s':>8} {'marginal req/s':>15} {'ideal C/L':>10} {'ratio':>6} "
+              f"{'peak RSS MB':>12}")
         with tempfile.TemporaryDirectory() as tmp:
-            for client, n in runs:
-                r = measure(url, n, client, args.concurrency, Path(tmp))
-                rate = n / r["elapsed"]
-                print(f"{client:<8} {n:>7} {rate:>8.1f} {ideal:>7.1f} {rate / ideal:>6.2f} {r['rss_mb']:>12.1f}",
-                      flush=True)
+            for c in args.concurrency:
+                t1, _ = timed_run(url, n1, c, Path(tmp))
+                t2, rss = timed_run(url, n2, c, Path(tmp))
+                marginal, ideal = (n2 - n1) / (t2 - t1), c / args.latency
+                print(f"{c:>5} {t1:>8.2f} {t2:>8.2f} {marginal:>15.1f} {ideal:>10.1f} {marginal / ideal:>6.2f} "
+                      f"{rss:>12.1f}", flush=True)
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
     finally:
         server.terminate()
         server.wait(10)

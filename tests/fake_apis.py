@@ -1,8 +1,10 @@
 """Real HTTP servers on 127.0.0.1 standing in for DeepSeek chat completions and Anthropic messages.
 
-The real clients (collect's asyncio client, the anthropic SDK) are pointed at them by base URL.
-Each server runs an asyncio HTTP/1.1 loop (keep-alive, Content-Length or chunked bodies) in a
-background thread, records every request, and can be told to misbehave per prompt:
+The real clients (collect's aiohttp client, the anthropic SDK) are pointed at them by base URL.
+Each server runs an asyncio HTTP/1.1 loop on raw sockets (keep-alive, Content-Length or chunked
+bodies, `Connection: close` honoured) in a background thread, records every request, and can be
+told to misbehave per prompt. A request with `"stream": true` gets server-sent events, as DeepSeek
+sends them (`reasoning_content` and `content` deltas, usage in the last event, `data: [DONE]`):
 
     with FakeDeepSeek(latency=0.05) as ds, FakeAnthropic() as an:
         ds.plan("What is 2+2?", "429:retry-after=1", "500", "ok")   # attempt 1, 2, 3
@@ -11,21 +13,30 @@ background thread, records every request, and can be told to misbehave per promp
 
 Faults (one per attempt; attempts past the plan succeed): "ok"; a status code ("429", "500",
 "503", "529", "402", "400", …) optionally with ":retry-after=N"; "empty" (200, empty body);
-"nonjson" (200, an HTML page); "blank" (200 chunked, keep-alive blank lines before the JSON, as
-DeepSeek does while a request queues); "drop" (headers and half the body, then the connection
-closes). `server.always = "402"` applies a fault to every request until reset to None.
+"nonjson" (200, an HTML page); "blank" (200 chunked, keep-alive blank lines — `: keep-alive`
+comments when streaming — before the reply, as DeepSeek does while a request queues); "drop"
+(headers and half the body, then the connection closes); "gzip" (the reply gzip-encoded).
+Hostile ones: "stall" (headers and the first event, then silence until the client hangs up);
+"trickle" (one byte of keep-alive every `trickle_s`, for ever); "badlength" (`Content-Length: 12x`);
+"badchunk" (a chunk size that is not hex); "longheader" (a 70 KiB header line); "huge" (a streamed
+reply padded past `huge_bytes`). `server.always = "402"` applies a fault to every request until
+reset to None.
 
 DeepSeek plans match the last user turn exactly; Anthropic plans match when their key is a
 substring of the request's text (the expander prompt embeds the step).
 
 `python tests/fake_apis.py deepseek --latency 0.2` serves one in the foreground (for the benchmark,
 so the server does not share a GIL with the client) and prints `PORT <n>`.
+
+`RecordingProxy` is a plain HTTP forward proxy on 127.0.0.1 that records each request it relays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import gzip
 import json
 import threading
 import time
@@ -46,8 +57,13 @@ def default_anthropic_answer(text: str) -> str:
 class FakeServer:
     api_key = "sk-test-fake-key-0123456789"
 
-    def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0):
-        self.latency, self.record, self._port = latency, record, port
+    huge_bytes = 1 << 20
+    trickle_s = 0.05
+
+    def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0, host: str = "127.0.0.1"):
+        self.latency, self.record, self._port, self.host = latency, record, port, host
+        self.basic_auth: Optional[tuple[str, str]] = None  # (user, password) accepted besides the key
+        self.ignore_stream = False  # answer `"stream": true` with one JSON body, as some servers do
         self.requests: list[dict] = []  # {path, headers, json, t}
         self.attempts: collections.Counter = collections.Counter()
         self.plans: dict[str, list[str]] = {}
@@ -64,7 +80,7 @@ class FakeServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._handle, "127.0.0.1", self._port, backlog=4096), self._loop).result()
+            asyncio.start_server(self._handle, self.host, self._port, backlog=4096), self._loop).result()
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -73,6 +89,10 @@ class FakeServer:
             self._server.close()
             for w in list(self._writers):
                 w.close()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if self._loop:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -87,7 +107,8 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def plan(self, key: str, *faults: str) -> None:
         self.plans[key] = list(faults)
@@ -106,7 +127,9 @@ class FakeServer:
                     k, _, v = h.decode("latin-1").partition(":")
                     headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
-                if not await self._respond(method, path, headers, body, writer):
+                if not await self._respond(method, path, headers, body, writer, reader):
+                    break
+                if headers.get("connection", "").lower() == "close":
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             pass
@@ -115,9 +138,13 @@ class FakeServer:
             writer.close()
 
     def authorised(self, headers: dict) -> bool:
+        if self.basic_auth:
+            token = base64.b64encode(":".join(self.basic_auth).encode()).decode()
+            if headers.get("authorization") == f"Basic {token}":
+                return True
         return headers.get("authorization") == f"Bearer {self.api_key}"
 
-    async def _respond(self, method: str, path: str, headers: dict, body: bytes, writer) -> bool:
+    async def _respond(self, method: str, path: str, headers: dict, body: bytes, writer, reader) -> bool:
         try:
             payload = json.loads(body or b"{}")
         except ValueError:
@@ -135,19 +162,38 @@ class FakeServer:
             fault = plan[n] if n < len(plan) else "ok"
         if self.latency and fault != "blank":
             await asyncio.sleep(self.latency)
+        stream = bool(payload.get("stream")) and not self.ignore_stream
         if fault == "ok":
             self.served += 1
+            if stream:
+                return await self._send_events(writer, self.events(payload, key))
             return await self._send(writer, 200, self.success(payload, key))
         if fault == "empty":
             return await self._send_raw(writer, 200, b"")
         if fault == "nonjson":
             return await self._send_raw(writer, 200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
         if fault == "blank":
+            if stream:
+                return await self._send_events(writer, self.events(payload, key), keepalives=3)
             return await self._send_blank_lines(writer, self.success(payload, key))
-        if fault == "drop":
-            data = json.dumps(self.success(payload, key)).encode()
-            writer.write(self._head(200, len(data)) + data[:len(data) // 2])
+        if fault == "gzip":
+            self.served += 1
+            if stream:
+                data, ctype = b"".join(self.events(payload, key)), "text/event-stream"
+            else:
+                data, ctype = json.dumps(self.success(payload, key)).encode(), "application/json"
+            packed = gzip.compress(data)
+            writer.write(self._head(200, len(packed), ctype, {"Content-Encoding": "gzip"}) + packed)
             await writer.drain()
+            return True
+        if fault == "drop":
+            data = b"".join(self.events(payload, key)) if stream else json.dumps(self.success(payload, key)).encode()
+            writer.write(self._head(200, len(data), "text/event-stream" if stream else "application/json")
+                         + data[:len(data) // 2])
+            await writer.drain()
+            return False
+        if fault in HOSTILE:
+            await HOSTILE[fault](self, writer, reader, self.events(payload, key))
             return False
         status, _, extra = fault.partition(":")
         headers_out = {}
@@ -155,6 +201,36 @@ class FakeServer:
             headers_out["Retry-After"] = extra.split("=", 1)[1]
         return await self._send(writer, int(status), {"error": {"message": f"fake {status}", "type": "fake"}},
                                 headers_out)
+
+    async def _send_events(self, writer, events: list[bytes], keepalives: int = 0) -> bool:
+        """A streamed reply, chunked as SSE servers send it; `keepalives` comment lines first."""
+        writer.write(self._head(200, None, "text/event-stream"))
+        for _ in range(keepalives):
+            writer.write(_chunk(b": keep-alive\n\n"))
+            await writer.drain()
+            await asyncio.sleep(max(self.latency, 0.02) / keepalives)
+        writer.write(_chunk(b"".join(events)) + b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    def events(self, payload: dict, key: str) -> list[bytes]:
+        """The SSE events of a streamed reply: deltas of `success`, then usage, then [DONE]."""
+        full = self.success(payload, key)
+        message = full["choices"][0]["message"]
+        base = {"id": full["id"], "object": "chat.completion.chunk", "model": full.get("model")}
+
+        def event(choices, usage=None) -> bytes:
+            return b"data: " + json.dumps({**base, "choices": choices, "usage": usage}).encode() + b"\n\n"
+
+        out = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+        for field in ("reasoning_content", "content"):
+            text = message.get(field) or ""
+            for piece in _pieces(text):
+                out.append(event([{"index": 0, "delta": {field: piece}, "finish_reason": None}]))
+        out.append(event([{"index": 0, "delta": {}, "finish_reason": full["choices"][0]["finish_reason"]}]))
+        out.append(event([], full["usage"]))
+        out.append(b"data: [DONE]\n\n")
+        return out
 
     def _head(self, status: int, length: Optional[int], ctype: str = "application/json",
               extra: Optional[dict] = None) -> bytes:
@@ -196,12 +272,82 @@ class FakeServer:
         raise NotImplementedError
 
 
+def _chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def _pieces(text: str, size: int = 40) -> list[str]:
+    return [text[i:i + size] for i in range(0, len(text), size)]
+
+
+async def _until_hung_up(reader, seconds: float = 60.0) -> None:
+    try:
+        await asyncio.wait_for(reader.read(), seconds)
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
+
+
+async def _stall(server, writer, reader, events) -> None:
+    writer.write(server._head(200, None, "text/event-stream") + _chunk(events[0]))
+    await writer.drain()
+    await _until_hung_up(reader)
+
+
+async def _trickle(server, writer, reader, events) -> None:
+    writer.write(server._head(200, None, "text/event-stream"))
+    try:
+        for _ in range(int(60 / server.trickle_s)):
+            writer.write(_chunk(b":"))
+            await writer.drain()
+            await asyncio.sleep(server.trickle_s)
+    except ConnectionError:
+        pass
+
+
+async def _raw(server, writer, reader, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+    await _until_hung_up(reader, 10)
+
+
+async def _bad_length(server, writer, reader, events) -> None:
+    await _raw(server, writer, reader, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                       b"Content-Length: 12x\r\n\r\n{\"a\": 1}")
+
+
+async def _bad_chunk(server, writer, reader, events) -> None:
+    await _raw(server, writer, reader, server._head(200, None, "text/event-stream") + b"zz\r\n" + events[0])
+
+
+async def _long_header(server, writer, reader, events) -> None:
+    junk = b"X-Padding: " + b"a" * (70 * 1024) + b"\r\n"
+    await _raw(server, writer, reader, b"HTTP/1.1 200 OK\r\n" + junk + b"Content-Length: 2\r\n\r\n{}")
+
+
+async def _huge(server, writer, reader, events) -> None:
+    writer.write(server._head(200, None, "text/event-stream"))
+    pad = b": " + b"x" * 65533 + b"\n"
+    try:
+        for _ in range(server.huge_bytes // len(pad) + 2):
+            writer.write(_chunk(pad))
+            await writer.drain()
+        writer.write(_chunk(b"".join(events)) + b"0\r\n\r\n")
+        await writer.drain()
+    except ConnectionError:
+        return
+    await _until_hung_up(reader, 10)
+
+
+HOSTILE = {"stall": _stall, "trickle": _trickle, "badlength": _bad_length, "badchunk": _bad_chunk,
+           "longheader": _long_header, "huge": _huge}
+
+
 class FakeDeepSeek(FakeServer):
     """POST /chat/completions → a deepseek-reasoner reply (reasoning_content, content, usage)."""
 
     def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0,
-                 answer: Callable[[str], tuple[str, str]] = default_deepseek_answer):
-        super().__init__(latency, record, port)
+                 answer: Callable[[str], tuple[str, str]] = default_deepseek_answer, host: str = "127.0.0.1"):
+        super().__init__(latency, record, port, host)
         self.answer = answer
 
     def match(self, payload: dict) -> str:
@@ -250,6 +396,60 @@ class FakeAnthropic(FakeServer):
                 "stop_reason": "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": len(text.split()), "output_tokens": len(reply.split()),
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}
+
+
+class RecordingProxy:
+    """A plain-HTTP forward proxy on 127.0.0.1: records each request line (`requests`, absolute
+    URIs as clients send them to a proxy) and relays it to the origin, one request per connection."""
+
+    def __init__(self):
+        self.requests: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "RecordingProxy":
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop).result()
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        async def shutdown():
+            self._server.close()
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _handle(self, reader, writer) -> None:
+        from urllib.parse import urlsplit
+
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ")
+            self.requests.append(f"{method} {target}")
+            headers = [h for h in lines[1:] if h and not h.lower().startswith(("connection:", "proxy-"))]
+            length = next((int(h.split(":", 1)[1]) for h in headers if h.lower().startswith("content-length:")), 0)
+            body = await reader.readexactly(length)
+            url = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(url.hostname, url.port or 80)
+            path = url.path + (f"?{url.query}" if url.query else "")
+            up_writer.write(f"{method} {path} {version}\r\n".encode() + "\r\n".join(headers + ["Connection: close"]).encode()
+                            + b"\r\n\r\n" + body)
+            await up_writer.drain()
+            reply_head = await up_reader.readuntil(b"\r\n\r\n")
+            kept = [h for h in reply_head.decode("latin-1").split("\r\n") if h and not h.lower().startswith("connection:")]
+            writer.write("\r\n".join(kept + ["Connection: close"]).encode() + b"\r\n\r\n")
+            while data := await up_reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            up_writer.close()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
 
 
 def main() -> None:

@@ -386,3 +386,128 @@ def test_rows_come_out_in_input_order_whatever_order_they_finished_in(cli, tmp_p
     journal_order = [json.loads(line)["prompt"][:2] for line in (out / "journal.jsonl").read_text().splitlines()]
     assert journal_order[:2] == ["Q2", "Q3"]  # the test really exercises out-of-order finishing
     assert [row["prompt"][:2] for row in rows_of(out)] == ["Q0", "Q1", "Q2", "Q3"]
+
+
+# ---- secrets ------------------------------------------------------------------------------------------
+
+def test_url_credentials_are_sent_as_basic_auth_and_never_shown_or_recorded(cli, tmp_path, deepseek, monkeypatch):
+    import base64
+
+    from chainforge.collect.resolve import resolve_teacher
+    from chainforge.config import Options
+
+    deepseek.basic_auth = ("bob", "s3cret-pw")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = f"http://bob:s3cret-pw@127.0.0.1:{deepseek.port}/v1"
+    out = tmp_path / "out"
+    args = ["collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, "--teacher", "openai",
+            "--teacher-model", "r1", "--teacher-base-url", url]
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    token = base64.b64encode(b"bob:s3cret-pw").decode()
+    assert {req["headers"]["authorization"] for req in deepseek.requests} == {f"Basic {token}"}
+    assert "s3cret-pw" not in r.stderr + r.stdout and "bob:***@" in r.stderr
+    assert "warning" not in r.stderr  # loopback: nothing crosses a network
+    assert manifest(out)["config"]["teacher_base_url"] == f"http://bob:***@127.0.0.1:{deepseek.port}/v1"
+    assert_no_secret(out, "s3cret-pw", token)
+    source = resolve_teacher(Options(teacher="openai", teacher_model="r1", teacher_base_url=url))
+    assert "s3cret-pw" not in repr(source) and "s3cret-pw" not in source.describe()
+    r = cli(*args, "--overwrite")  # the masked URL recorded does not stop the same command later
+    assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("args,env", [
+    ([], {"DEEPSEEK_BASE_URL": "https://bob:s3cret-pw@api.example.com"}),
+    (["--teacher", "openai", "--teacher-model", "r1", "--teacher-base-url", "http://bob:s3cret-pw@127.0.0.1:9/v1"],
+     {"OPENAI_API_KEY": "sk-o"}),
+    (["--expander", "anthropic"], {"ANTHROPIC_API_KEY": "sk-a", "ANTHROPIC_BASE_URL": "https://bob:s3cret-pw@a.example"}),
+], ids=["deepseek", "openai", "anthropic"])
+def test_url_credentials_next_to_a_key_are_refused_without_showing_them(cli, tmp_path, monkeypatch, args, env):
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-present")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 1), "--output", out, *args)
+    assert r.exit_code == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "carries credentials" in lines[0]
+    assert "bob:***@" in lines[0] and "s3cret-pw" not in r.stderr + r.stdout and not out.exists()
+
+
+@pytest.mark.parametrize("env,value,args", [
+    ("DEEPSEEK_API_KEY", "sk-good\nX-Injected: yes", []),
+    ("DEEPSEEK_API_KEY", "sk-a\rb", []),
+    ("DEEPSEEK_API_KEY", "sk-a\x1b[2Jb", []),
+    ("DEEPSEEK_API_KEY", "sk-a\u00e9b", []),
+    ("OPENAI_API_KEY", "sk-a\x7fb", ["--teacher", "openai", "--teacher-model", "r1"]),
+    ("ANTHROPIC_API_KEY", "sk-a\tb", ["--expander", "anthropic"]),
+], ids=["newline", "cr", "escape", "non-ascii", "del", "tab"])
+def test_a_key_with_a_control_character_is_refused_before_any_request(cli, tmp_path, deepseek, monkeypatch, env,
+                                                                      value, args):
+    monkeypatch.setenv("OPENAI_BASE_URL", deepseek.url)
+    monkeypatch.setenv(env, value)
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 1), "--output", out, *args)
+    assert r.exit_code == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {env} holds a"), r.stderr
+    assert "sk-a" not in r.stderr and "X-Injected" not in r.stderr and "Traceback" not in r.stderr
+    assert deepseek.requests == [] and not out.exists()
+
+
+def test_a_key_over_plain_http_to_another_host_gets_a_warning(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-key")
+    base = ["collect", "--prompts", prompts_file(tmp_path, 1), "--output", tmp_path / "o", "--teacher", "openai",
+            "--teacher-model", "r1", "--prompt-column", "missing"]  # stops (exit 2) before any request
+    r = cli(*base, "--teacher-base-url", "http://10.1.2.3:8000/v1")
+    assert r.exit_code == 2
+    warning = next(line for line in r.stderr.splitlines() if "warning" in line)
+    assert "OPENAI_API_KEY" in warning and "10.1.2.3" in warning and "plain http://" in warning
+    assert "sk-openai-key" not in r.stderr
+    for url in ("https://10.1.2.3:8000/v1", "http://localhost:8000/v1", "http://[::1]:8000/v1"):
+        assert "warning" not in cli(*base, "--teacher-base-url", url).stderr
+
+
+# ---- a local expander behind 32 requests in flight --------------------------------------------------
+
+def test_local_expander_at_concurrency_32_loads_one_model_and_decodes_on_it_one_call_at_a_time(
+        cli, tmp_path, deepseek, tiny_model, monkeypatch):
+    import threading
+
+    import chainforge.models as models
+    import chainforge.sampling as sampling
+
+    real_load, real_generate = models.load_model, sampling.generate
+    loads, prompts_decoded, lock = [], [], threading.Lock()
+    active = peak = 0
+
+    def counting_load(*a, **k):
+        loads.append(a[0])
+        return real_load(*a, **k)
+
+    def counting_generate(model, tok, prompts, *a, **k):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+            prompts_decoded.append(len(prompts))
+        try:
+            return real_generate(model, tok, prompts, *a, **k)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(models, "load_model", counting_load)
+    monkeypatch.setattr(sampling, "generate", counting_generate)
+    monkeypatch.setenv("OPENAI_API_KEY", deepseek.api_key)
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts_file(tmp_path, 40), "--output", out, "--teacher", "openai",
+            "--teacher-model", "r1", "--teacher-base-url", deepseek.url, "--expander", "local",
+            "--expander-model", tiny_model, "--concurrency", 32, "--max-new-tokens", 8)
+    assert r.exit_code == 0, r.stderr
+    rows = rows_of(out)
+    assert len(rows) == 40 and failed_lines(out) == []
+    assert len(loads) == 1  # one model in memory, however many rows asked for it at once
+    assert peak == 1  # never two decodes on the one model (and its tokenizer) at the same time
+    assert sum(prompts_decoded) == 40  # each row's one uncertain step, batched across rows
+    assert all(row["uncertain"] == [False, True, False] for row in rows)

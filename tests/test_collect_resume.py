@@ -136,3 +136,38 @@ def test_sigkill_repeatedly_still_converges(tmp_path):
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
         assert len({r["id"] for r in load_from_disk(str(out))}) == N
+
+
+@pytest.mark.parametrize("bad", ['{"id": "P2", "prompt": "P2: wh', "[1, 2]"], ids=["not-json", "not-an-object"])
+def test_a_corrupt_line_in_the_middle_of_the_journal_costs_only_that_prompt(tmp_path, bad):
+    """Line 3 of a 10-row journal goes bad (a disk hiccup, a hand edit): the rerun keeps the 9 good
+    rows, warns once, and asks the API again for that one prompt only."""
+    from datasets import load_from_disk
+
+    prompts = [f"P{i}: what is 6 times 7?" for i in range(10)]
+    write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p, "answer": "42"} for p in prompts])
+    with FakeDeepSeek() as server:
+        out = tmp_path / "out"
+        proc = start(tmp_path, server, out)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        journal = out / "journal.jsonl"
+        lines = journal.read_text().splitlines()
+        assert len(lines) == 10 and sum(server.attempts.values()) == 10
+        lost = json.loads(lines[2])["prompt"]
+        lines[2] = bad
+        journal.write_text("\n".join(lines) + "\n")
+        manifest = json.loads((out / "chainforge.json").read_text())
+        manifest["status"] = "incomplete"  # as a run stopped before its end leaves it
+        (out / "chainforge.json").write_text(json.dumps(manifest))
+
+        proc = start(tmp_path, server, out)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert server.attempts[lost] == 2 and sum(server.attempts.values()) == 11  # exactly 1 re-request
+        err = " ".join(stderr.split())
+        assert err.count("warning:") == 1 and "skipped 1 unreadable line (kept 9)" in err
+        assert "9 done" in err
+        rows = list(load_from_disk(str(out)))
+        assert sorted(r["prompt"] for r in rows) == sorted(prompts)
+        assert json.loads((out / "chainforge.json").read_text())["metrics"]["rows"] == 10

@@ -85,3 +85,25 @@ def test_journal_cuts_a_torn_line(tmp_path):
         f.write('{"id": "c", "trunc')
     assert [r["id"] for _, r in AppendLog(tmp_path / "j.jsonl").recover()] == ["a", "b"]
     assert (tmp_path / "j.jsonl").read_text().count("\n") == 2 and (tmp_path / "j.jsonl").read_text().endswith("\n")
+
+
+def test_local_expander_batches_the_steps_of_rows_that_ask_together(tiny_model):
+    import asyncio
+
+    from chainforge.collect.expander import LocalExpander
+    from chainforge.collect.teachers import LocalModel
+    from chainforge.models import resolve_model
+
+    expander = LocalExpander(LocalModel(resolve_model(str(tiny_model))), "tiny", 0, max_new_tokens=4)
+
+    async def rows_at_once():
+        try:
+            return await asyncio.gather(*(expander.expand_many(f"Q{i}", [f"step {i}a", f"step {i}b"])
+                                          for i in range(5)))
+        finally:
+            await expander.aclose()
+
+    results = asyncio.run(rows_at_once())
+    assert expander.batches == [10]  # five rows, two steps each: one generate call
+    assert [len(r) for r in results] == [2] * 5
+    assert all(e.usage["completion"] > 0 for r in results for e in r)

@@ -9,7 +9,8 @@ import datasets
 import pytest
 
 from chainforge.data import (
-    MANIFEST, answer_column, load_rows, output_kind, plan_output, read_manifest, require_columns,
+    MANIFEST, answer_column, atomic_write_text, load_rows, output_kind, plan_output, read_manifest,
+    require_columns,
 )
 from chainforge.config import Options
 from chainforge.errors import UsageError
@@ -167,3 +168,29 @@ def test_a_writer_killed_midway_leaves_nothing_complete_looking(tmp_path):
     assert output_kind(out_dir) is None  # state.json goes in last
     with pytest.raises(Exception):
         datasets.load_from_disk(str(out_dir))
+
+
+def test_atomic_writes_fsync_the_file_then_its_folder(tmp_path, monkeypatch):
+    """Without the folder's fsync a power cut can lose the rename: the old manifest after new results."""
+    import stat
+
+    real_fsync, synced = os.fsync, []
+
+    def recording_fsync(fd):
+        st = os.fstat(fd)
+        synced.append(("dir" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    target = tmp_path / "m.json"
+    atomic_write_text(target, "{}")
+    assert synced == [("file", target.stat().st_ino), ("dir", tmp_path.stat().st_ino)]
+    assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    # results moved into an output: every file's bytes reach the disk, then the folder's names
+    out = plan_output(str(tmp_path / "out"), "sft", opts()).create()
+    synced.clear()
+    out.save_dataset(datasets.Dataset.from_list(ROWS))
+    files = {p.stat().st_ino for p in (tmp_path / "out").iterdir() if p.is_file() and p.name != MANIFEST
+             and not p.name.startswith(".")}
+    assert files and files <= {ino for kind, ino in synced if kind == "file"}
+    assert ("dir", (tmp_path / "out").stat().st_ino) in synced

@@ -1,7 +1,7 @@
 """Stage 0, `chainforge collect`: hybrid chain-of-thought data from a reasoner and a grounding model.
 
 The parts, one job each:
-- `http`: the HTTP/1.1 client on asyncio streams (chosen by `scripts/bench_collect.py`);
+- `http`: the aiohttp client: streamed replies, proxies, and per-request limits (idle, total, size);
 - `retry`: which failures are retried, fail one prompt, or stop the run; backoff;
 - `chat`: one OpenAI-compatible chat-completions call with retries (DeepSeek, vLLM, …);
 - `teachers`: deepseek/openai over `chat`, local through `chainforge.sampling`; `<think>` parsing;

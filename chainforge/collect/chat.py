@@ -4,6 +4,11 @@ Each prompt is its own conversation: the messages sent are the optional system p
 user turn. The reasoner's `reasoning_content` is read from the reply and never sent back (DeepSeek
 answers 400 to a request that carries it). Nothing the reasoner rejects is sent: no `logprobs`,
 and `temperature` only when asked for (deepseek-reasoner ignores it).
+
+Replies are streamed (`stream: true`, `stream_options: {include_usage: true}`): the reasoning and
+the answer arrive as `reasoning_content` / `content` deltas and the token counts in the last event,
+so a stalled request is caught by the client's idle timeout instead of hanging for minutes. A
+server that ignores `stream` and answers with one JSON body is read as before.
 """
 
 from __future__ import annotations
@@ -71,6 +76,62 @@ def parse_reply(body: bytes) -> ChatReply:
                      usage=usage_of(data), finish_reason=choice.get("finish_reason"))
 
 
+class StreamReply:
+    """Assembles a streamed chat completion from its SSE events (`feed` each event's data)."""
+
+    def __init__(self):
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.usage: Optional[dict] = None
+        self.finish_reason: Optional[str] = None
+        self.done = False  # `data: [DONE]` seen
+        self.events = 0
+        self.error: Optional[str] = None
+
+    def feed(self, data: str) -> None:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return
+        self.events += 1
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            self.error = self.error or f"an event that is not JSON: {data[:80]!r}"
+            return
+        if not isinstance(chunk, dict):
+            self.error = self.error or f"an event that is not a JSON object: {data[:80]!r}"
+            return
+        if chunk.get("error"):  # vLLM and others report a failure mid-stream this way
+            err = chunk["error"]
+            self.error = str(err.get("message") if isinstance(err, dict) else err)[:300]
+            return
+        if chunk.get("usage"):
+            self.usage = chunk  # usage_of reads chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            # vLLM >= 0.9 names it `reasoning`; DeepSeek and older servers `reasoning_content`.
+            piece = delta.get("reasoning_content") or delta.get("reasoning")
+            if piece:
+                self.reasoning.append(piece)
+            if delta.get("content"):
+                self.content.append(delta["content"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def reply(self) -> ChatReply:
+        """The assembled reply; ValueError (retried) when the stream was empty, failed or cut short."""
+        if self.error:
+            raise ValueError(f"the server reported an error mid-stream: {self.error}")
+        if not self.events:
+            raise ValueError("the stream was empty")
+        if not (self.done or self.finish_reason):
+            raise ValueError("the stream ended before the reply was complete")
+        return ChatReply(content="".join(self.content), reasoning="".join(self.reasoning) or None,
+                         usage=usage_of(self.usage or {}), finish_reason=self.finish_reason)
+
+
 def _error_text(body: bytes) -> str:
     try:
         data = json.loads(body)
@@ -86,13 +147,15 @@ class ChatAPI:
 
     def __init__(self, client, model: str, name: str, key_env: str, max_retries: int,
                  counters: Counters, max_tokens: Optional[int] = None,
-                 temperature: Optional[float] = None, limiter=None):
+                 temperature: Optional[float] = None, limiter=None, stream: bool = True):
         self.client, self.model, self.name, self.key_env = client, model, name, key_env
         self.max_retries, self.counters, self.limiter = max_retries, counters, limiter
-        self.max_tokens, self.temperature = max_tokens, temperature
+        self.max_tokens, self.temperature, self.stream = max_tokens, temperature, stream
 
     def payload(self, messages: list[dict]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": False}
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream}
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}  # usage in the last event
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens  # for the reasoner it counts the reasoning too
         if self.temperature is not None:
@@ -108,13 +171,19 @@ class ChatAPI:
             self.counters.requests += 1
             self.counters.retries += attempt > 0
             retry_after = None
+            stream = StreamReply() if self.stream else None
             try:
-                resp = await self.client.post("/chat/completions", body)
+                resp = await self.client.post("/chat/completions", body, on_event=stream.feed if stream else None)
             except TransportError as exc:
                 why, status = str(exc), None
             else:
                 status, kind = resp.status, classify(resp.status)
-                if kind == "ok":
+                if kind == "ok" and resp.streamed:
+                    try:
+                        return stream.reply()
+                    except ValueError as exc:
+                        why = f"HTTP 200, but {exc}"
+                elif kind == "ok":
                     try:
                         return parse_reply(resp.body)
                     except (ValueError, KeyError, TypeError, IndexError):

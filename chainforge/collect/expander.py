@@ -147,20 +147,30 @@ class ChatExpander:
 
 
 class LocalExpander:
-    """An in-process model: all the steps of one row in one batched generate call."""
+    """An in-process model (`teachers.LocalModel`, shared with a local teacher of the same name).
+
+    Rows in flight ask for groundings at the same time; they queue here and one worker feeds the
+    model a batch at a time — every step asked for while the previous batch decoded, up to
+    `max_batch` — instead of one thread per row decoding on the one model at once. Greedy decoding,
+    so a step's grounding does not depend on which batch it lands in.
+    """
 
     name = "local"
 
-    def __init__(self, load, model_name: str, seed: int, max_new_tokens: int = 96):
-        self._load, self.model, self.seed, self.max_new_tokens = load, model_name, seed, max_new_tokens
+    def __init__(self, shared, model_name: str, seed: int, max_new_tokens: int = 96, max_batch: int = 32):
+        self.shared, self.model, self.seed = shared, model_name, seed
+        self.max_new_tokens, self.max_batch = max_new_tokens, max_batch
+        self._queue: list[tuple[str, asyncio.Future]] = []
+        self._worker: Optional[asyncio.Task] = None
+        self.batches: list[int] = []  # prompts per generate call, in order
 
-    def _generate(self, question: str, steps: list[str]) -> list[Expansion]:
+    def _generate(self, prompts: list[str]) -> list[Expansion]:
         from chainforge.sampling import generate
 
-        model, tok = self._load()
-        prompts = [PROMPT.format(question=question, step=s) for s in steps]
-        comps = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=self.max_new_tokens,
-                         seed=self.seed, batch_size=len(prompts))
+        with self.shared.generate_lock:
+            model, tok = self.shared.load()
+            comps = generate(model, tok, prompts, n=1, temperature=0, max_new_tokens=self.max_new_tokens,
+                             seed=self.seed, batch_size=len(prompts))
         out = []
         for (c,) in comps:
             kept = validate_expansion(c.text)
@@ -171,7 +181,35 @@ class LocalExpander:
     async def expand_many(self, question: str, steps: list[str]) -> list[Expansion]:
         if not steps:
             return []
-        return await asyncio.to_thread(self._generate, question, steps)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for step in steps:
+            future = loop.create_future()
+            self._queue.append((PROMPT.format(question=question, step=step), future))
+            futures.append(future)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            batch = [(p, f) for p, f in batch if not f.done()]  # rows cancelled meanwhile
+            if not batch:
+                continue
+            self.batches.append(len(batch))
+            try:
+                results = await asyncio.to_thread(self._generate, [p for p, _ in batch])
+            except Exception as exc:  # a crash in generate: every row waiting on it learns of it
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            for (_, f), result in zip(batch, results):
+                if not f.done():
+                    f.set_result(result)
 
     async def aclose(self) -> None:
-        return None
+        if self._worker is not None and not self._worker.done():
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)

@@ -1,35 +1,52 @@
-"""A small HTTP/1.1 client on plain asyncio streams, for JSON POSTs to chat-completion APIs.
+"""HTTP for the chat-completion APIs, on aiohttp: one session per API, replies read with hard limits.
 
-Why not httpx: measured on a 2-core machine against a loopback server answering in 200 ms, one
-httpx 0.28 AsyncClient reached 0.87 of the ideal rate with 32 connections but 0.17 with 64 and 0.07
-with 128 (its pool degrades); httpx2 2.16 reached 0.72 with 128; these streams 0.95.
-`scripts/bench_collect.py --client asyncio|httpx|httpx2` measures it again.
+One `HttpClient` per API holds one aiohttp session whose connection pool is capped at the run's
+concurrency (keep-alive, gzip, IPv6 literals, base URLs with a path or a query). A streamed reply
+(`text/event-stream`) is handed to the caller one SSE event at a time; any other body is read whole.
 
-What it does: one keep-alive connection per request in flight (an idle pool, no cap: the caller's
-concurrency is the cap), TLS for https, `Content-Length`, chunked and read-until-close bodies.
-DeepSeek holds a queued request open by sending blank lines before the JSON body; those arrive as
-part of the body and are stripped by the JSON parse (`json.loads` skips leading whitespace).
-A reused idle connection that the server had already closed is retried once on a fresh one before
-the request counts as failed (the request never reached the server).
+Limits, each a failure of that one request (`TransportError`, retried by `chat.ChatAPI`), never of
+the run:
+- `idle_timeout`: the longest silence mid-reply. Streamed replies send tokens (and DeepSeek a
+  `: keep-alive` comment while a request queues), so a stall is caught in seconds, not minutes;
+- `deadline`: the whole request, however it trickles (a reasoner writing 32k tokens at 30 tok/s
+  takes ~18 min, hence 30 min);
+- `max_response_bytes`: the decoded body (a gzip bomb counts at its inflated size);
+- a status or header line over `MAX_HEADER_BYTES`, a malformed Content-Length or chunk size, a
+  connection dropped mid-reply: aiohttp's parser rejects them.
+Timeouts say "timed out" (`TransportError.timeout`), so failed.jsonl tells a slow API from a broken one.
+
+Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY (either case) are read once, when the client is made,
+with the standard library's rules (`urllib.request.getproxies` and `proxy_bypass`, the ones
+aiohttp's `trust_env=True` applies). Not `trust_env=True` itself: it also looks ~/.netrc up on every
+request, in a worker thread, and raises on each one when the file has an entry (or a `default`) for
+the API host next to our `Authorization: Bearer` header.
+
+Credentials in a base URL (`http://user:password@host/v1`) are sent as Basic auth and kept out of
+every URL that is shown, logged or recorded (`Endpoint.display`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import ssl
-from collections import deque
+import ipaddress
+import urllib.request
 from dataclasses import dataclass, field
-from typing import Optional
-from urllib.parse import urlsplit
+from typing import Callable, Optional
+from urllib.parse import unquote, urlsplit
 
 CONNECT_TIMEOUT_S = 30.0
-# The longest silence we accept while waiting on a response: reasoner requests queue for minutes,
-# but DeepSeek sends a blank line now and then while they do, and each one resets this.
-READ_TIMEOUT_S = 600.0
+IDLE_TIMEOUT_S = 60.0
+DEADLINE_S = 1800.0
+MAX_RESPONSE_BYTES = 32 * 2 ** 20
+MAX_HEADER_BYTES = 64 * 2 ** 10
+USER_AGENT = "chainforge"
 
 
 class TransportError(Exception):
-    """The request got no complete response: refused, timed out, or dropped mid-response."""
+    """The request got no complete, well-formed response: refused, timed out, cut short, too big."""
+
+    def __init__(self, message: str, timeout: bool = False):
+        super().__init__(message)
+        self.timeout = timeout
 
 
 @dataclass
@@ -37,197 +54,227 @@ class Response:
     status: int
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
+    streamed: bool = False  # the body went to `on_event`, one SSE event at a time
 
 
 @dataclass(frozen=True)
 class Endpoint:
+    """A base URL's parts. The credentials never appear in `repr`, `url` or `display`."""
+
     scheme: str
-    host: str
+    host: str  # an IPv6 literal without its brackets
     port: int
     base_path: str
+    query: str = ""
+    username: Optional[str] = field(default=None, repr=False, compare=False)
+    password: Optional[str] = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, base_url: str) -> "Endpoint":
         """`https://api.deepseek.com/v1` → parts; ValueError for anything that is not http(s)."""
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {base_url!r}")
+            raise ValueError(f"not an http(s) URL: {_masked(base_url)!r}")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
-            raise ValueError(f"bad port in {base_url!r}") from None
-        if parts.query or parts.fragment:
-            raise ValueError(f"a base URL takes no query or fragment: {base_url!r}")
-        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+            raise ValueError(f"bad port in {_masked(base_url)!r}") from None
+        if parts.fragment:
+            raise ValueError(f"a base URL takes no #fragment: {_masked(base_url)!r}")
+        user = unquote(parts.username) if parts.username is not None else None
+        password = unquote(parts.password) if parts.password is not None else None
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"), parts.query, user, password)
 
     @property
-    def host_header(self) -> str:
+    def has_credentials(self) -> bool:
+        return self.username is not None
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        return host if self.port == default else f"{host}:{self.port}"
 
+    def join(self, path: str) -> str:
+        """The URL of `path` under the base path, the base URL's query kept (credentials never)."""
+        query = f"?{self.query}" if self.query else ""
+        return f"{self.scheme}://{self.netloc}{self.base_path}{path}{query}"
 
-class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
+    @property
+    def url(self) -> str:
+        return self.join("")
 
-    def close(self) -> None:
+    @property
+    def display(self) -> str:
+        """The base URL as shown and recorded: `user:***@` stands for credentials."""
+        if not self.has_credentials:
+            return self.url
+        return self.url.replace("://", f"://{self.username}:***@", 1)
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost" or self.host.endswith(".localhost"):
+            return True
         try:
-            self.writer.close()
-        except Exception:  # already gone
-            pass
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
-class StreamsClient:
-    """POST JSON bodies to one endpoint over pooled keep-alive connections."""
+def _masked(url: str) -> str:
+    """`url` with any password replaced, for error messages."""
+    parts = urlsplit(url.strip())
+    if parts.password is None:
+        return url.strip()
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
 
-    def __init__(self, base_url: str, headers: Optional[dict[str, str]] = None,
-                 read_timeout: float = READ_TIMEOUT_S):
-        self.endpoint = Endpoint.parse(base_url)
-        self.headers = dict(headers or {})
-        self.read_timeout = read_timeout
-        self._idle: deque[_Conn] = deque()
-        self._ssl = ssl.create_default_context() if self.endpoint.scheme == "https" else None
 
-    async def post(self, path: str, body: bytes) -> Response:
-        conn, reused = await self._checkout()
-        try:
-            return await self._exchange(conn, path, body)
-        except _StaleConnection:
-            if not reused:
-                raise TransportError("connection closed before any response") from None
-            conn = (await self._checkout(fresh=True))[0]
-            try:
-                return await self._exchange(conn, path, body)
-            except _StaleConnection:
-                raise TransportError("connection closed before any response") from None
+def env_proxy(endpoint: Endpoint) -> tuple[Optional[str], Optional[tuple[str, str]]]:
+    """(proxy URL without credentials, (user, password) or None) for the endpoint, from the
+    environment; (None, None) when there is none or NO_PROXY names the host."""
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(endpoint.scheme)
+    if not proxy:
+        return None, None
+    host = endpoint.host if endpoint.port in (80, 443) else f"{endpoint.host}:{endpoint.port}"
+    if urllib.request.proxy_bypass(endpoint.host) or urllib.request.proxy_bypass(host):
+        return None, None
+    try:
+        parsed = Endpoint.parse(proxy if "://" in proxy else f"http://{proxy}")
+    except ValueError as exc:
+        name = f"{endpoint.scheme.upper()}_PROXY"
+        raise ValueError(f"{name} (for {endpoint.netloc}): {exc}; give an http:// proxy URL, or name the "
+                         f"host in NO_PROXY") from None
+    auth = (parsed.username, parsed.password or "") if parsed.has_credentials else None
+    return parsed.url, auth
 
-    async def aclose(self) -> None:
-        while self._idle:
-            self._idle.pop().close()
 
-    async def _checkout(self, fresh: bool = False) -> tuple[_Conn, bool]:
-        while self._idle and not fresh:
-            conn = self._idle.pop()
-            if not conn.reader.at_eof() and not conn.writer.is_closing():
-                return conn, True
-            conn.close()
+class _TooLarge(Exception):
+    pass
+
+
+class HttpClient:
+    """POST JSON bodies to one endpoint; at most `limit` connections (the run's concurrency)."""
+
+    def __init__(self, base_url: "str | Endpoint", headers: Optional[dict[str, str]] = None, *, limit: int = 100,
+                 idle_timeout: Optional[float] = None, deadline: Optional[float] = None,
+                 max_response_bytes: Optional[int] = None, connect_timeout: Optional[float] = None):
+        self.endpoint = base_url if isinstance(base_url, Endpoint) else Endpoint.parse(base_url)
+        self._headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
+        self.limit = limit
+        # Module defaults are read here, not bound at definition, so a test can lower them.
+        self.idle_timeout = IDLE_TIMEOUT_S if idle_timeout is None else idle_timeout
+        self.deadline = DEADLINE_S if deadline is None else deadline
+        self.max_response_bytes = MAX_RESPONSE_BYTES if max_response_bytes is None else max_response_bytes
+        self.connect_timeout = CONNECT_TIMEOUT_S if connect_timeout is None else connect_timeout
+        self.proxy, self._proxy_auth = env_proxy(self.endpoint)
+        self._urls: dict = {}  # path → yarl.URL
+        self._session = None
+        self._aiohttp = None
+
+    def __repr__(self) -> str:
+        via = f" via {self.proxy}" if self.proxy else ""
+        return f"HttpClient({self.endpoint.display}{via})"
+
+    def _open(self):
+        import aiohttp
+
+        self._aiohttp = aiohttp
         e = self.endpoint
+        self._auth = aiohttp.BasicAuth(e.username, e.password or "") if e.has_credentials else None
+        self._proxy_basic = aiohttp.BasicAuth(*self._proxy_auth) if self._proxy_auth else None
+        # sock_read is the idle timeout: it restarts with every read from the socket.
+        timeout = aiohttp.ClientTimeout(total=self.deadline, sock_connect=self.connect_timeout,
+                                        sock_read=self.idle_timeout)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.limit, limit_per_host=0),
+            timeout=timeout, headers=self._headers, cookie_jar=aiohttp.DummyCookieJar(),
+            max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES, trust_env=False)
+        return self._session
+
+    async def post(self, path: str, body: bytes, on_event: Optional[Callable[[str], None]] = None) -> Response:
+        """POST `body`; a 2xx `text/event-stream` reply goes to `on_event` (each event's data)."""
+        session = self._session or self._open()
+        url = self._urls.get(path)
+        if url is None:  # parsed once: yarl would otherwise parse the string on every request
+            from yarl import URL
+
+            url = self._urls[path] = URL(self.endpoint.join(path))
+        a = self._aiohttp
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(e.host, e.port, ssl=self._ssl,
-                                        server_hostname=e.host if self._ssl else None, limit=2 ** 20),
-                CONNECT_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            raise TransportError(f"cannot connect to {e.host}:{e.port}: {exc or type(exc).__name__}") from None
-        return _Conn(reader, writer), False
+            # No redirects: a POST would come back as a GET, and the key would follow it elsewhere.
+            async with session.post(url, data=body, auth=self._auth, proxy=self.proxy,
+                                    proxy_auth=self._proxy_basic, allow_redirects=False) as resp:
+                headers = {k.lower(): v for k, v in resp.headers.items()}
+                streamed = (on_event is not None and 200 <= resp.status < 300
+                            and headers.get("content-type", "").startswith("text/event-stream"))
+                if streamed:
+                    await self._read_events(resp, on_event)
+                    return Response(resp.status, headers, b"", streamed=True)
+                return Response(resp.status, headers, await self._read_body(resp))
+        except a.ConnectionTimeoutError:
+            raise TransportError(f"timed out connecting to {self.endpoint.netloc} "
+                                 f"(no connection in {self.connect_timeout:g} s)", timeout=True) from None
+        except a.ServerTimeoutError:
+            raise TransportError(f"timed out: no data for {self.idle_timeout:g} s", timeout=True) from None
+        except TimeoutError:  # aiohttp's total timeout
+            raise TransportError(f"timed out: no complete reply within {self.deadline:g} s", timeout=True) from None
+        except _TooLarge:
+            raise TransportError(f"reply larger than {self.max_response_bytes} bytes") from None
+        except a.ClientPayloadError as exc:
+            raise TransportError(f"reply cut short or malformed: {_why(exc)}") from None
+        except a.ClientConnectorError as exc:
+            raise TransportError(f"cannot connect to {exc.host}:{exc.port}: {_why(exc.os_error)}") from None
+        except a.ServerDisconnectedError:
+            raise TransportError("connection dropped: the server closed it before replying in full") from None
+        except a.ClientResponseError as exc:  # raise_for_status is off: only a reply aiohttp cannot parse
+            raise TransportError(f"malformed HTTP reply: {_why(exc.message)}") from None
+        except (a.ClientError, OSError) as exc:
+            raise TransportError(f"connection dropped: {_why(exc)}") from None
 
-    async def _exchange(self, conn: _Conn, path: str, body: bytes) -> Response:
-        e = self.endpoint
-        head = [f"POST {e.base_path}{path} HTTP/1.1", f"Host: {e.host_header}",
-                "Content-Type: application/json", "Accept: application/json",
-                "Accept-Encoding: identity", f"Content-Length: {len(body)}"]
-        head += [f"{k}: {v}" for k, v in self.headers.items()]
-        ok = False
-        try:
-            conn.writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
-            await conn.writer.drain()
-            response, keep = await self._read_response(conn.reader)
-            ok = keep
-            return response
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as exc:
-            raise TransportError(f"connection dropped: {exc or type(exc).__name__}") from None
-        except asyncio.TimeoutError:
-            raise TransportError(f"no data for {self.read_timeout:.0f} s") from None
-        finally:
-            if ok:
-                self._idle.append(conn)
-            else:
-                conn.close()
-
-    async def _readline(self, reader: asyncio.StreamReader) -> bytes:
-        return await asyncio.wait_for(reader.readline(), self.read_timeout)
-
-    async def _read_response(self, reader: asyncio.StreamReader) -> tuple[Response, bool]:
-        status_line = await self._readline(reader)
-        if not status_line:
-            raise _StaleConnection()
-        parts = status_line.decode("latin-1").split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise TransportError(f"not an HTTP response: {status_line[:80]!r}")
-        status = int(parts[1])
-        headers: dict[str, str] = {}
-        while True:
-            line = await self._readline(reader)
-            if not line:
-                raise asyncio.IncompleteReadError(b"", None)
-            if line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        keep = headers.get("connection", "").lower() != "close" and not parts[0].endswith("1.0")
-        if headers.get("transfer-encoding", "").lower().endswith("chunked"):
-            body = await self._read_chunked(reader)
-        elif "content-length" in headers:
-            body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), self.read_timeout)
-        elif status in (204, 304) or 100 <= status < 200:
-            body = b""
-        else:  # no framing: the body runs to the end of the connection
-            body = await self._read_to_eof(reader)
-            keep = False
-        return Response(status, headers, body), keep
-
-    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
+    async def _read_body(self, resp) -> bytes:
         out = bytearray()
-        while True:
-            size_line = await self._readline(reader)
-            if not size_line:
-                raise asyncio.IncompleteReadError(bytes(out), None)
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while (await self._readline(reader)) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return bytes(out)
-            out += await asyncio.wait_for(reader.readexactly(size), self.read_timeout)
-            await self._readline(reader)  # the CRLF after each chunk
-
-    async def _read_to_eof(self, reader: asyncio.StreamReader) -> bytes:
-        out = bytearray()
-        while chunk := await asyncio.wait_for(reader.read(65536), self.read_timeout):
+        async for chunk in resp.content.iter_any():
             out += chunk
+            if len(out) > self.max_response_bytes:
+                raise _TooLarge()
         return bytes(out)
 
-
-class _StaleConnection(Exception):
-    """A pooled connection closed by the server while idle: the request never reached it."""
-
-
-class HttpxClient:
-    """The same interface on httpx or httpx2, kept for `scripts/bench_collect.py` comparisons."""
-
-    def __init__(self, base_url: str, headers: Optional[dict[str, str]] = None, module: str = "httpx",
-                 max_connections: int = 1024, read_timeout: float = READ_TIMEOUT_S):
-        import importlib
-
-        self._httpx = importlib.import_module(module)
-        limits = self._httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        timeout = self._httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT_S)
-        self.base_url = base_url.rstrip("/")
-        self._client = self._httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout)
-
-    async def post(self, path: str, body: bytes) -> Response:
-        try:
-            r = await self._client.post(self.base_url + path, content=body,
-                                        headers={"Content-Type": "application/json"})
-        except self._httpx.HTTPError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from None
-        return Response(r.status_code, {k.lower(): v for k, v in r.headers.items()}, r.content)
+    async def _read_events(self, resp, on_event: Callable[[str], None]) -> None:
+        """Server-sent events: `data:` lines up to a blank line make one event; `:` lines are comments."""
+        size, pending, data = 0, b"", []
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise _TooLarge()
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                line = line.rstrip(b"\r")
+                if not line:
+                    if data:
+                        on_event("\n".join(data))
+                        data = []
+                elif line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
+        if pending.startswith(b"data:"):  # the last event without its blank line
+            value = pending.rstrip(b"\r")[5:]
+            data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
+        if data:
+            on_event("\n".join(data))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
-def make_client(base_url: str, headers: Optional[dict[str, str]] = None, kind: str = "asyncio"):
-    """The client `collect` uses (`asyncio`, chosen by measurement) or one of the httpx ones."""
-    if kind == "asyncio":
-        return StreamsClient(base_url, headers)
-    return HttpxClient(base_url, headers, module=kind)
+def _why(exc) -> str:
+    """One short line (aiohttp's parser errors span lines, with a caret under the bad byte)."""
+    text = " ".join(str(exc).split()) if exc is not None else ""
+    return text[:200] or type(exc).__name__
+
+
+def make_client(base_url: "str | Endpoint", headers: Optional[dict[str, str]] = None, **limits) -> HttpClient:
+    return HttpClient(base_url, headers, **limits)

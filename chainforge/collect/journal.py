@@ -2,8 +2,9 @@
 
 - `journal.jsonl`: one finished row per line, written with one `write(2)` on an `O_APPEND` file
   before the prompt counts as done, so a SIGKILL loses at most the requests in flight, never a
-  finished row. (It reaches the kernel at once; it is fsynced when the run ends.) A torn last line
-  (a crash of the machine mid-write) is cut off when the journal is reopened.
+  finished row. (It reaches the kernel at once; it is fsynced when the run ends.) Reading follows
+  the one journal rule of chainforge/journal.py: a torn last line is cut, any other unreadable line
+  is skipped with one warning and its prompt asked again, every readable row is kept.
 - `failed.jsonl`: one line per prompt that failed for good: `{id, prompt, reason, status_code}`.
   It is compacted when a run ends (one line per id, none for an id that has a row).
 
@@ -14,60 +15,21 @@ The dataset is built from the journal at the end, in input order, one row at a t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from chainforge.data import atomic_write_text
+from chainforge.journal import Journal
 
 JOURNAL = "journal.jsonl"
 FAILED = "failed.jsonl"
 
 
-class AppendLog:
-    """JSON Lines appended one record per write(2)."""
+class AppendLog(Journal):
+    """collect's journals (`journal.jsonl`, `failed.jsonl`): every record carries the prompt's `id`."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
-        self._fd: int | None = None
-
-    def recover(self, project: Callable[[dict], Any] = lambda rec: rec) -> list[tuple[int, Any]]:
-        """(byte offset, project(record)) for every intact record; a torn last line is cut off.
-
-        `project` keeps memory bounded: the caller keeps what it needs of each record, not the row.
-        """
-        if not self.path.exists():
-            return []
-        records, good_end = [], 0
-        with open(self.path, "rb") as f:
-            offset = 0
-            for line in f:
-                end = offset + len(line)
-                try:
-                    if not line.endswith(b"\n"):
-                        raise ValueError("torn")
-                    records.append((offset, project(json.loads(line))))
-                    good_end = end
-                except ValueError:
-                    break  # everything after a torn line is unreliable
-                offset = end
-        if good_end != self.path.stat().st_size:
-            os.truncate(self.path, good_end)
-        return records
-
-    def append(self, record: dict) -> None:
-        """One line, one write(2): it is in the file (the kernel's) before this returns."""
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        while data:
-            data = data[os.write(self._fd, data):]
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        super().__init__(path, key="id")
 
 
 def rows_in_order(path: Path, offsets: Sequence[tuple[int, int]]) -> Iterator[dict]:

@@ -2,17 +2,22 @@
 exists (exit 2 with the fix), then built once the output is created.
 
 Keys come only from the environment (DEEPSEEK_API_KEY, ANTHROPIC_API_KEY, OPENAI_API_KEY); they
-are never options, so they never reach the manifest, the journal or a log line.
+are never options, so they never reach the manifest, the journal or a log line. A key holding a
+control character is refused before anything is sent: it would end the Authorization header and
+start another. A base URL may carry `user:password@` for an OpenAI-compatible server behind Basic
+auth (sent as such, shown and recorded as `user:***@`); with an API key as well, both would claim
+the Authorization header, so that is refused. A key or password sent over plain http:// to a host
+that is not this machine gets a warning.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from chainforge.collect.chat import ChatAPI, Counters
-from chainforge.collect.http import Endpoint, make_client
+from chainforge.collect.http import Endpoint, env_proxy, make_client
 from chainforge.errors import UsageError
 
 TEACHERS = ("deepseek", "openai", "local")
@@ -25,30 +30,83 @@ LOCAL_TEMPERATURE = 0.6  # the R1 paper's sampling temperature
 
 
 @dataclass
+class HttpOptions:
+    """How the API clients talk; None takes `chainforge.collect.http`'s default."""
+
+    idle_timeout: Optional[float] = None  # seconds of silence mid-reply
+    deadline: Optional[float] = None  # seconds for a whole request
+    max_response_bytes: Optional[int] = None
+    stream: bool = True  # False: one JSON body per reply, for a server that rejects `stream_options`
+
+
+@dataclass
 class Source:
     """A resolved remote or local model: `kind` is deepseek/openai/anthropic/local/none."""
 
     kind: str
     model: Optional[str] = None
-    base_url: Optional[str] = None
-    key: Optional[str] = None
+    base_url: Optional[str] = None  # as shown: credentials masked
+    key: Optional[str] = field(default=None, repr=False)
     key_env: Optional[str] = None
     model_ref: object = None  # chainforge.models.ModelRef for local
+    endpoint: Optional[Endpoint] = field(default=None, repr=False)  # with the credentials, if any
+    proxy: Optional[str] = None  # from HTTP(S)_PROXY, credentials left out
 
     def describe(self) -> str:
         if self.kind == "none":
             return "none"
         where = f" at {self.base_url}" if self.base_url else ""
-        return f"{self.kind} ({self.model}{where})"
+        via = f" via proxy {self.proxy}" if self.proxy else ""
+        return f"{self.kind} ({self.model}{where}{via})"
 
 
-def _check_url(url: str, what: str) -> str:
+def api_key(env: str) -> Optional[str]:
+    """The key in `env` (surrounding whitespace dropped), or None; UsageError for one that holds a
+    control character or a non-ASCII one. The message never shows the key."""
+    key = os.environ.get(env, "").strip()
+    for i, ch in enumerate(key):
+        if ord(ch) < 32 or ord(ch) == 127:
+            raise UsageError(f"{env} holds a control character ({ch!r}) at position {i}; a key is one line "
+                             f"of printable text: export it again without it")
+        if ord(ch) > 126:
+            raise UsageError(f"{env} holds a non-ASCII character at position {i}; API keys are plain ASCII: "
+                             f"export it again (copied from a rich-text page?)")
+    return key or None
+
+
+def _check_url(url: str, what: str) -> Endpoint:
     try:
-        Endpoint.parse(url)
+        return Endpoint.parse(url)
     except ValueError as exc:
         raise UsageError(f"{what}: {exc}; give a base URL like https://api.deepseek.com or "
                          f"http://127.0.0.1:8000/v1") from None
-    return url.strip().rstrip("/")
+
+
+def _remote(kind: str, model: str, endpoint: Endpoint, what: str, key: Optional[str], key_env: str) -> Source:
+    """A remote Source; refuses a key plus URL credentials and warns about secrets over plain http."""
+    if endpoint.has_credentials and key:
+        raise UsageError(f"{what} carries credentials ({endpoint.display}) and {key_env} is set: both would "
+                         f"go in the Authorization header; drop one of them")
+    secret = key_env if key else ("the base URL's password" if endpoint.has_credentials else None)
+    if secret and endpoint.scheme == "http" and not endpoint.is_loopback:
+        from chainforge.collect.progress import say
+
+        say(f"collect: warning: {secret} goes to {endpoint.host} over plain http://, readable on the way; "
+            f"use https:// unless that network is yours")
+    try:
+        proxy, _ = env_proxy(endpoint)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return Source(kind, model, endpoint.display, key, key_env, endpoint=endpoint, proxy=proxy)
+
+
+def _record_url(opts, name: str, endpoint: Endpoint) -> None:
+    """The option as the manifest records it: a password in the URL is masked."""
+    if endpoint.has_credentials:
+        try:
+            opts[name] = endpoint.display
+        except TypeError:  # an options object without item assignment
+            setattr(opts, name, endpoint.display)
 
 
 def resolve_teacher(opts) -> Source:
@@ -61,23 +119,26 @@ def resolve_teacher(opts) -> Source:
         model = opts.teacher_model or LOCAL_MODEL
         return Source("local", model, model_ref=resolve_model(model, "--teacher-model"))
     if kind == "deepseek":
-        key = os.environ.get("DEEPSEEK_API_KEY", "").strip()
+        key = api_key("DEEPSEEK_API_KEY")
         if not key:
             raise UsageError("DEEPSEEK_API_KEY is not set: export your DeepSeek API key, or use "
                              "--teacher local (an in-process model, no key, no network)")
-        if opts.teacher_base_url:
-            url = _check_url(opts.teacher_base_url, "--teacher-base-url")
-        else:
-            url = _check_url(os.environ.get("DEEPSEEK_BASE_URL") or DEEPSEEK_URL, "DEEPSEEK_BASE_URL")
-        return Source("deepseek", opts.teacher_model or DEEPSEEK_MODEL, url, key, "DEEPSEEK_API_KEY")
-    raw = opts.teacher_base_url or os.environ.get("OPENAI_BASE_URL")
-    if not raw:
-        raise UsageError("--teacher openai needs a server: pass --teacher-base-url "
-                         "(e.g. http://127.0.0.1:8000/v1) or set OPENAI_BASE_URL")
-    url = _check_url(raw, "--teacher-base-url" if opts.teacher_base_url else "OPENAI_BASE_URL")
-    if not opts.teacher_model:
-        raise UsageError("--teacher openai needs --teacher-model: the model name the server serves")
-    return Source("openai", opts.teacher_model, url, os.environ.get("OPENAI_API_KEY") or None, "OPENAI_API_KEY")
+        what = "--teacher-base-url" if opts.teacher_base_url else "DEEPSEEK_BASE_URL"
+        endpoint = _check_url(opts.teacher_base_url or os.environ.get("DEEPSEEK_BASE_URL") or DEEPSEEK_URL, what)
+        source = _remote("deepseek", opts.teacher_model or DEEPSEEK_MODEL, endpoint, what, key, "DEEPSEEK_API_KEY")
+    else:
+        raw = opts.teacher_base_url or os.environ.get("OPENAI_BASE_URL")
+        if not raw:
+            raise UsageError("--teacher openai needs a server: pass --teacher-base-url "
+                             "(e.g. http://127.0.0.1:8000/v1) or set OPENAI_BASE_URL")
+        what = "--teacher-base-url" if opts.teacher_base_url else "OPENAI_BASE_URL"
+        endpoint = _check_url(raw, what)
+        if not opts.teacher_model:
+            raise UsageError("--teacher openai needs --teacher-model: the model name the server serves")
+        source = _remote("openai", opts.teacher_model, endpoint, what, api_key("OPENAI_API_KEY"), "OPENAI_API_KEY")
+    if opts.teacher_base_url:
+        _record_url(opts, "teacher_base_url", endpoint)
+    return source
 
 
 def resolve_expander(opts, teacher: Source) -> Source:
@@ -91,14 +152,18 @@ def resolve_expander(opts, teacher: Source) -> Source:
     if kind == "anthropic":
         from chainforge.collect.expander import DEFAULT_ANTHROPIC_MODEL
 
-        key = os.environ.get("ANTHROPIC_API_KEY", "").strip()
+        key = api_key("ANTHROPIC_API_KEY")
         if not key:
             raise UsageError("ANTHROPIC_API_KEY is not set: export your Anthropic API key, or pass "
                              "--expander none (no grounding) or --expander local")
         base = os.environ.get("ANTHROPIC_BASE_URL")
-        if base:
-            _check_url(base, "ANTHROPIC_BASE_URL")
-        return Source("anthropic", opts.expander_model or DEFAULT_ANTHROPIC_MODEL, base, key, "ANTHROPIC_API_KEY")
+        model = opts.expander_model or DEFAULT_ANTHROPIC_MODEL
+        if not base:
+            return Source("anthropic", model, None, key, "ANTHROPIC_API_KEY")
+        # The SDK reads ANTHROPIC_BASE_URL itself and sends its own key header: credentials in the
+        # URL would collide with it, so they are refused rather than passed along.
+        return _remote("anthropic", model, _check_url(base, "ANTHROPIC_BASE_URL"), "ANTHROPIC_BASE_URL", key,
+                       "ANTHROPIC_API_KEY")
     if kind == "local":
         from chainforge.models import resolve_model
 
@@ -108,20 +173,27 @@ def resolve_expander(opts, teacher: Source) -> Source:
     if not raw:
         raise UsageError("--expander openai needs OPENAI_BASE_URL (the server's base URL, e.g. "
                          "http://127.0.0.1:8000/v1)")
+    endpoint = _check_url(raw, "OPENAI_BASE_URL")
     if not opts.expander_model:
         raise UsageError("--expander openai needs --expander-model: the model name the server serves")
-    return Source("openai", opts.expander_model, _check_url(raw, "OPENAI_BASE_URL"),
-                     os.environ.get("OPENAI_API_KEY") or None, "OPENAI_API_KEY")
+    return _remote("openai", opts.expander_model, endpoint, "OPENAI_BASE_URL", api_key("OPENAI_API_KEY"),
+                   "OPENAI_API_KEY")
 
 
 def _chat(ep: Source, name: str, opts, counters: Counters, limiter=None, max_tokens=None,
-          temperature=None) -> ChatAPI:
+          temperature=None, http: Optional[HttpOptions] = None, per_row: int = 1) -> ChatAPI:
     headers = {"Authorization": f"Bearer {ep.key}"} if ep.key else {}
-    return ChatAPI(make_client(ep.base_url, headers), ep.model, name, ep.key_env or "", opts.max_retries,
-                   counters, max_tokens=max_tokens, temperature=temperature, limiter=limiter)
+    http = http or HttpOptions()
+    # One connection per request the engine lets through (`per_row` for the expander, which grounds
+    # a row's steps at once): the pool never queues what the engine already admitted.
+    client = make_client(ep.endpoint, headers, limit=max(1, int(opts.concurrency or 1)) * max(1, per_row),
+                         idle_timeout=http.idle_timeout, deadline=http.deadline,
+                         max_response_bytes=http.max_response_bytes)
+    return ChatAPI(client, ep.model, name, ep.key_env or "", opts.max_retries,
+                   counters, max_tokens=max_tokens, temperature=temperature, limiter=limiter, stream=http.stream)
 
 
-def build_teacher(ep: Source, opts, counters: Counters, limiter):
+def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[HttpOptions] = None):
     from chainforge.collect.teachers import ApiTeacher, LocalTeacher
 
     if ep.kind == "local":
@@ -130,11 +202,11 @@ def build_teacher(ep: Source, opts, counters: Counters, limiter):
                             opts.seed, opts.system_prompt)
     name = "DeepSeek" if ep.kind == "deepseek" else "OpenAI-compatible"
     # deepseek-reasoner ignores temperature; send it only when the user asked for one.
-    chat = _chat(ep, name, opts, counters, limiter, opts.max_new_tokens, opts.temperature)
+    chat = _chat(ep, name, opts, counters, limiter, opts.max_new_tokens, opts.temperature, http)
     return ApiTeacher(chat, opts.system_prompt)
 
 
-def build_expander(ep: Source, opts, counters: Counters, teacher):
+def build_expander(ep: Source, opts, counters: Counters, teacher, http: Optional[HttpOptions] = None):
     from chainforge.collect import expander as ex
 
     if ep.kind == "none":
@@ -143,12 +215,12 @@ def build_expander(ep: Source, opts, counters: Counters, teacher):
         return ex.AnthropicExpander(ep.key, ep.model, opts.max_retries, counters)
     if ep.kind == "openai":
         return ex.ChatExpander(_chat(ep, "OpenAI-compatible expander", opts, counters,
-                                     max_tokens=ex.EXPANDER_MAX_TOKENS))
-    same = getattr(teacher, "ref", None) is not None and str(teacher.ref) == str(ep.model_ref)
-    if same:
-        load = teacher.load
-    else:
-        from chainforge.collect.teachers import LocalTeacher
+                                     max_tokens=ex.EXPANDER_MAX_TOKENS, http=http,
+                                     per_row=int(opts.max_expansions or 1)))
+    from chainforge.collect.teachers import LocalModel
 
-        load = LocalTeacher(ep.model_ref, 0, 0.0, opts.seed).load
-    return ex.LocalExpander(load, ep.model, opts.seed, max_new_tokens=min(96, opts.max_new_tokens or 96))
+    # One model in memory when the teacher is the same local model: both stages share its lock.
+    shared = getattr(teacher, "shared", None)
+    same = shared is not None and str(shared.ref) == str(ep.model_ref)
+    return ex.LocalExpander(shared if same else LocalModel(ep.model_ref), ep.model, opts.seed,
+                            max_new_tokens=min(96, opts.max_new_tokens or 96))

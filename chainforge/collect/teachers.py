@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -110,6 +111,30 @@ class ApiTeacher:
         await self.chat.client.aclose()
 
 
+class LocalModel:
+    """One in-process model shared by every request of a run (the teacher's and the expander's).
+
+    Requests run in worker threads (`asyncio.to_thread`), so without these locks 32 rows in flight
+    would load the model up to 32 times at once and decode on it concurrently — the fast tokenizer
+    raises "Already borrowed" when two threads pad with it. Loading happens once, under `_load_lock`;
+    `generate_lock` lets one generate call at a time use the model (callers batch instead).
+    """
+
+    def __init__(self, ref):
+        self.ref = ref
+        self._loaded = None
+        self._load_lock = threading.Lock()
+        self.generate_lock = threading.Lock()
+
+    def load(self):
+        with self._load_lock:
+            if self._loaded is None:
+                from chainforge.models import load_model, load_tokenizer
+
+                self._loaded = (load_model(self.ref), load_tokenizer(self.ref))
+        return self._loaded
+
+
 class LocalTeacher:
     """An in-process model through the one sampling engine; `batch_size` prompts per call (decoding
     on CPU is memory-bound: 64 tokens for 16 SmolLM2 prompts took 9.5 s, for 8 prompts 9.0 s)."""
@@ -119,32 +144,30 @@ class LocalTeacher:
         self.ref, self.max_new_tokens, self.temperature = model_ref, max_new_tokens, temperature
         self.seed, self.system_prompt, self.batch_size = seed, system_prompt, batch_size
         self.model = str(model_ref)
-        self._loaded = None
+        self.shared = LocalModel(model_ref)
 
     def load(self):
-        if self._loaded is None:
-            from chainforge.models import load_model, load_tokenizer
-
-            self._loaded = (load_model(self.ref), load_tokenizer(self.ref))
-        return self._loaded
+        return self.shared.load()
 
     def generate(self, items: list[PromptItem]) -> list[Result]:
         from chainforge.sampling import generate, render_prompt
 
-        model, tok = self.load()
         convs = [messages_for(i, self.system_prompt) for i in items]
-        # Seeded by input position, so a resumed run draws what an uninterrupted one would have.
-        comps = generate(model, tok, convs, n=1, temperature=self.temperature,
-                         max_new_tokens=self.max_new_tokens, seed=self.seed * 1_000_003 + items[0].index,
-                         batch_size=len(items))
+        with self.shared.generate_lock:  # the tokenizer is shared too: counting uses it
+            model, tok = self.load()
+            # Seeded by input position, so a resumed run draws what an uninterrupted one would have.
+            comps = generate(model, tok, convs, n=1, temperature=self.temperature,
+                             max_new_tokens=self.max_new_tokens, seed=self.seed * 1_000_003 + items[0].index,
+                             batch_size=len(items))
+            prompt_tokens = [len(tok(render_prompt(tok, conv), add_special_tokens=False)["input_ids"])
+                             for conv in convs]
         out: list[Result] = []
-        for conv, (c,) in zip(convs, comps):
+        for (c,), n_prompt in zip(comps, prompt_tokens):
             reasoning, answer = split_think(c.text)
             if not answer:
                 out.append(PromptFailed("empty completion from the local teacher", None))
                 continue
-            prompt_tokens = len(tok(render_prompt(tok, conv), add_special_tokens=False)["input_ids"])
-            out.append(TeacherReply(reasoning, answer, {"prompt": prompt_tokens, "completion": c.tokens,
+            out.append(TeacherReply(reasoning, answer, {"prompt": n_prompt, "completion": c.tokens,
                                                         "reasoning": 0, "cache_hit": 0}))
         return out
 

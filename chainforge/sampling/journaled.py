@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -23,26 +22,21 @@ def generate_journaled(journal: Union[str, os.PathLike], model, tokenizer, promp
     path = Path(journal)
     shas = [prompt_id(p) for p in prompts]
     done: dict[int, list[Completion]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-                i = int(rec["index"])
-                if 0 <= i < len(prompts) and rec.get("prompt_sha") == shas[i]:
-                    done[i] = [Completion(**c) for c in rec["completions"]]
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by a crash: drawn again
+    from chainforge.journal import Journal  # the one journal rule: torn last line cut, bad lines skipped
+
+    log = Journal(path, key="index")
+    for _, (i, sha, comps) in log.recover(
+            lambda r: (int(r["index"]), r.get("prompt_sha"), [Completion(**c) for c in r["completions"]])):
+        if 0 <= i < len(prompts) and sha == shas[i]:
+            done[i] = comps
     todo = [i for i in range(len(prompts)) if i not in done]
     n = kwargs.get("n", 1)
-    with _Progress(len(todo) * n, progress, kwargs.pop("on_batch", None)) as report, \
-            open(path, "a", encoding="utf-8") as fh:
+    with _Progress(len(todo) * n, progress, kwargs.pop("on_batch", None)) as report, log:
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
             drawn = generate(model, tokenizer, [prompts[i] for i in part], keys=part, on_batch=report, **kwargs)
             for i, comps in zip(part, drawn):
                 done[i] = comps
-                fh.write(json.dumps({"index": i, "prompt_sha": shas[i],
-                                     "completions": [asdict(c) for c in comps]}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+                log.append({"index": i, "prompt_sha": shas[i], "completions": [asdict(c) for c in comps]})
+            log.sync()
     return [done[i] for i in range(len(prompts))]

@@ -5,7 +5,7 @@ that."""
 
 # command → module (the eval command's module is `evaluate`: `eval` is a builtin)
 STAGE_MODULES = {"collect": "collect", "sft": "sft", "grpo": "grpo", "reject": "reject",
-                 "distill": "distill", "eval": "evaluate"}
+                 "distill": "distill", "eval": "evaluate", "decontaminate": "decontaminate"}
 
 
 def stage_module(command: str):

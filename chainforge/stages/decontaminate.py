@@ -1,0 +1,188 @@
+"""`chainforge decontaminate`: drop training rows whose prompt overlaps an eval prompt.
+
+    chainforge decontaminate --data data/toy/train.jsonl --against data/toy/test.jsonl --output runs/clean
+    chainforge decontaminate --data train/ --against math500.jsonl aime24.parquet -o OUT --ngram 13 \\
+        --prompt-column problem
+
+A training row is removed when its prompt shares a run of `--ngram` consecutive words (default 8,
+open-r1's choice) with any prompt of any `--against` file, after lower-casing and dropping
+punctuation; eval prompts shorter than that are compared whole. The rules, and why, are in
+`chainforge.decontam`. `--prompt-column` names the prompt column of both sides; chat-message
+prompts are compared by their user turns.
+
+The output folder holds the kept rows (every column, unchanged) as a dataset that
+`datasets.load_from_disk(OUT)` loads, `removed.jsonl` (one line per removed row: its `index` and
+`id`, its `prompt`, the `eval_file`, `eval_index` and `eval_id` it matched, and the shared
+`ngram`), and the manifest with `rows`, `kept`, `removed`, `ngram` and `removed_by_eval` (removed
+rows per `--against` file; a row matching several files counts for the first one given). The whole
+pass takes seconds (scripts/bench_decontaminate.py), so an interrupted run simply redoes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+from chainforge.config import StageConfig, StageSpec
+from chainforge.data import atomic_write_text, load_rows, plan_output, require_columns
+from chainforge.decontam import EvalIndex, normalise, prompt_text
+from chainforge.errors import RunFailed, UsageError
+from chainforge.log import info
+from chainforge.sampling import row_id
+
+STAGE = "decontaminate"
+REMOVED = "removed.jsonl"
+
+
+@dataclass
+class DecontaminateConfig(StageConfig):
+    # ---- data
+    data: Optional[str] = field(default=None, metadata={
+        "help": "Training set to clean: a save_to_disk folder or a .jsonl/.json/.csv/.parquet file."})
+    against: list[str] = field(default_factory=list, metadata={
+        "help": "Eval sets whose prompts must not appear in training (one or more files or folders)."})
+    output: Optional[str] = field(default=None, metadata={
+        "help": "Output folder: the kept rows, removed.jsonl and the manifest."})
+    prompt_column: str = field(default="prompt", metadata={
+        "help": "Column holding the prompt, in --data and in every --against set."})
+    limit: Optional[int] = field(default=None, metadata={
+        "help": "Use only the first N rows of --data.", "min": 1})
+    # ---- matching
+    ngram: int = field(default=8, metadata={
+        "help": "Words in a shared run that marks a training prompt as contaminated "
+                "(shorter eval prompts are compared whole).", "min": 1})
+    # ---- output
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.against, (str, Path)):
+            self.against = [self.against]
+        self.against = [str(p) for p in (self.against or [])]
+        for name in ("data", "output"):
+            if getattr(self, name) in (None, ""):
+                raise UsageError(f"missing --{name}: give it on the command line or as `{name}:` in --config")
+        if not self.against:
+            raise UsageError("missing --against: give one or more eval sets whose prompts must not be "
+                             "trained on (e.g. --against data/toy/test.jsonl)")
+        repeated = sorted({p for p in self.against if self.against.count(p) > 1})
+        if repeated:
+            raise UsageError(f"--against {repeated[0]} is given more than once; list each eval set once")
+        if not isinstance(self.prompt_column, str) or not self.prompt_column:
+            raise UsageError("--prompt-column must be a column name, got an empty value")
+        for f in fields(self):
+            value, low = getattr(self, f.name), f.metadata.get("min")
+            if low is None or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"--{f.name.replace('_', '-')} expects a whole number, got {value!r}")
+            if value < low:
+                raise UsageError(f"--{f.name.replace('_', '-')} must be at least {low}, got {value}")
+
+    def redacted(self) -> dict:
+        """The options as the manifest records them (nothing here is secret)."""
+        return {f.name: list(getattr(self, f.name)) if f.name == "against" else getattr(self, f.name)
+                for f in sorted(fields(self), key=lambda f: f.name)}
+
+
+CONFIG = DecontaminateConfig
+# In a recipe its kept rows replace the recipe's `prompts` for the stages after it.
+SPEC = StageSpec("decontaminate", produces="prompts", inputs={"data": "prompts", "against": "eval_data"})
+
+
+def run(config: DecontaminateConfig) -> None:
+    # ---- options and paths (validated before anything is created)
+    _check_paths(config)
+    plan = plan_output(config.output, STAGE, config, overwrite=config.overwrite)
+
+    # ---- data
+    ds = load_rows(config.data, config.limit)
+    require_columns(ds, [config.prompt_column])
+    train_prompts = ds[config.prompt_column][:]  # a list: datasets returns a lazy Column
+    train_words = [normalise(t) for t in _texts(train_prompts, f"--data {config.data}", config.prompt_column)]
+    index = EvalIndex(config.ngram)
+    eval_rows: list[tuple[list, Optional[list]]] = []  # (prompts, id column) per file, for removed.jsonl
+    for f, path in enumerate(config.against):
+        eval_ds = load_rows(path, what="--against")
+        require_columns(eval_ds, [config.prompt_column], what=f"--against {path}")
+        prompts = eval_ds[config.prompt_column][:]
+        for r, text in enumerate(_texts(prompts, f"--against {path}", config.prompt_column)):
+            index.add(f, r, normalise(text))
+        eval_rows.append((prompts, _id_column(eval_ds)))
+
+    # ---- match
+    out = plan.create(inputs=[config.data, *config.against])
+    info(f"decontaminate: {len(ds)} training prompts against {index.prompts} eval prompts in "
+         f"{len(config.against)} file(s), {config.ngram}-word overlap"
+         + (f"; {index.short} eval prompts shorter than {config.ngram} words are compared whole"
+            if index.short else ""))
+    train_given = _id_column(ds)
+    kept: list[int] = []
+    removed: list[dict] = []
+    by_file = [0] * len(config.against)
+    for i, words in enumerate(train_words):
+        match = index.first_match(words)
+        if match is None:
+            kept.append(i)
+            continue
+        by_file[match.file] += 1
+        eval_prompts, eval_given = eval_rows[match.file]
+        removed.append({"index": i, "id": _row_id(train_given, train_prompts, i), "prompt": train_prompts[i],
+                        "eval_file": config.against[match.file], "eval_index": match.row,
+                        "eval_id": _row_id(eval_given, eval_prompts, match.row), "ngram": match.ngram})
+
+    # ---- write
+    atomic_write_text(out.path / REMOVED, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                                  for r in removed))
+    metrics = {
+        "rows": len(ds),
+        "kept": len(kept),
+        "removed": len(removed),
+        "ngram": config.ngram,
+        "removed_by_eval": dict(zip(config.against, by_file)),
+    }
+    if not kept:
+        out.mark_incomplete(metrics)
+        raise RunFailed(f"every one of the {len(ds)} rows of --data overlaps an --against prompt, so nothing is "
+                        f"left to write (see {out.path / REMOVED}); check that --against holds eval sets, "
+                        f"not the training set, or raise --ngram")
+    out.save_dataset(ds.select(kept))
+    out.finish(metrics)
+    counts = ", ".join(f"{n} by {p}" for p, n in metrics["removed_by_eval"].items())
+    info(f"decontaminate: kept {len(kept)} of {len(ds)} rows, removed {len(removed)} ({counts}) -> {out.path}")
+
+
+def _check_paths(config: DecontaminateConfig) -> None:
+    """Refuse inputs that would wipe each other out, before anything is read or created."""
+    data = Path(config.data).resolve()
+    output = Path(config.output).resolve()
+    for path in config.against:
+        if Path(path).resolve() == data:
+            raise UsageError(f"--against {path} is the --data set itself: every row would be removed; "
+                             f"give the eval sets to check against")
+    for flag, path in [("--data", config.data)] + [("--against", p) for p in config.against]:
+        resolved = Path(path).resolve()
+        if resolved == output or output in resolved.parents:
+            raise UsageError(f"--output {config.output} would hold {flag} {path}; write to another folder")
+
+
+def _texts(prompts: list, what: str, column: str) -> list[str]:
+    texts = []
+    for i, prompt in enumerate(prompts):
+        try:
+            texts.append(prompt_text(prompt))
+        except ValueError as exc:
+            raise UsageError(f"{what}: row {i} of column '{column}' is not a prompt ({exc}); fix the row "
+                             f"or pass --prompt-column NAME") from None
+    return texts
+
+
+
+def _id_column(ds) -> Optional[list]:
+    return ds["id"][:] if "id" in ds.column_names else None
+
+
+def _row_id(given: Optional[list], prompts: list, i: int) -> str:
+    """Row i's id the way every stage gives it: its `id` value, else a hash of its prompt."""
+    return row_id(given[i] if given is not None else None, prompts[i])
