@@ -185,3 +185,23 @@ def test_a_recipe_can_forbid_custom_rewards_for_every_stage(tmp_path, tiny_model
     with pytest.raises(UsageError, match="stage 'rl' .*custom rewards are turned off"):
         run_stage.run(str(recipe))
     assert not (tmp_path / "run").exists()  # refused before the first stage ran
+
+
+def test_decontaminate_runs_from_the_cli_and_its_rows_become_the_recipes_prompts(cli, tmp_path, tiny_model):
+    from chainforge.stages.run import load_recipe, plan_stages
+
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        {"prompt": "A train leaves the station at noon going sixty miles per hour east"},
+        {"prompt": "What is the sum of the first ten positive whole numbers?"}])
+    test = write_jsonl(tmp_path / "test.jsonl", [
+        {"prompt": "Suppose a train leaves the station at noon going sixty miles per hour east; when?"}])
+    out = tmp_path / "clean"
+    r = cli("decontaminate", "--data", train, "--against", test, "--output", out, "--ngram", 8)
+    assert r.exit_code == 0, r.output
+    assert read_manifest(out)["metrics"]["removed"] == 1 and read_manifest(out)["status"] == "complete"
+
+    recipe = _recipe(tmp_path, [{"name": "clean", "command": "decontaminate"}, {"name": "pick", "command": "reject"}],
+                     model=str(tiny_model), eval_data=str(test))
+    clean, pick = plan_stages(load_recipe(recipe))
+    assert clean.config.against == [str(test)] and clean.config.data == str(tmp_path / "train.jsonl")
+    assert pick.config.data == str(clean.output)  # later stages read the decontaminated prompts
