@@ -301,6 +301,10 @@ class DataOptions(StageConfig):
     data: Optional[str] = option(None, "A save_to_disk folder or a .jsonl/.json/.csv/.parquet file.")
     prompt_column: str = option("prompt", "Column holding the prompt.")
     limit: Optional[int] = option(None, "Use only the first N rows.", min=1)
+    split: Optional[str] = option(None, "Split to read from a dataset dict, a dataset repository or a hub id "
+                                        "(default: train, or the only one).")
+    subset: Optional[str] = option(None, "Subset (config) of a dataset repository or hub id (default: the "
+                                         "repository's default, or its only one).")
 
 
 @dataclass(kw_only=True)

@@ -316,12 +316,13 @@ def answer_column(ds, requested: str, required: bool, what: str = "--data") -> O
 
 
 def load_prompt_rows(path, prompt_column: str, answer_column_name: Optional[str] = None, *,
-                     answer_required: bool = False, limit: Optional[int] = None, what: str = "--data"):
+                     answer_required: bool = False, limit: Optional[int] = None, what: str = "--data",
+                     split: Optional[str] = None, subset: Optional[str] = None):
     """Load prompt rows and check them before anything is created: the prompt column holds
     non-empty strings or lists of {role, content} messages, the answer column (see
     `answer_column`; None when absent and not required) strings or numbers. Returns (dataset,
     answer column). A bad value is exit 2 naming the column and the first bad row."""
-    ds = load_rows(path, limit, what=what)
+    ds = load_rows(path, limit, what=what, split=split, subset=subset)
     require_columns(ds, [prompt_column], what=what)
     answers = answer_column(ds, answer_column_name, required=answer_required, what=what) \
         if answer_column_name else None

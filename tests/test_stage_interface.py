@@ -205,3 +205,28 @@ def test_decontaminate_runs_from_the_cli_and_its_rows_become_the_recipes_prompts
     clean, pick = plan_stages(load_recipe(recipe))
     assert clean.config.against == [str(test)] and clean.config.data == str(tmp_path / "train.jsonl")
     assert pick.config.data == str(clean.output)  # later stages read the decontaminated prompts
+
+
+def test_split_and_subset_reach_the_loader_from_every_reading_stage(cli, tiny_model, tmp_path):
+    repo = tmp_path / "repo" / "data"
+    repo.mkdir(parents=True)
+    write_jsonl(repo / "train.jsonl", [{"prompt": "train question", "answer": "1"}])
+    write_jsonl(repo / "test.jsonl", [{"prompt": "test question", "answer": "2"}])
+    out = tmp_path / "e"
+    r = cli("eval", "--model", tiny_model, "--data", tmp_path / "repo", "--split", "test", "--output", out,
+            "--temperature", 0, "--max-new-tokens", 4)
+    assert r.exit_code == 0, r.output
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["prompt"] for x in results] == ["test question"]
+    assert read_manifest(out)["config"]["split"] == "test"
+    r = cli("reject", "--model", tiny_model, "--data", tmp_path / "repo", "--split", "validation", "--output",
+            tmp_path / "r")
+    assert r.exit_code == 2 and "no split 'validation'" in r.stderr and not (tmp_path / "r").exists()
+    for command in ("collect", "sft", "grpo", "reject", "distill", "eval"):
+        assert {"split", "subset"} <= set(stage_module_config(command).option_names()), command
+
+
+def stage_module_config(command):
+    from chainforge.stages import stage_module
+
+    return stage_module(command).CONFIG

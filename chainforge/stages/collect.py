@@ -23,7 +23,7 @@ from chainforge.collect.progress import Tally, print_summary, say
 from chainforge.collect.resolve import build_expander, build_teacher, resolve_expander, resolve_teacher
 from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
 from chainforge.collect.teachers import PromptItem
-from chainforge.config import AnswerOptions, GenerationOptions, OutputOptions, StageSpec, default, option
+from chainforge.config import AnswerOptions, DataOptions, GenerationOptions, OutputOptions, StageSpec, default, option
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
 from chainforge.sampling import row_id
@@ -35,8 +35,11 @@ class CollectConfig(AnswerOptions, OutputOptions):
     prompts: Optional[str] = option(
         None, "Prompt dataset: a save_to_disk folder or .jsonl/.json/.csv/.parquet with a prompt column (an `id` "
               "column is used as the row id, else a hash of the prompt).")
-    prompt_column: str = option("prompt", "Column holding the prompt.")
-    limit: Optional[int] = option(None, "Use only the first N rows.", min=1)
+    # the data options of every stage, for --prompts (collect has no --data)
+    prompt_column: str = default(DataOptions, "prompt_column", "prompt")
+    limit: Optional[int] = default(DataOptions, "limit", None)
+    split: Optional[str] = default(DataOptions, "split", None)
+    subset: Optional[str] = default(DataOptions, "subset", None)
     # teacher: who reasons
     teacher: Literal["deepseek", "openai", "local"] = option(
         "deepseek", "deepseek (DEEPSEEK_API_KEY), openai (any OpenAI-compatible server: vLLM, SGLang, Ollama) or "
@@ -107,7 +110,7 @@ def run(config: CollectConfig) -> None:
     if config.retry_failed and not plan.resuming:
         raise UsageError(f"--retry-failed needs an existing collect output at --output {config.output}; "
                          f"run without it first")
-    ds = load_rows(config.prompts, config.limit, what="--prompts")
+    ds = load_rows(config.prompts, config.limit, what="--prompts", split=config.split, subset=config.subset)
     require_columns(ds, [config.prompt_column], what="--prompts")
     ref_col = answer_column(ds, config.answer_column, required=False, what="--prompts")
     ids = _prompt_ids(ds, config.prompt_column)

@@ -98,7 +98,7 @@ def run(config: DistillConfig) -> None:
     plan = plan_output(config.output, "distill", config, overwrite=config.overwrite)
 
     # ---- data: train rows and the held-out rows
-    data = load_rows(config.data, config.limit)
+    data = load_rows(config.data, config.limit, split=config.split, subset=config.subset)
     require_columns(data, [config.prompt_column])
     answers = answer_column(data, config.answer_column, required=False)
     train_rows, eval_rows = held_out_split(data, config, answers)

@@ -59,7 +59,7 @@ def run(config: EvalConfig) -> None:
     other = _compare_target(config.compare) if config.compare else None
     plan = plan_output(config.output, "eval", config, overwrite=config.overwrite, ignore=SPEC.resumable)
     ds, answers = load_prompt_rows(config.data, config.prompt_column, config.answer_column, answer_required=True,
-                                   limit=config.limit)
+                                   limit=config.limit, split=config.split, subset=config.subset)
     rows = [dict(r) for r in ds]
     greedy = config.temperature is not None and config.temperature <= 0
     k = 1 if greedy else config.num_samples

@@ -188,7 +188,7 @@ def load_prompts(config, needs_answer: list[str]):
     prompt_col, requested = config.prompt_column, config.answer_column
     try:
         ds, ans_col = load_prompt_rows(config.data, prompt_col, requested, answer_required=bool(needs_answer),
-                                       limit=config.limit)
+                                       limit=config.limit, split=config.split, subset=config.subset)
     except UsageError as exc:
         if "answer column" not in exc.message:
             raise

@@ -62,7 +62,8 @@ def run(config: RejectConfig) -> None:
     engine = engine_spec(config)
     names, weights = resolve_rewards(config.rewards, default=REJECT_REWARDS, custom=config.custom_rewards)
     plan = plan_output(config.output, "reject", config, overwrite=config.overwrite, ignore=SPEC.resumable)
-    ds, answers = load_prompt_rows(config.data, config.prompt_column, config.answer_column, limit=config.limit)
+    ds, answers = load_prompt_rows(config.data, config.prompt_column, config.answer_column, limit=config.limit,
+                                   split=config.split, subset=config.subset)
     needs = [n for n in names if n in NEEDS_ANSWER]
     if needs and answers is None:
         raise UsageError(f"--rewards {', '.join(needs)} needs reference answers but --data has no column "

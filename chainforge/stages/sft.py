@@ -67,7 +67,7 @@ def run(config: SftConfig) -> None:
     plan = plan_output(config.output, "sft", config, overwrite=config.overwrite)
     ref = resolve_model(config.model)
 
-    rows = load_rows(config.data, limit=config.limit)
+    rows = load_rows(config.data, limit=config.limit, split=config.split, subset=config.subset)
     dataset = sft_dataset(rows, prompt_column=config.prompt_column, only_correct=config.only_correct,
                           system_prompt=resolve_system_prompt(config.system_prompt))
     dataset, format_prompts, held_out = split_format_prompts(dataset, config.seed)
