@@ -183,6 +183,8 @@ def _check(f: dataclasses.Field, annotation: Any, value: Any, name: str) -> Any:
         return None
     kind = base_type(annotation)
     expected = getattr(kind, "__name__", str(kind))
+    if kind is list and isinstance(value, (str, Path)):
+        value = [str(value)]  # one item, as a recipe key or a single repeatable flag gives it
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -315,7 +317,8 @@ class OutputOptions(StageConfig):
     output: Optional[str] = option(None, "Output folder (created once the input is validated).",
                                    flags=("--output", "-o"))
     seed: int = option(0, "Seed for sampling, shuffling and init.")
-    overwrite: bool = option(False, "Replace a non-empty --output.", flags=("--overwrite",))
+    overwrite: bool = option(False, "Replace an --output that chainforge made (never another folder, an input, "
+                                     "the current or home directory).", flags=("--overwrite",))
 
 
 @dataclass(kw_only=True)
