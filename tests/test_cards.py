@@ -169,3 +169,21 @@ def test_collect_card_names_models_and_cost(tmp_path):
     assert "- **Cost:** $0.0123 (9 API requests)" in card
     assert "rows whose final answer did not match the reference dropped (--drop-incorrect); 1 prompts failed" in card
     assert "***" not in card.split("## Reproduce")[1]
+
+
+def test_collect_with_a_local_teacher_writes_a_dataset_card(cli, tmp_path, tiny_model):
+    out = tmp_path / "collect"
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(3)])
+    r = cli("collect", "--prompts", data, "--output", out, "--teacher", "local", "--teacher-model", tiny_model,
+            "--max-new-tokens", 12, "--expander", "none", "--keep-incorrect")
+    assert r.exit_code == 0, r.stderr
+    card = (out / "README.md").read_text()
+    m = json.loads((out / "chainforge.json").read_text())["metrics"]
+    assert f"- **Rows:** {m['rows']}" in card and m["rows"] >= 1
+    assert f"- **From:** `{data}` (3 prompts)" in card
+    assert f"teacher `local`, teacher_model `{tiny_model}`, expander `none`" in card
+    assert "- **Cost:** $0.0000" in card
+    assert "all answers kept (--keep-incorrect)" in card
+    for column in ("| text | string |", "| steps | list[string] |", "| correct |"):
+        assert column in card
+    assert "--teacher local" in card and "--keep-incorrect" in card
