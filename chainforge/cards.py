@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ MODEL_KEY = {"sft": "model", "grpo": "model", "distill": "student"}
 # card's option table (the command line still has what it needs).
 NOT_TRAINING_OPTIONS = ("output", "overwrite", "model", "student", "teacher", "data", "prompts", "eval_data")
 EVAL_METRICS = ("pass@1", "pass@k", "maj@k", "format_rate", "k")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 # ---- the system prompt a checkpoint was trained with ----------------------------------------------
@@ -185,10 +187,12 @@ def model_card(stage: str, path: Path, config: dict, inputs: list, metrics: dict
     base, chain = lineage(start)
     here = chain + [{"stage": stage, "path": str(path)}]
     data = data_record(config, inputs)
+    # The hub reads `base_model` as a hub id: a local folder or the embedded name stays out of it.
+    hub_id = bool(HUB_ID.match(base)) and not Path(base).expanduser().exists()
     lines = [
         "---",
         "library_name: transformers",
-        f"base_model: {json.dumps(base)}",
+        *([f"base_model: {json.dumps(base)}"] if hub_id else []),
         "tags: [chainforge, reasoning, " + stage + "]",
         "---",
         "",

@@ -66,7 +66,7 @@ def test_sft_card_names_base_data_options_evals_and_command(run_dir):
     out = run_dir["root"] / "01-sft"
     card = (out / "README.md").read_text()
     assert "[None]" not in card and "fine-tuned version" not in card
-    assert f"base_model: \"{run_dir['base']}\"" in card
+    assert "base_model:" not in card  # the hub's field takes hub ids, not local folders
     assert f"**Base model:** `{run_dir['base']}`" in card
     assert "base → `sft` (01-sft)" in card
     sha = hashlib.sha256(run_dir["data"].read_bytes()).hexdigest()[:16]
@@ -187,3 +187,13 @@ def test_collect_with_a_local_teacher_writes_a_dataset_card(cli, tmp_path, tiny_
     for column in ("| text | string |", "| steps | list[string] |", "| correct |"):
         assert column in card
     assert "--teacher local" in card and "--keep-incorrect" in card
+
+
+def test_model_card_from_a_hub_model_names_it_in_the_hub_field(tmp_path):
+    from chainforge.cards import model_card
+
+    card = model_card("grpo", tmp_path / "rl", {"model": "Qwen/Qwen2.5-0.5B-Instruct", "data": "openai/gsm8k",
+                                                "learning_rate": 1e-6}, [], {"steps": 3}, "Think.")
+    assert 'base_model: "Qwen/Qwen2.5-0.5B-Instruct"' in card.split("---")[1]
+    assert "base → `grpo` (rl)" in card and "| learning_rate | 1e-06 |" in card
+    assert "chainforge grpo --model Qwen/Qwen2.5-0.5B-Instruct --data openai/gsm8k" in card
