@@ -186,7 +186,8 @@ def _from_file(ctx: typer.Context, config: Optional[str], values: dict) -> dict:
 @app.command("run")
 def run_recipe(
     ctx: typer.Context,
-    recipe: Annotated[str, typer.Argument(help="Recipe YAML: run_dir, model, prompts, eval_data, stages.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe YAML (run_dir, model, prompts, eval_data, stages), or the "
+                                                "name of a packaged recipe (e.g. demo; `chainforge init` lists them as files).")],
     start: Annotated[Optional[str], typer.Option("--from", help="Start at this stage (earlier outputs must be complete).")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Stop after this stage.")] = None,
     config: ConfigFile = None,
@@ -195,6 +196,22 @@ def run_recipe(
     from chainforge.stages import run
 
     call_stage(lambda: run.run(**_from_file(ctx, config, {"recipe": recipe, "start": start, "until": until})))
+
+
+@app.command()
+def init(
+    directory: Annotated[str, typer.Argument(help="Folder to write configs/ and data/ into (created if needed).")],
+) -> None:
+    """Write editable copies of the packaged recipes (configs/) and toy tasks (data/) into DIRECTORY;
+    then `cd DIRECTORY && chainforge run configs/demo.yaml`. Existing files are never overwritten."""
+    from chainforge.packaged import init_project
+
+    def write() -> None:
+        files = init_project(directory)
+        typer.echo(f"Wrote {len(files)} files to {directory}/configs and {directory}/data; next: "
+                   f"cd {directory} && chainforge run configs/demo.yaml")
+
+    call_stage(write)
 
 
 @app.command()

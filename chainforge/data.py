@@ -691,7 +691,7 @@ class StageOutput:
     inputs: list = field(default_factory=list)
     created: str = ""
 
-    def manifest(self, status: str, metrics: dict) -> dict:
+    def manifest(self, status: str, metrics: dict, extra: Optional[dict] = None) -> dict:
         m = {
             "stage": self.stage,
             "chainforge_version": __version__,
@@ -701,17 +701,28 @@ class StageOutput:
             "inputs": self.inputs,
             "metrics": metrics,
             "status": status,
+            **(extra or {}),
         }
         m["fingerprint"] = _fingerprint(m)
         return m
 
-    def write_manifest(self, status: str, metrics: Optional[dict] = None) -> None:
+    def write_manifest(self, status: str, metrics: Optional[dict] = None, extra: Optional[dict] = None) -> None:
         atomic_write_text(self.path / MANIFEST,
-                          json.dumps(self.manifest(status, metrics or {}), indent=2, default=str) + "\n")
+                          json.dumps(self.manifest(status, metrics or {}, extra), indent=2, default=str) + "\n")
 
     def finish(self, metrics: dict) -> None:
-        """The last write of a stage: the manifest says complete, and the output is free again."""
-        self.write_manifest("complete", metrics)
+        """The last write of a stage: the card (README.md), then the manifest says complete, and the
+        output is free again."""
+        from chainforge.cards import write_card
+
+        try:
+            extra = write_card(self, metrics)
+        except Exception as exc:  # the card describes the work; it must not cost the work itself
+            from chainforge.log import info
+
+            info(f"warning: no card written for {self.path}: {type(exc).__name__}: {exc}")
+            extra = {}
+        self.write_manifest("complete", metrics, extra)
         release_output_lock(self.path)
 
     def mark_incomplete(self, metrics: Optional[dict] = None) -> None:

@@ -28,10 +28,22 @@ def render_prompt(tokenizer, prompt: Prompt, system_prompt: Optional[str] = None
                                          add_generation_prompt=True)
 
 
-def resolve_system_prompt(value: Optional[str]) -> Optional[str]:
-    """`--system-prompt`: unset means the Super CoT instructions; an empty string means none."""
+def resolve_system_prompt(value: Optional[str], model=None, quiet: bool = False) -> Optional[str]:
+    """`--system-prompt`: unset means the one `model` (a ChainForge checkpoint) was trained with,
+    else the Super CoT instructions; an empty string means none."""
     from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 
+    if value is None and model is not None:
+        from chainforge.cards import SYSTEM_PROMPT_FILE, saved_system_prompt
+
+        saved = saved_system_prompt(model)
+        if saved is not None:
+            if not quiet:
+                from chainforge.log import info
+
+                info(f"system prompt: the one {model} was trained with ({SYSTEM_PROMPT_FILE}"
+                     f"{', none' if not saved else ''}); --system-prompt to change it")
+            value = saved
     if value is None:
         return SUPER_COT_SYSTEM_PROMPT
     return value or None

@@ -253,11 +253,11 @@ def make_traces(teacher, tokenizer, rows: list[dict], config: DistillConfig, jou
     only what is missing); keep the correct, well-formed ones where a reference exists (all
     non-empty ones elsewhere), one row per distinct completion."""
     from chainforge.rewards import ACCURACY, parse_reward_spec, score
-    from chainforge.sampling import generate_journaled
+    from chainforge.sampling import generate_journaled, resolve_system_prompt
 
     samples = generate_journaled(journal, teacher, tokenizer, [r["prompt"] for r in rows], n=config.num_samples,
                                  temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                                 seed=config.seed, system_prompt=SUPER_COT_SYSTEM_PROMPT)
+                                 seed=config.seed, system_prompt=resolve_system_prompt(None, config.teacher))
     names, weights = parse_reward_spec(None, FILTER_REWARDS)
     kept: list[dict] = []
     for row, completions in zip(rows, samples):

@@ -74,7 +74,7 @@ def run(config: EvalConfig) -> None:
     metrics, results = evaluate_model(
         model, tokenizer, rows, prompt_column=config.prompt_column, answer_column=answers,
         num_samples=k, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-        seed=config.seed, system_prompt=resolve_system_prompt(config.system_prompt), rewards=rewards,
+        seed=config.seed, system_prompt=resolve_system_prompt(config.system_prompt, config.model), rewards=rewards,
         batch_size=engine.batch_size, progress=True, journal=str(out.path / JOURNAL))
 
     atomic_write_text(out.path / RESULTS, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"

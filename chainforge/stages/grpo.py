@@ -203,7 +203,7 @@ def load_prompts(config, needs_answer: list[str]):
         ds = ds.remove_columns(drop)
     if renames:
         ds = ds.rename_columns(renames)
-    system = resolve_system_prompt(config.system_prompt)
+    system = resolve_system_prompt(config.system_prompt, config.model)
     chats = [as_messages(p, system) for p in ds["prompt"]]  # not .map(): no progress bar on stderr
     return ds.remove_columns("prompt").add_column("prompt", chats)
 

@@ -81,7 +81,7 @@ def run(config: RejectConfig) -> None:
     drawn = generate_journaled(
         out.path / JOURNAL, model, tokenizer, prompts, n=config.num_samples, temperature=config.temperature,
         top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=engine.batch_size,
-        system_prompt=resolve_system_prompt(config.system_prompt), progress=True)
+        system_prompt=resolve_system_prompt(config.system_prompt, config.model), progress=True)
     texts = [[c.text for c in comps] for comps in drawn]
     rewards = score_rows(rows, texts, refs, names, weights)
 

@@ -355,8 +355,12 @@ class Evaluations:
 # ---- the command ----------------------------------------------------------------------------------
 
 def run(recipe: str, start: Optional[str] = None, until: Optional[str] = None) -> None:
-    recipe_path = Path(recipe)
+    from chainforge.packaged import anchor_paths, find_recipe
+
+    recipe_path, packaged_root = find_recipe(recipe)  # a file, else a packaged recipe's name
     spec = load_recipe(recipe_path)
+    if packaged_root is not None:
+        anchor_paths(spec, packaged_root)
     plan = plan_stages(spec)
     names = [s.name for s in plan]
     for flag, value in (("from", start), ("until", until)):

@@ -71,7 +71,7 @@ def run(config: SftConfig) -> None:
 
     rows = load_rows(config.data, limit=config.limit, split=config.split, subset=config.subset)
     dataset = sft_dataset(rows, prompt_column=config.prompt_column, only_correct=config.only_correct,
-                          system_prompt=resolve_system_prompt(config.system_prompt))
+                          system_prompt=resolve_system_prompt(config.system_prompt, config.model))
     dataset, format_prompts, held_out = split_format_prompts(dataset, config.seed)
 
     tokenizer = load_tokenizer(ref)
