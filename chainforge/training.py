@@ -55,33 +55,24 @@ def model_dtype(lora: bool = False):
 
 
 def is_main_process() -> bool:
-    """True on rank 0, or when not distributed (torchrun/accelerate set RANK)."""
-    import torch.distributed as dist
+    """True on global rank 0, or when not distributed (torchrun/accelerate set RANK)."""
+    from chainforge import distributed
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
+    return distributed.is_main()
 
 
 def barrier() -> None:
-    import torch.distributed as dist
+    from chainforge import distributed
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    distributed.barrier()
 
 
 def create_output(plan, inputs: Sequence = ()):
     """`plan.create(inputs)` on rank 0 only; the other ranks wait for it and get a StageOutput for
-    the same folder that has written nothing (so ranks never race on the folder or the manifest).
-    Call it after `trainer_args` (which starts the process group under torchrun/accelerate)."""
-    from chainforge.data import StageOutput, input_record
+    the same folder that has written nothing (see `distributed.create_output`)."""
+    from chainforge import distributed
 
-    if is_main_process():
-        out = plan.create(inputs=inputs)
-        barrier()
-        return out
-    barrier()
-    return StageOutput(plan.path, plan.stage, plan.config, [input_record(i) for i in inputs], "")
+    return distributed.create_output(plan, inputs)
 
 
 def finish(out, metrics: dict) -> None:

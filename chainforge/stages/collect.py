@@ -23,6 +23,7 @@ from chainforge.collect.progress import Tally, print_summary, say
 from chainforge.collect.resolve import build_expander, build_teacher, resolve_expander, resolve_teacher
 from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
 from chainforge.collect.teachers import PromptItem
+from chainforge import distributed
 from chainforge.config import AnswerOptions, DataOptions, GenerationOptions, OutputOptions, StageSpec, default, option
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
@@ -94,6 +95,11 @@ RESUMABLE_CHANGES = SPEC.resumable
 
 
 def run(config: CollectConfig) -> None:
+    # Paid API calls and the dataset: once, on global rank 0; other ranks of a launcher wait for it.
+    distributed.on_main(lambda: _collect(config), "collect")
+
+
+def _collect(config: CollectConfig) -> None:
     # ---- options ---------------------------------------------------------------------------------
     teacher_src = resolve_teacher(config)
     expander_given = config.expander

@@ -396,6 +396,10 @@ def run(recipe: str, start: Optional[str] = None, until: Optional[str] = None) -
 
 
 def _save_state(path: Path, state: dict) -> None:
+    from chainforge import distributed
+
+    if not distributed.is_main():
+        return  # under a launcher, rank 0 keeps run.json
     atomic_write_text(path, json.dumps(state, indent=2) + "\n")
 
 
