@@ -127,7 +127,7 @@ def run(config: DistillConfig) -> None:
     _seed(config.seed)
 
     # ---- the student before, the training, the student after
-    student = load_model(student_ref, dtype=training.model_dtype(lora=config.lora))
+    student = training.load_trainable(student_ref, config)
     before = eval_before(out, student, tokenizer, eval_rows, config) if main else None
     if method == "traces":
         traces = load_or_make_traces(out, teacher_ref, train_rows, config, answers)
