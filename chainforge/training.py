@@ -189,6 +189,7 @@ def train_fitting(config, out, args, model, make_trainer):
     attn = getattr(model.config, "_attn_implementation", None)
     while True:
         trainer = make_trainer(args, model)
+        _warn_unsharded(trainer)
         try:
             return trainer, train(trainer, out)
         except RunFailed as exc:
@@ -202,6 +203,15 @@ def train_fitting(config, out, args, model, make_trainer):
         _free_memory()
         args = smaller
         model = _reload(source, dtype, attn)
+
+
+def _warn_unsharded(trainer) -> None:
+    """accelerate (1.15) turns FSDP on for GPU process groups only: launched on CPU with an FSDP
+    config, a run trains plain data parallel, each rank holding the whole model. Say so."""
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and not getattr(trainer, "is_fsdp_enabled", False) and is_main_process():
+        info("warning: FSDP was asked for (ACCELERATE_USE_FSDP) but accelerate shards on GPUs only; this run "
+             "is plain data parallel (every rank holds the whole model and optimizer state)")
 
 
 def _free_memory() -> None:

@@ -118,3 +118,25 @@ def test_shards_interleave_and_cover_every_prompt(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.delenv("RANK")
     assert distributed.shard(list("abc")) == [0, 1, 2] and distributed.is_main()
+
+
+@pytest.mark.slow
+def test_an_fsdp_launch_on_cpu_says_it_trains_unsharded_and_still_writes_a_loadable_model(tmp_path, tiny_model):
+    """accelerate enables FSDP for GPU process groups only (MULTI_CPU stays data parallel): the run
+    says so instead of pretending to shard, and its checkpoint loads."""
+    from test_sft import collect_rows
+
+    data = write_jsonl(tmp_path / "d.jsonl", collect_rows(12))
+    out = tmp_path / "out"
+    fsdp_env = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+                "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT", "ACCELERATE_MIXED_PRECISION": "no"}
+    proc = torchrun(["sft", "--model", tiny_model, "--data", data, "--output", out, "--max-steps", "2",
+                     "--batch-size", "2", "--max-length", "256", "--no-packing", "--max-new-tokens", "4"],
+                    tmp_path, env=fsdp_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("FSDP was asked for") == 1  # rank 0 only
+    m = json.loads((out / "chainforge.json").read_text())
+    assert m["status"] == "complete" and m["metrics"]["world_size"] == 2
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(out))
