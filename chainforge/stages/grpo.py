@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from chainforge.compat import check_tested_versions
 from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import load_prompt_rows, plan_output
@@ -95,6 +96,7 @@ SPEC = StageSpec("grpo", produces="checkpoint", inputs={"model": "checkpoint", "
 
 
 def run(config: GrpoConfig) -> None:
+    check_tested_versions()  # trl/transformers internals this stage relies on
     if (config.use_vllm or config.vllm_mode) and not vllm_available():  # the machine: checked at run time
         flag = f"--vllm-mode {config.vllm_mode}" if config.vllm_mode else "--use-vllm"
         raise UsageError(f"{flag} needs vLLM, which is not installed: {VLLM_INSTALL} "
