@@ -189,3 +189,52 @@ def test_distill_backend_vllm_without_vllm_names_the_extra(cli, tiny_model, tmp_
             "--backend", "vllm")
     one_line_error(r, "pip install 'chainforge[vllm]'", "--backend hf")
     assert not out.exists()
+
+
+# ---- the 7B recipe -----------------------------------------------------------------------------
+
+def test_the_7b_recipe_reads_public_math_data_by_hub_id_with_its_column_mapping(tmp_path, monkeypatch):
+    """Every stage's config is built (validated) from the hub ids; nothing is downloaded or created."""
+    from chainforge.stages.run import load_recipe, plan_stages
+
+    monkeypatch.chdir(tmp_path)
+    plan = {s.name: s for s in plan_stages(load_recipe(REPO / "configs" / "qwen2.5-7b.yaml"))}
+    clean = plan["decontaminate"]
+    assert list(plan)[0] == "decontaminate"  # before any stage reads the training prompts
+    assert (clean.config.data, clean.config.subset, clean.config.split) == ("open-r1/OpenR1-Math-220k", "default",
+                                                                            "train")
+    assert clean.config.against == ["HuggingFaceH4/MATH-500"] and clean.config.prompt_column == "problem"
+    for name in ("collect", "rl", "reject", "rl-final", "distill"):
+        config = plan[name].config
+        source = config.prompts if name == "collect" else config.data
+        assert source == str(clean.output), name  # the decontaminated rows
+        assert (config.prompt_column, config.answer_column) == ("problem", "answer"), name
+    for name in ("gsm8k-base", "gsm8k-final", "gsm8k-student"):
+        config = plan[name].config
+        assert (config.data, config.subset, config.split) == ("openai/gsm8k", "main", "test")
+        assert (config.prompt_column, config.answer_column) == ("question", "answer")
+    assert plan["gsm8k-base"].config.model == "Qwen/Qwen2.5-7B"
+    assert plan["gsm8k-final"].config.model == str(plan["rl-final"].output)
+    assert plan["gsm8k-student"].config.model == str(plan["distill"].output)
+    assert plan["reject"].config.backend == plan["distill"].config.backend == "vllm"
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_recipe_keeps_hub_ids_and_resolves_local_paths(tmp_path, monkeypatch):
+    from chainforge.stages.run import _data
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert _data("openai/gsm8k") == "openai/gsm8k"
+    assert _data("data/gsm8k") == str(tmp_path / "data" / "gsm8k")  # its folder is here: a path
+    assert _data("toy/train.jsonl") == str(tmp_path / "toy" / "train.jsonl")
+    assert _data("./x/y") == str(tmp_path / "x" / "y")
+
+
+def test_the_server_mode_option_file_gives_trl_server_mode(tmp_path):
+    import yaml
+
+    values = yaml.safe_load((REPO / "configs" / "grpo-qwen2.5-7b-vllm-server.yaml").read_text())
+    args = grpo_args(tmp_path, vllm_mode=values["vllm_mode"], vllm_server_url=values["vllm_server_url"])
+    assert (args.use_vllm, args.vllm_mode, args.vllm_server_base_url) == (True, "server", "http://localhost:8000")
+    assert values["batch_size"] * 7 * values["grad_accum"] % values["num_generations"] == 0

@@ -86,10 +86,6 @@ class DistillConfig(DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, 
                          min=0.0, max=1.0)
 
     def check(self) -> None:
-        if self.backend == "vllm":
-            from chainforge.sampling.vllm_backend import _import_vllm
-
-            _import_vllm()  # names the extra when vLLM is missing, before anything is loaded
         if self.method == "logits" and self.temperature == 0:
             raise UsageError("--method logits samples on-policy completions, so --temperature must be above 0 "
                              "(try 0.7); greedy decoding is only for eval")
@@ -102,6 +98,10 @@ SPEC = StageSpec("distill", produces="checkpoint", inputs={"teacher": "checkpoin
 
 
 def run(config: DistillConfig) -> None:
+    if config.backend == "vllm":  # the machine, not the options: checked at run time (a recipe still validates)
+        from chainforge.sampling.vllm_backend import _import_vllm
+
+        _import_vllm()  # names the extra when vLLM is missing, before anything is created
     check_tested_versions()  # trl/transformers internals this stage relies on
     method = config.method
     plan = plan_output(config.output, "distill", config, overwrite=config.overwrite)
