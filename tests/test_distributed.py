@@ -140,3 +140,39 @@ def test_an_fsdp_launch_on_cpu_says_it_trains_unsharded_and_still_writes_a_loada
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(out))
+
+
+@pytest.mark.slow
+def test_a_recipe_of_eval_sft_reject_and_distill_on_two_ranks(tmp_path, tiny_model):
+    """eval (the process group started by chainforge), then sft (accelerate joins it), reject and
+    distill's teacher sampling split across the ranks, every output written once."""
+    from test_sft import collect_rows
+
+    sft_data = write_jsonl(tmp_path / "sft.jsonl", collect_rows(8))
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)}
+                                                   for i in range(5)])
+    bare = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Name {i} things."} for i in range(6)])
+    run_dir = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(run_dir), "model": str(tiny_model), "prompts": str(bare),
+                                      "stages": [
+        {"name": "ev", "command": "eval", "data": str(questions), "num_samples": 2, "max_new_tokens": 4},
+        {"name": "sft", "command": "sft", "data": str(sft_data), "max_steps": 2, "batch_size": 2, "max_length": 256,
+         "packing": False, "max_new_tokens": 4},
+        {"name": "rej", "command": "reject", "data": str(questions), "num_samples": 2, "max_new_tokens": 4,
+         "rewards": "format", "min_reward": 0.0},
+        {"name": "dist", "command": "distill", "student": str(tiny_model), "max_steps": 1, "batch_size": 2,
+         "max_length": 256, "packing": False, "max_new_tokens": 4, "eval_fraction": 0.0}]}, sort_keys=False))
+    proc = torchrun(["run", recipe], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = json.loads((run_dir / "run.json").read_text())
+    assert all(s["status"] == "complete" for s in state["stages"].values()), state
+    sft = json.loads((run_dir / "01-sft" / "chainforge.json").read_text())
+    assert sft["metrics"]["world_size"] == 2
+    for journal, n in ((run_dir / "00-ev" / "samples.jsonl", 5), (run_dir / "02-rej" / "candidates.jsonl", 5),
+                       (run_dir / "03-dist" / "teacher-samples.jsonl", 6)):
+        lines = [json.loads(line) for line in journal.read_text().splitlines()]
+        assert sorted(r["index"] for r in lines) == list(range(n)), journal  # both shards, merged, once each
+        assert not list(journal.parent.glob("*.rank*.jsonl"))
+    dist = json.loads((run_dir / "03-dist" / "chainforge.json").read_text())
+    assert dist["status"] == "complete" and dist["metrics"]["trace_prompts"] == 6
