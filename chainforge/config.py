@@ -405,6 +405,13 @@ class TrainOptions(StageConfig):
     save_steps: int = option(50, "Write a resumable checkpoint-* every N steps.", min=1)
     logging_steps: int = option(1, "Log metrics every N steps.", min=1)
     wandb: bool = option(False, "Also log to Weights & Biases (TensorBoard always).", flags=("--wandb/--no-wandb",))
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = option(
+        "sdpa", "Attention kernel the model is loaded with: sdpa (PyTorch's, any device), eager, or "
+                "flash_attention_2 (needs the flash-attn package and a CUDA GPU).")
+    auto_batch_size: bool = option(
+        False, "On out-of-memory, halve --batch-size and double --grad-accum (the effective batch stays), then "
+               "resume from the last checkpoint; down to 1 (one process: ranks would not halve together).",
+        flags=("--auto-batch-size",))
 
 
 @dataclass(kw_only=True)

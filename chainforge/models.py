@@ -201,14 +201,16 @@ def prepare_tokenizer(tok):
     return tok
 
 
-def load_model(ref: ModelRef, dtype=None, trust_remote_code: bool = False, device: Optional[str] = None):
+def load_model(ref: ModelRef, dtype=None, trust_remote_code: bool = False, device: Optional[str] = None,
+               attn_implementation: Optional[str] = None):
     import torch
     from transformers import AutoModelForCausalLM
 
     if dtype is None:
         dtype = torch.float32
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     model = AutoModelForCausalLM.from_pretrained(checkpoint_path(ref), dtype=dtype,
-                                                 trust_remote_code=trust_remote_code)
+                                                 trust_remote_code=trust_remote_code, **extra)
     if device:
         model.to(device)
     return model

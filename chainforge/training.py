@@ -55,33 +55,24 @@ def model_dtype(lora: bool = False):
 
 
 def is_main_process() -> bool:
-    """True on rank 0, or when not distributed (torchrun/accelerate set RANK)."""
-    import torch.distributed as dist
+    """True on global rank 0, or when not distributed (torchrun/accelerate set RANK)."""
+    from chainforge import distributed
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
+    return distributed.is_main()
 
 
 def barrier() -> None:
-    import torch.distributed as dist
+    from chainforge import distributed
 
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    distributed.barrier()
 
 
 def create_output(plan, inputs: Sequence = ()):
     """`plan.create(inputs)` on rank 0 only; the other ranks wait for it and get a StageOutput for
-    the same folder that has written nothing (so ranks never race on the folder or the manifest).
-    Call it after `trainer_args` (which starts the process group under torchrun/accelerate)."""
-    from chainforge.data import StageOutput, input_record
+    the same folder that has written nothing (see `distributed.create_output`)."""
+    from chainforge import distributed
 
-    if is_main_process():
-        out = plan.create(inputs=inputs)
-        barrier()
-        return out
-    barrier()
-    return StageOutput(plan.path, plan.stage, plan.config, [input_record(i) for i in inputs], "")
+    return distributed.create_output(plan, inputs)
 
 
 def finish(out, metrics: dict) -> None:
@@ -101,6 +92,7 @@ def finish(out, metrics: dict) -> None:
 def trainer_args(config, output_dir: str | Path, config_class, **stage_specific):
     """The TRL config (SFTConfig, GRPOConfig, …) from the shared training options (a config with
     `TrainOptions`), plus the stage's own fields."""
+    check_machine(config)
     report_to = ["tensorboard"] + (["wandb"] if config.wandb else [])
     # transformers' TensorBoard callback reads its folder from this variable; fix it under --output.
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(output_dir) / TENSORBOARD_DIR)
@@ -129,6 +121,114 @@ def trainer_args(config, output_dir: str | Path, config_class, **stage_specific)
         return config_class(**kwargs)
     except (ValueError, TypeError) as exc:  # TRL's __post_init__ explains impossible combinations
         raise UsageError(f"invalid training options: {exc}") from None
+
+
+FLASH_ATTN_INSTALL = "pip install flash-attn --no-build-isolation"
+
+
+def check_machine(config) -> None:
+    """What the options ask of this machine (not of each other, see config.py): exit 2 before the
+    output exists. A recipe naming flash_attention_2 still validates on a laptop."""
+    import importlib.util
+
+    from chainforge import distributed
+
+    if getattr(config, "attn_implementation", "sdpa") == "flash_attention_2":
+        import torch
+
+        if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
+            what = "the flash-attn package" if importlib.util.find_spec("flash_attn") is None else "a CUDA GPU"
+            raise UsageError(f"--attn-implementation flash_attention_2 needs {what}, which this machine lacks: "
+                             f"`{FLASH_ATTN_INSTALL}` on a CUDA machine, or use --attn-implementation sdpa")
+    if getattr(config, "auto_batch_size", False) and distributed.world_size() > 1:
+        raise UsageError(f"--auto-batch-size works in one process (this is one of {distributed.world_size()} ranks, "
+                         f"which would not run out of memory together); set --batch-size / --grad-accum instead")
+
+
+def load_trainable(ref, config):
+    """The model a training stage trains: fp32 weights unless LoRA (see `model_dtype`), with
+    --attn-implementation passed to from_pretrained."""
+    from chainforge.models import load_model
+
+    return load_model(ref, dtype=model_dtype(lora=config.lora), attn_implementation=config.attn_implementation)
+
+
+def is_out_of_memory(exc: Optional[BaseException]) -> bool:
+    """The errors accelerate's find_executable_batch_size halves on (CUDA, cuDNN, CPU allocator)."""
+    if exc is None:
+        return False
+    from accelerate.utils.memory import should_reduce_batch_size
+
+    return bool(should_reduce_batch_size(exc))
+
+
+def halved(args):
+    """`args` with half the per-device batch and twice the accumulation (the same effective batch,
+    and for GRPO the same generation batch), or None at batch size 1."""
+    import dataclasses
+
+    batch = args.per_device_train_batch_size
+    if batch <= 1:
+        return None
+    fields = dict(per_device_train_batch_size=batch // 2,
+                  gradient_accumulation_steps=args.gradient_accumulation_steps * 2)
+    for derived in ("generation_batch_size", "steps_per_generation"):  # GRPOConfig derives these again
+        if hasattr(args, derived):
+            fields[derived] = None
+    return dataclasses.replace(args, **fields)
+
+
+def train_fitting(config, out, args, model, make_trainer):
+    """`make_trainer(args, model)`, trained with `train` (resuming from the last checkpoint).
+
+    With --auto-batch-size an out-of-memory error halves the per-device batch and doubles the
+    accumulation, reloads the model as it was loaded (the failed attempt may have updated it, or
+    wrapped it in adapters) and tries again, down to batch size 1: accelerate's
+    find_executable_batch_size, keeping the effective batch. Returns (trainer, train result)."""
+    source, dtype = model.name_or_path, model.dtype
+    attn = getattr(model.config, "_attn_implementation", None)
+    while True:
+        trainer = make_trainer(args, model)
+        _warn_unsharded(trainer)
+        try:
+            return trainer, train(trainer, out)
+        except RunFailed as exc:
+            smaller = halved(args) if getattr(config, "auto_batch_size", False) and is_out_of_memory(exc.__cause__) \
+                else None
+            if smaller is None:
+                raise
+        info(f"out of memory at --batch-size {args.per_device_train_batch_size}: retrying with "
+             f"{smaller.per_device_train_batch_size} x grad-accum {smaller.gradient_accumulation_steps}")
+        del trainer, model
+        _free_memory()
+        args = smaller
+        model = _reload(source, dtype, attn)
+
+
+def _warn_unsharded(trainer) -> None:
+    """accelerate (1.15) turns FSDP on for GPU process groups only: launched on CPU with an FSDP
+    config, a run trains plain data parallel, each rank holding the whole model. Say so."""
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    if asked and not getattr(trainer, "is_fsdp_enabled", False) and is_main_process():
+        info("warning: FSDP was asked for (ACCELERATE_USE_FSDP) but accelerate shards on GPUs only; this run "
+             "is plain data parallel (every rank holds the whole model and optimizer state)")
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _reload(source: str, dtype, attn: Optional[str]):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"attn_implementation": attn} if attn else {}
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
 
 
 def last_checkpoint(output_dir: str | Path) -> Optional[str]:
@@ -366,12 +466,16 @@ def train_sft(config, out, model, tokenizer, dataset, args=None, peft_config=Non
     if args is None:
         args = sft_args(config, out.path)
     started = time.time()
-    trainer = sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                               peft_config=peft_config, callbacks=list(callbacks) or None)
-    result = train(trainer, out)
+    def make_trainer(args, model):
+        return sft_trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                   peft_config=peft_config, callbacks=list(callbacks) or None)
+
+    trainer, result = train_fitting(config, out, args, model, make_trainer)
     trained = save_trained(trainer, out, tokenizer, merge=config.merge)
     metrics = train_metrics(trainer, result, started)
     metrics["world_size"] = trainer.args.world_size
+    metrics["batch_size"] = trainer.args.per_device_train_batch_size  # after --auto-batch-size
+    metrics["grad_accum"] = trainer.args.gradient_accumulation_steps
     metrics["format_rate"] = None
     metrics["format_prompts"] = len(format_prompts)
     if trained is not None and format_prompts:

@@ -48,7 +48,20 @@ def load_vllm(path: str, seed: int = 0, dtype: str = "auto", gpu_memory_utilizat
     kwargs = {"model": path, "seed": seed, "dtype": dtype, "gpu_memory_utilization": gpu_memory_utilization}
     if max_model_len:
         kwargs["max_model_len"] = max_model_len
+    kwargs.update(launcher_kwargs())
     return VLLMModel(vllm.LLM(**kwargs), vllm.SamplingParams)
+
+
+def launcher_kwargs() -> dict:
+    """Under torchrun/accelerate, one engine per rank on that rank's GPU, inside the launcher's
+    process group (vLLM's `external_launcher`, as TRL's colocate mode runs it), instead of each
+    engine trying to start its own workers on GPU 0."""
+    from chainforge import distributed
+
+    if distributed.world_size() <= 1:
+        return {}
+    distributed.init()
+    return {"distributed_executor_backend": "external_launcher", "tensor_parallel_size": 1}
 
 
 def _generate_vllm(model: VLLMModel, tokenizer, prompts, draws, temperature, top_p, max_new_tokens, seed,

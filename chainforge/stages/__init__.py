@@ -22,6 +22,10 @@ def run_stage(command: str, config) -> None:
 
     try:
         stage_module(command).run(config)
+        from chainforge import distributed
+
+        # under a launcher: no rank goes on before rank 0 has written this stage's output
+        distributed.barrier()
     except ChainforgeError:
         raise  # the stage said what happened and left its output as it should be
     except BaseException:

@@ -24,6 +24,7 @@ from chainforge.collect.resolve import (HttpOptions, build_expander, build_teach
                                        resolve_teacher)
 from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
 from chainforge.collect.teachers import PromptItem
+from chainforge import distributed
 from chainforge.config import AnswerOptions, DataOptions, GenerationOptions, OutputOptions, StageSpec, default, option
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
@@ -107,6 +108,11 @@ RESUMABLE_CHANGES = SPEC.resumable
 
 
 def run(config: CollectConfig) -> None:
+    # Paid API calls and the dataset: once, on global rank 0; other ranks of a launcher wait for it.
+    distributed.on_main(lambda: _collect(config), "collect")
+
+
+def _collect(config: CollectConfig) -> None:
     # ---- options ---------------------------------------------------------------------------------
     teacher_src = resolve_teacher(config)
     expander_given = config.expander

@@ -77,6 +77,9 @@ class DistillConfig(DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, 
     temperature: Optional[float] = default(GenerationOptions, "temperature", 0.7)
     max_new_tokens: Optional[int] = default(GenerationOptions, "max_new_tokens", 256)
     # logit distillation
+    backend: Literal["hf", "vllm"] = option(
+        "hf", "traces: the teacher samples with hf (in-process, any device) or vllm (its offline engine; "
+              "needs `pip install 'chainforge[vllm]'` and a GPU).")
     lmbda: float = option(0.5, "logits: on-policy fraction (batches the student samples itself).",
                           flags=("--lambda", "--lmbda"), min=0.0, max=1.0)
     beta: float = option(0.5, "logits: generalized JSD interpolation (0 = forward KL, 1 = reverse KL).",
@@ -95,6 +98,10 @@ SPEC = StageSpec("distill", produces="checkpoint", inputs={"teacher": "checkpoin
 
 
 def run(config: DistillConfig) -> None:
+    if config.backend == "vllm":  # the machine, not the options: checked at run time (a recipe still validates)
+        from chainforge.sampling.vllm_backend import _import_vllm
+
+        _import_vllm()  # names the extra when vLLM is missing, before anything is created
     check_tested_versions()  # trl/transformers internals this stage relies on
     method = config.method
     plan = plan_output(config.output, "distill", config, overwrite=config.overwrite)
@@ -122,7 +129,7 @@ def run(config: DistillConfig) -> None:
     _seed(config.seed)
 
     # ---- the student before, the training, the student after
-    student = load_model(student_ref, dtype=training.model_dtype(lora=config.lora))
+    student = training.load_trainable(student_ref, config)
     before = eval_before(out, student, tokenizer, eval_rows, config) if main else None
     if method == "traces":
         traces = load_or_make_traces(out, teacher_ref, train_rows, config, answers)
@@ -284,8 +291,10 @@ def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], config: Di
         traces = datasets.load_from_disk(str(folder))
         info(f"reusing {len(traces)} teacher traces from {folder}")
         return traces
+    # every rank samples its share of the prompts (sampling/journaled.py); rank 0 writes the traces
+    kept = make_filtered_traces(out, teacher_ref, rows, config, answers)
     if training.is_main_process():
-        save_traces(folder, make_filtered_traces(out, teacher_ref, rows, config, answers))
+        save_traces(folder, kept)
     training.barrier()
     if not (folder / "state.json").is_file():  # rank 0 failed
         raise RunFailed("no teacher traces were written; see rank 0's error")
@@ -295,11 +304,12 @@ def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], config: Di
 def make_filtered_traces(out, teacher_ref: ModelRef, rows: list[dict], config: DistillConfig, answers: Optional[str]):
     n = config.num_samples
     info(f"teacher {config.teacher}: sampling {n} completion(s) for each of {len(rows)} prompts")
-    teacher = load_model(teacher_ref, device=default_device())
-    kept = make_traces(teacher, load_tokenizer(teacher_ref), rows, config, out.path / TEACHER_JOURNAL)
+    teacher, teacher_tok = teacher_engine(teacher_ref, config)
+    kept = make_traces(teacher, teacher_tok, rows, config, out.path / TEACHER_JOURNAL)
     del teacher
     if not kept:
-        out.mark_incomplete()
+        if training.is_main_process():
+            out.mark_incomplete()
         why = ("correct, well-formed Super CoT (checked against the reference answers)" if answers
                else "non-empty")
         raise RunFailed(f"zero traces left: none of the teacher's {n * len(rows)} completion(s) for "
@@ -308,6 +318,16 @@ def make_filtered_traces(out, teacher_ref: ModelRef, rows: list[dict], config: D
     info(f"kept {len(kept)} of {n * len(rows)} teacher completions"
          + (" (correct and well-formed)" if answers else ""))
     return kept
+
+
+def teacher_engine(teacher_ref: ModelRef, config: DistillConfig):
+    """(model, tokenizer) the teacher samples with: transformers on this rank's device, or vLLM's
+    offline engine with --backend vllm."""
+    if config.backend == "vllm":
+        from chainforge.sampling import load_vllm
+
+        return load_vllm(checkpoint_path(teacher_ref), seed=config.seed), load_tokenizer(teacher_ref)
+    return load_model(teacher_ref, device=default_device()), load_tokenizer(teacher_ref)
 
 
 def save_traces(folder: Path, kept: list[dict]) -> None:

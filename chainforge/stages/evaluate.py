@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from chainforge import distributed
 from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, GenerationOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, default, option)
 from chainforge.data import MANIFEST, atomic_write_text, load_prompt_rows, plan_output, read_manifest
@@ -67,7 +68,7 @@ def run(config: EvalConfig) -> None:
         info(f"--temperature 0 is greedy: every sample would be the same, so 1 is drawn per question (k=1)")
 
     # ---- sample and score (the output exists from here on)
-    out = plan.create(inputs=[config.data, config.model])
+    out = distributed.create_output(plan, inputs=[config.data, config.model])
     model, tokenizer = load_engine(engine)
     info(f"eval: {len(rows)} questions x {k} samples, temperature {config.temperature}, "
          f"top_p {config.top_p}, backend {engine.backend}")
@@ -76,6 +77,8 @@ def run(config: EvalConfig) -> None:
         num_samples=k, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
         seed=config.seed, system_prompt=resolve_system_prompt(config.system_prompt, config.model), rewards=rewards,
         batch_size=engine.batch_size, progress=True, journal=str(out.path / JOURNAL))
+    if not distributed.is_main():
+        return  # each rank drew its share of the samples; rank 0 writes the results once
 
     atomic_write_text(out.path / RESULTS, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                   for r in results))

@@ -39,7 +39,7 @@ from chainforge.data import load_prompt_rows, plan_output
 from chainforge.errors import UsageError
 from chainforge.formats import completion_text, parse_super_cot
 from chainforge.log import fmt_value, info
-from chainforge.models import load_model, load_tokenizer, resolve_model
+from chainforge.models import load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import training
@@ -63,7 +63,15 @@ class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Reward
     # generation
     num_generations: int = option(8, "Completions per prompt (the group size, at least 2).")
     temperature: Optional[float] = default(GenerationOptions, "temperature", 1.0)
-    use_vllm: bool = option(False, "Generate with vLLM (colocated; needs the vllm extra).", flags=("--use-vllm",))
+    use_vllm: bool = option(False, "Generate with vLLM (colocated unless --vllm-mode server; needs the vllm extra).",
+                            flags=("--use-vllm",))
+    vllm_mode: Optional[Literal["colocate", "server"]] = option(
+        None, "colocate: vLLM shares each training GPU; server: generation goes to a `trl vllm-serve` on GPUs of its "
+              "own (--vllm-server-url). Implies --use-vllm.")
+    vllm_server_url: Optional[str] = option(
+        None, "server mode: the `trl vllm-serve` base URL (default http://localhost:8000 on the first node).")
+    vllm_gpu_memory: float = option(
+        0.3, "colocate mode: share of each GPU's memory vLLM takes (the rest trains).", above=0.0, max=1.0)
     # GRPO objective
     beta: float = option(0.04, "KL penalty to the reference model (0 loads none; TRL's default is 0).")
     epsilon: float = option(0.2, "Clip range of the policy ratio.")
@@ -79,6 +87,7 @@ class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Reward
 
     def check(self) -> None:
         check_sampling(self)
+        check_vllm(self)
         super().check()
 
 
@@ -88,9 +97,10 @@ SPEC = StageSpec("grpo", produces="checkpoint", inputs={"model": "checkpoint", "
 
 def run(config: GrpoConfig) -> None:
     check_tested_versions()  # trl/transformers internals this stage relies on
-    if config.use_vllm and not vllm_available():  # the machine, not the options: checked at run time
-        raise UsageError(f"--use-vllm needs vLLM, which is not installed: {VLLM_INSTALL} "
-                         "(or drop --use-vllm to generate with transformers)")
+    if (config.use_vllm or config.vllm_mode) and not vllm_available():  # the machine: checked at run time
+        flag = f"--vllm-mode {config.vllm_mode}" if config.vllm_mode else "--use-vllm"
+        raise UsageError(f"{flag} needs vLLM, which is not installed: {VLLM_INSTALL} "
+                         f"(or drop {flag} to generate with transformers)")
     reward_names, reward_weights = resolve_rewards(config.rewards, custom=config.custom_rewards)
     reward_fns = [get_reward(name) for name in reward_names]
     batch_size, grad_accum = resolve_batch(config)
@@ -109,7 +119,7 @@ def run(config: GrpoConfig) -> None:
 
     tokenizer = load_tokenizer(ref)
     # fp32 weights under bf16 autocast for full fine-tuning: at lr 1e-6 bf16 weights would drop the updates.
-    model = load_model(ref, dtype=training.model_dtype(lora=config.lora))
+    model = training.load_trainable(ref, config)
     peft_config = training.lora_config(config, model)
     args = training.trainer_args(
         config, plan.path, GRPOConfig,
@@ -122,7 +132,7 @@ def run(config: GrpoConfig) -> None:
         epsilon=config.epsilon,
         loss_type=config.loss_type,
         reward_weights=reward_weights,
-        use_vllm=config.use_vllm,
+        **vllm_fields(config),
     )
     out = training.create_output(plan, inputs=[config.data, config.model])
     main = training.is_main_process()
@@ -130,8 +140,8 @@ def run(config: GrpoConfig) -> None:
         weighted = ", ".join(f"{n}×{w:g}" for n, w in zip(reward_names, reward_weights))
         info(f"grpo: {len(ds)} prompts, rewards {weighted}, {config.num_generations} generations per prompt, "
              f"batch {batch_size} completions × grad-accum {grad_accum}, beta {config.beta}, loss {config.loss_type}")
-    trainer = make_trainer(model, reward_fns, args, ds, tokenizer, peft_config)
-    result = training.train(trainer, out)
+    trainer, result = training.train_fitting(
+        config, out, args, model, lambda a, m: make_trainer(m, reward_fns, a, ds, tokenizer, peft_config))
     training.save_trained(trainer, out, tokenizer, merge=config.merge)
     if main:
         metrics = grpo_metrics(trainer, result)
@@ -155,6 +165,38 @@ def check_sampling(config) -> None:
     if config.temperature is None or config.temperature <= 0:
         raise UsageError("--temperature must be > 0 for GRPO: a group of greedy completions is identical and "
                          "teaches nothing (1.0 is the default)")
+
+
+def check_vllm(config) -> None:
+    url = config.vllm_server_url
+    if url and config.vllm_mode != "server":
+        raise UsageError("--vllm-server-url is for --vllm-mode server (a `trl vllm-serve` on its own GPUs); "
+                         "add --vllm-mode server, or drop the URL to colocate")
+    if url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--vllm-server-url must be http(s)://HOST:PORT, e.g. http://10.0.0.8:8000 "
+                             f"(got {url!r})")
+        if parts.username or parts.password:
+            # the URL is recorded in the manifest: a credential in it would be written to disk
+            raise UsageError("--vllm-server-url must not carry credentials (user:password@); trl vllm-serve "
+                             "takes none: give http(s)://HOST:PORT")
+
+
+def vllm_fields(config) -> dict:
+    """GRPOConfig's vLLM fields (TRL 1.x names) from --use-vllm / --vllm-mode / --vllm-server-url."""
+    if not (config.use_vllm or config.vllm_mode):
+        return {"use_vllm": False}
+    mode = config.vllm_mode or "colocate"
+    fields: dict = {"use_vllm": True, "vllm_mode": mode}
+    if mode == "server":
+        if config.vllm_server_url:
+            fields["vllm_server_base_url"] = config.vllm_server_url.rstrip("/")
+    else:
+        fields["vllm_gpu_memory_utilization"] = config.vllm_gpu_memory
+    return fields
 
 
 def world_size() -> int:

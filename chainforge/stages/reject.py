@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from chainforge import distributed
 from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, GenerationOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, default, option)
 from chainforge.data import load_prompt_rows, plan_output
@@ -74,7 +75,7 @@ def run(config: RejectConfig) -> None:
     refs = [r.get(answers) if answers else None for r in rows]
 
     # ---- sample and score (the output exists from here on)
-    out = plan.create(inputs=[config.data, config.model])
+    out = distributed.create_output(plan, inputs=[config.data, config.model])
     model, tokenizer = load_engine(engine)
     info(f"reject: {len(rows)} prompts x {config.num_samples} candidates, temperature {config.temperature}, "
          f"rewards {', '.join(f'{n}={w:g}' for n, w in zip(names, weights))}, min reward {config.min_reward}")
@@ -82,6 +83,8 @@ def run(config: RejectConfig) -> None:
         out.path / JOURNAL, model, tokenizer, prompts, n=config.num_samples, temperature=config.temperature,
         top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed, batch_size=engine.batch_size,
         system_prompt=resolve_system_prompt(config.system_prompt, config.model), progress=True)
+    if not distributed.is_main():
+        return  # each rank drew its share of the candidates; rank 0 filters and writes once
     texts = [[c.text for c in comps] for comps in drawn]
     rewards = score_rows(rows, texts, refs, names, weights)
 

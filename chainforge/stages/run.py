@@ -145,8 +145,8 @@ def plan_stages(recipe: dict) -> list[Stage]:
     sources: dict[str, Optional[str]] = {
         "checkpoint": str(_model(recipe["model"])) if recipe.get("model") else None,
         "dataset": None,
-        "prompts": str(_path(recipe["prompts"])) if recipe.get("prompts") else None,
-        "eval_data": str(_path(recipe["eval_data"])) if recipe.get("eval_data") else None,
+        "prompts": _data(recipe["prompts"]) if recipe.get("prompts") else None,
+        "eval_data": _data(recipe["eval_data"]) if recipe.get("eval_data") else None,
     }
     plan = []
     for i, raw in enumerate(recipe["stages"]):
@@ -155,7 +155,7 @@ def plan_stages(recipe: dict) -> list[Stage]:
         options = {k: v for k, v in raw.items() if k not in ("name", "command")}
         for key in ("data", "prompts", "eval_data"):
             if isinstance(options.get(key), str):
-                options[key] = str(_path(options[key]))
+                options[key] = _data(options[key])
         for key in ("model", "teacher", "student", "teacher_model"):
             if isinstance(options.get(key), str):
                 options[key] = str(_model(options[key]))
@@ -180,6 +180,19 @@ def plan_stages(recipe: dict) -> list[Stage]:
 def _path(value: Any) -> Path:
     p = Path(str(value)).expanduser()
     return p if p.is_absolute() else (Path.cwd() / p)
+
+
+def _data(value: Any) -> str:
+    """A data path resolved from the cwd, or a hub dataset id (`owner/name` that is no path here,
+    as data.load_rows reads it) kept as it is."""
+    from chainforge.data import _HUB_ID, DATA_SUFFIXES
+
+    text = str(value)
+    p = Path(text).expanduser()
+    if (not p.exists() and not text.startswith((".", "/", "~")) and _HUB_ID.fullmatch(text)
+            and p.suffix not in DATA_SUFFIXES and not Path(text.split("/")[0]).exists()):
+        return text
+    return str(_path(text))
 
 
 def _model(value: Any) -> str:
@@ -319,7 +332,7 @@ class Evaluations:
 
     def __init__(self, recipe: dict, run_dir: Path):
         self.options = dict(recipe.get("eval") or {})
-        self.data = str(_path(recipe["eval_data"]))
+        self.data = _data(recipe["eval_data"])
         self.base = str(_model(recipe["model"])) if recipe.get("model") else None
         self.folder = run_dir / EVALS
         self.done: dict[str, Path] = {}  # model → its evaluation folder
@@ -404,6 +417,10 @@ def run(recipe: str, start: Optional[str] = None, until: Optional[str] = None) -
 
 
 def _save_state(path: Path, state: dict) -> None:
+    from chainforge import distributed
+
+    if not distributed.is_main():
+        return  # under a launcher, rank 0 keeps run.json
     atomic_write_text(path, json.dumps(state, indent=2) + "\n")
 
 

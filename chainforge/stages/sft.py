@@ -38,7 +38,7 @@ from chainforge.config import (DataOptions, GenerationOptions, LoraOptions, Mode
                                SftTrainOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import load_rows, plan_output
 from chainforge.log import info
-from chainforge.models import (checkpoint_path, load_model, load_tokenizer, resolve_model,
+from chainforge.models import (checkpoint_path, load_tokenizer, resolve_model,
                                training_template)
 from chainforge.sampling import resolve_system_prompt
 from chainforge.traces import prompt_messages, sft_dataset
@@ -78,7 +78,7 @@ def run(config: SftConfig) -> None:
     training_template(tokenizer, dataset[0]["messages"])
     training.check_prompt_lengths(tokenizer, dataset, config.max_length)
     args = training.sft_args(config, plan.path)
-    model = load_model(ref, dtype=training.model_dtype(lora=config.lora))
+    model = training.load_trainable(ref, config)
     peft_config = training.lora_config(config, model)
 
     out = training.create_output(plan, inputs=[config.data, checkpoint_path(ref) if ref.kind == "folder" else ref.spec])
