@@ -21,15 +21,16 @@ from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_faile
 from chainforge.collect.pricing import price_for, price_table
 from chainforge.collect.progress import Tally, print_summary, say
 from chainforge.collect.resolve import build_expander, build_teacher, resolve_expander, resolve_teacher
-from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
+from chainforge.collect.steps import UncertaintyRule
 from chainforge.collect.teachers import PromptItem
-from chainforge.config import AnswerOptions, DataOptions, GenerationOptions, OutputOptions, StageSpec, default, option
+from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, OutputOptions,
+                               StageSpec, default, option)
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
 from chainforge.sampling import row_id
 
 @dataclass(kw_only=True)
-class CollectConfig(AnswerOptions, OutputOptions):
+class CollectConfig(AnswerOptions, OutputOptions, ExpanderOptions):
     REQUIRED = ("prompts",)
 
     prompts: Optional[str] = option(
@@ -54,17 +55,6 @@ class CollectConfig(AnswerOptions, OutputOptions):
     system_prompt: Optional[str] = option(None, "A system turn sent before each prompt (default: none).")
     max_new_tokens: Optional[int] = default(GenerationOptions, "max_new_tokens", None)
     temperature: Optional[float] = default(GenerationOptions, "temperature", None)
-    # expander: who grounds uncertain steps
-    expander: Optional[Literal["anthropic", "openai", "local", "none"]] = option(
-        None, "anthropic (ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none. Default: anthropic when "
-              "ANTHROPIC_API_KEY is set, else none.")
-    expander_model: Optional[str] = option(
-        None, "Default claude-sonnet-4-6 (anthropic); the teacher's model (local).")
-    max_expansions: int = option(3, "Uncertain steps grounded per trace, at most (bounds the cost).", min=0)
-    uncertain_marker: Optional[list[str]] = option(None, "Extra hedging phrase that flags a step (repeatable).")
-    marker_domain: Optional[list[str]] = option(
-        None, "Add a domain's marker list: math, code, science, facts (repeatable).", choices=tuple(DOMAIN_MARKERS))
-    long_step_words: int = option(120, "A step longer than this many words counts as uncertain.", min=1)
     keep_incorrect: bool = option(
         True, "Keep rows whose answer does not match the reference (flagged correct=false).",
         flags=("--keep-incorrect/--drop-incorrect",))
@@ -75,11 +65,6 @@ class CollectConfig(AnswerOptions, OutputOptions):
         None, "Pace requests to at most this many (estimated) tokens per minute.", min=1)
     max_retries: int = option(6, "Retries per request (backoff capped at 30 s; Retry-After honoured up to 60 s).",
                               min=0)
-    max_cost: Optional[float] = option(
-        None, "Stop sending once spent + in-flight estimate reaches this many USD (exit 1; raise it and rerun to "
-              "continue).", above=0.0)
-    price: Optional[list[str]] = option(
-        None, "MODEL=INPUT,CACHE_HIT,OUTPUT in USD per 1M tokens (repeatable; overrides the built-in table).")
     retry_failed: bool = option(
         False, "On an existing output: try again the prompts listed in failed.jsonl.", flags=("--retry-failed",))
 
