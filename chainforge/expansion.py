@@ -302,3 +302,43 @@ def _bound(grounder: Grounder) -> float:
 def _record(key: str, g: Grounded) -> dict:
     return {"key": key, "expansions": g.expansions, "usage": g.usage, "failures": g.failures,
             "cost_usd": round(g.cost_usd, 8)}
+
+
+def question_text(prompt) -> str:
+    """The question a grounding request quotes: the prompt, or the last user turn of chat messages."""
+    if isinstance(prompt, list):
+        users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        return str(users[-1]) if users else ""
+    return str(prompt)
+
+
+def ground_rows(grounder: Grounder, rows: list[dict], folder: Path, stage: str) -> dict:
+    """Ground the uncertain steps of kept training rows (`id`, `prompt`, `text`, `messages`) in place.
+
+    Every row is rewritten as Super CoT (`rewrite`): the grounding goes into its chosen uncertain
+    steps. A row whose completion has no step is left as it is. Returns the manifest's expansion
+    metrics. The journal key is the row's id and text, so a resumed run with another filter reuses
+    the groundings of the rows it keeps again.
+    """
+    stats = Stats()
+    targets, parts = [], {}
+    for n, row in enumerate(rows):
+        split = trace_parts(row["text"])
+        if split is None:
+            continue
+        steps, own, summary = split
+        flagged, target = grounder.target(trace_key(stage, str(row["id"]), row["text"]), question_text(row["prompt"]),
+                                          steps)
+        targets.append(target)
+        parts[target.key] = (n, steps, own, flagged, summary)
+
+    def patch(target: Target, grounded: Grounded) -> None:
+        n, steps, own, flagged, summary = parts[target.key]
+        text = rewrite(steps, own, flagged, grounded, summary)
+        row = rows[n]
+        row["text"] = text
+        row["messages"] = [dict(m) for m in row["messages"][:-1]] + [{"role": "assistant", "content": text}]
+
+    grounder.ground(targets, folder, stats, on_done=patch)
+    stats.uncertain_steps = sum(sum(p[3]) for p in parts.values())
+    return stats.metrics()
