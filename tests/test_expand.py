@@ -14,7 +14,7 @@ from pathlib import Path
 import datasets
 import pytest
 from conftest import write_jsonl
-from fake_apis import FakeAnthropic, default_anthropic_answer
+from fake_apis import FakeAnthropic, FakeAnthropicBatches, default_anthropic_answer
 
 from chainforge.collect.steps import UncertaintyRule
 from chainforge.expansion import Grounded, rewrite, trace_parts
@@ -158,6 +158,23 @@ def test_distill_grounds_the_kept_traces_before_training(cli, tiny_model, tmp_pa
     assert grounded > 0 and len(anthropic_api.requests) == grounded
     m = json.loads((out / "chainforge.json").read_text())["metrics"]
     assert m["expanded_steps"] == grounded and m["expansion_cost_usd"] > 0
+
+
+def test_reject_with_expander_batch_sends_one_batch_at_half_price(cli, tiny_model, data, tmp_path, monkeypatch):
+    with FakeAnthropicBatches() as server:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        out = tmp_path / "out"
+        r = cli(*reject_args(tiny_model, data, out, "--min-reward", 0, "--keep", "all-passing", *GROUND, "--expander-batch",
+                             "--poll-interval", "0.01"))
+        assert r.exit_code == 0, r.stderr
+        assert len(server.created) == 1, r.stderr
+        assert not [q for q in server.requests if q["path"].rstrip("/") == "/v1/messages"]
+    grounded = assert_grounded_only_where_uncertain(datasets.load_from_disk(str(out)))
+    m = json.loads((out / "chainforge.json").read_text())["metrics"]
+    assert grounded > 0 and m["expanded_steps"] == grounded and m["expansion_batches"] == 1
+    full = (m["expansion_input_tokens"] * 3.0 + m["expansion_output_tokens"] * 15.0) / 1e6  # claude-sonnet-4-6
+    assert m["expansion_cost_usd"] == pytest.approx(full / 2, abs=1e-6)  # the manifest keeps 6 decimals
 
 
 def test_rewrite_puts_groundings_in_uncertain_steps_only():
