@@ -152,6 +152,12 @@ class Grounder:
         from chainforge.collect.resolve import Source, resolve_expander
 
         source = resolve_expander(config, teacher or Source("none"))
+        if config.expander_batch and source.kind != "anthropic":
+            from chainforge.errors import UsageError
+
+            raise UsageError("--expander-batch sends Anthropic Message Batches, but no Anthropic expander is in use "
+                             "(ANTHROPIC_API_KEY is not set and --expander was not given); export "
+                             "ANTHROPIC_API_KEY and pass --expander anthropic, or drop --expander-batch")
         prices = price_table(config.price)
         rule = UncertaintyRule.build(config.uncertain_marker or (), config.marker_domain or (),
                                      config.long_step_words)
