@@ -158,3 +158,12 @@ def test_expander_batch_with_another_expander_is_exit_2_and_nothing_created(cli,
     assert r.exit_code == 2
     assert "--expander-batch" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_expander_batch_without_an_anthropic_key_is_exit_2(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    out = tmp_path / "out"
+    r = cli("collect", "--prompts", prompts(tmp_path), "--output", out, "--teacher", "local", "--expander-batch")
+    assert r.exit_code == 2
+    assert "--expander-batch" in r.stderr and "ANTHROPIC_API_KEY" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
