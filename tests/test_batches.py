@@ -167,3 +167,21 @@ def test_expander_batch_without_an_anthropic_key_is_exit_2(cli, tmp_path, monkey
     assert r.exit_code == 2
     assert "--expander-batch" in r.stderr and "ANTHROPIC_API_KEY" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+def test_a_refused_batch_submission_stops_with_exit_1_and_keeps_the_rows(cli, tmp_path, servers, monkeypatch):
+    ds, an, _ = servers
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-wrong-key")
+    out = tmp_path / "out"
+    data = prompts(tmp_path)
+    r = cli(*collect_args(data, out, "--expander-batch", "--poll-interval", "0.01"))
+    assert r.exit_code == 1 and "HTTP 401" in r.stderr and "sk-wrong-key" not in r.stderr
+    assert json.loads((out / "chainforge.json").read_text())["status"] == "incomplete"
+    assert (out / "journal.jsonl").read_text().count("\n") == N and not an.created
+    teacher_calls = len(ds.requests)
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", an.api_key)  # the fix, then the same command
+    r = cli(*collect_args(data, out, "--expander-batch", "--poll-interval", "0.01"))
+    assert r.exit_code == 0, r.stderr
+    assert len(ds.requests) == teacher_calls and len(an.created) == 1
+    assert metrics(out)["expanded_steps"] == N
