@@ -199,4 +199,3 @@ def test_from_after_until_is_refused(finished_run, cli):
     _, recipe, _ = finished_run
     r = cli("run", recipe, "--from", "rl", "--until", "collect")
     assert r.exit_code == 2 and "--from rl comes after --until collect" in r.stderr
-
