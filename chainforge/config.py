@@ -25,6 +25,19 @@ from chainforge.errors import UsageError
 
 SECRET_KEY = re.compile(r"key|token(?!s)|secret|password", re.IGNORECASE)  # not max_new_tokens
 REDACTED = "***"
+# `scheme://user:password@host`: the password part, whatever option or recipe key holds the URL
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*@")
+
+
+def mask_url_credentials(value: Any) -> Any:
+    """A string (or list of strings) with any URL password replaced by ***; other values as they are."""
+    if isinstance(value, str):
+        return URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED + "@", value)
+    if isinstance(value, (list, tuple)):
+        return [mask_url_credentials(v) for v in value]
+    if isinstance(value, dict):
+        return {k: mask_url_credentials(v) for k, v in value.items()}
+    return value
 
 
 def option(default: Any = None, help: str = "", *, flags: Optional[tuple[str, ...]] = None,
@@ -89,8 +102,17 @@ class StageConfig:
 
     def redacted(self) -> dict:
         """What goes into a manifest: option name → plain value, secrets masked."""
-        return {k: (REDACTED if SECRET_KEY.search(k) and v is not None else _plain(v))
+        return {k: (REDACTED if SECRET_KEY.search(k) and v is not None else mask_url_credentials(_plain(v)))
                 for k, v in sorted(dataclasses.asdict(self).items()) if k != "config"}
+
+    def __repr__(self) -> str:  # the manifest's view: no key or URL password in a log or traceback
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
+        return f"{type(self).__name__}({shown})"
+
+    def __init_subclass__(cls, **kwargs):
+        # @dataclass writes a field-by-field __repr__ unless the class defines one itself
+        super().__init_subclass__(**kwargs)
+        cls.__repr__ = StageConfig.__repr__
 
     @classmethod
     def option_names(cls) -> list[str]:
@@ -162,6 +184,8 @@ def _check(f: dataclasses.Field, annotation: Any, value: Any, name: str) -> Any:
         return None
     kind = base_type(annotation)
     expected = getattr(kind, "__name__", str(kind))
+    if kind is list and isinstance(value, (str, Path)):
+        value = [str(value)]  # one item, as a recipe key or a single repeatable flag gives it
     ok = {bool: lambda v: isinstance(v, bool),
           int: lambda v: isinstance(v, int) and not isinstance(v, bool),
           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -294,7 +318,8 @@ class OutputOptions(StageConfig):
     output: Optional[str] = option(None, "Output folder (created once the input is validated).",
                                    flags=("--output", "-o"))
     seed: int = option(0, "Seed for sampling, shuffling and init.")
-    overwrite: bool = option(False, "Replace a non-empty --output.", flags=("--overwrite",))
+    overwrite: bool = option(False, "Replace an --output that chainforge made (never another folder, an input, "
+                                     "the current or home directory).", flags=("--overwrite",))
 
 
 @dataclass(kw_only=True)

@@ -45,3 +45,13 @@ def test_shell_completion_is_on_and_offers_the_fixed_choices(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from chainforge.cli import app; app(prog_name='chainforge')"],
                        capture_output=True, text=True, env=env)
     assert set(r.stdout.split()) >= {"best", "all-passing"}, (r.stdout, r.stderr)
+
+
+def test_a_long_log_line_stays_one_line_in_a_pipe():
+    import subprocess
+    import sys
+
+    line = "warning: " + " ".join(f"word{i}" for i in range(60))
+    r = subprocess.run([sys.executable, "-c", f"from chainforge.log import info; info({line!r})"],
+                       capture_output=True, text=True, check=True)
+    assert r.stderr.splitlines() == [line]

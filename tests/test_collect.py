@@ -512,3 +512,35 @@ def test_local_expander_at_concurrency_32_loads_one_model_and_decodes_on_it_one_
     assert peak == 1  # never two decodes on the one model (and its tokenizer) at the same time
     assert sum(prompts_decoded) == 40  # each row's one uncertain step, batched across rows
     assert all(row["uncertain"] == [False, True, False] for row in rows)
+
+
+def test_url_password_never_reaches_run_json_or_a_config_repr_and_the_rerun_skips(cli, tmp_path, deepseek,
+                                                                                 monkeypatch):
+    import json
+
+    import yaml
+
+    from chainforge.stages.collect import CollectConfig
+
+    deepseek.basic_auth = ("bob", "s3cret-pw")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    url = f"http://bob:s3cret-pw@127.0.0.1:{deepseek.port}/v1"
+    config = CollectConfig(prompts="p.jsonl", output="o", teacher="openai", teacher_base_url=url)
+    assert "s3cret-pw" not in repr(config) and "bob:***@" in repr(config)
+    assert config.redacted()["teacher_base_url"] == f"http://bob:***@127.0.0.1:{deepseek.port}/v1"
+
+    run_dir = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"run_dir": str(run_dir), "prompts": str(prompts_file(tmp_path, 2)), "stages": [
+        {"name": "collect", "command": "collect", "teacher": "openai", "teacher_model": "r1",
+         "teacher_base_url": url}]}))
+    r = cli("run", recipe)
+    assert r.exit_code == 0, r.stderr
+    assert "s3cret-pw" not in (run_dir / "run.json").read_text() + r.stderr + r.stdout
+    assert_no_secret(run_dir, "s3cret-pw")
+    sent = len(deepseek.requests)
+    r = cli("run", recipe)  # the manifest's masked URL is the same option: nothing is redone or re-paid
+    assert r.exit_code == 0, r.stderr
+    assert len(deepseek.requests) == sent
+    state = json.loads((run_dir / "run.json").read_text())
+    assert state["stages"]["collect"]["status"] == "skipped (complete)"

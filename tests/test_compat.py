@@ -121,3 +121,18 @@ def test_compat_does_not_import_the_libraries_it_checks():
                        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command, package", [("sft", "trl"), ("grpo", "trl"), ("distill", "transformers"),
+                                              ("eval", "transformers"), ("reject", "transformers")])
+def test_stages_refuse_an_untested_release_before_creating_their_output(fake_release, cli, tmp_path,
+                                                                        command, package):
+    fake_release(package, "9.0.0")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1+1?", "answer": "2"}\n')
+    out = tmp_path / "out"
+    models = ["--teacher", "smollm2", "--student", "smollm2-half"] if command == "distill" else ["--model", "smollm2"]
+    r = cli(command, *models, "--data", data, "--output", out)
+    assert r.exit_code == 2, r.stderr
+    assert f"{package} 9.0.0" in r.stderr and "pip install" in r.stderr
+    assert not out.exists()

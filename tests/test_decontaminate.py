@@ -252,7 +252,7 @@ def test_rerun_on_a_complete_output_needs_overwrite(files, tmp_path):
     ({"data": None}, "missing --data"),
     ({"output": ""}, "missing --output"),
     ({"ngram": 0}, "--ngram must be at least 1"),
-    ({"ngram": 2.5}, "--ngram expects a whole number"),
+    ({"ngram": 2.5}, "--ngram expects int"),
     ({"limit": 0}, "--limit must be at least 1"),
     ({"prompt_column": ""}, "--prompt-column"),
 ])
@@ -268,7 +268,8 @@ def test_config_accepts_one_against_path_as_a_string_and_rejects_repeats(files, 
     config = DecontaminateConfig(data=str(files["train"]), against=str(files["test"]), output="o")
     assert config.against == [str(files["test"])]
     assert config.redacted() == {"against": [str(files["test"])], "data": str(files["train"]), "limit": None,
-                                 "ngram": 8, "output": "o", "overwrite": False, "prompt_column": "prompt"}
+                                 "ngram": 8, "output": "o", "overwrite": False, "prompt_column": "prompt",
+                                 "seed": 0, "split": None, "subset": None}
     with pytest.raises(UsageError, match="more than once"):
         DecontaminateConfig(data=str(files["train"]), against=[str(files["test"])] * 2, output="o")
 

@@ -302,3 +302,22 @@ def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(fast):
                 server.close()
         failure = asyncio.run(go())
     assert failure.status_code == 307 and elsewhere.requests == []
+
+
+def test_the_http_limits_are_options(cli, tmp_path, monkeypatch):
+    """--idle-timeout and --max-response-mb reach the client (no monkeypatched defaults here)."""
+    import chainforge.collect.retry as retry
+
+    monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
+    with FakeDeepSeek(latency=0.01) as server:
+        monkeypatch.setenv("DEEPSEEK_API_KEY", server.api_key)
+        monkeypatch.setenv("DEEPSEEK_BASE_URL", server.url)
+        server.plan(q(0), "stall", "stall")
+        server.plan(q(1), "huge", "huge")
+        out = tmp_path / "out"
+        r = cli("collect", "--prompts", prompts(tmp_path, 3), "--output", out, "--expander", "none",
+                "--max-retries", 1, "--idle-timeout", 0.5, "--max-response-mb", 0.25)
+        assert r.exit_code == 0, r.stderr
+        reasons = {f["prompt"]: f["reason"] for f in failed(out)}
+        assert "timed out: no data for 0.5 s" in reasons[q(0)]
+        assert q(1) in reasons and metrics(out)["rows"] == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from chainforge.compat import check_tested_versions
 from chainforge.sampling.engine import BatchSize
 from chainforge.sampling.vllm_backend import _import_vllm, load_vllm
 
@@ -24,6 +25,7 @@ class EngineSpec:
 def engine_spec(config, model_option: str = "model") -> EngineSpec:
     """The engine a sampling config (`EngineOptions`: bounds already checked) asks for; names the
     vLLM extra when it is missing and checks the model spec. No weights are read."""
+    check_tested_versions(["transformers"])  # the HF engine reads DynamicCache internals
     from chainforge.models import resolve_model
 
     batch_size: BatchSize = "auto" if config.batch_size in (None, "", "auto") else int(config.batch_size)

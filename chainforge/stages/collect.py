@@ -20,7 +20,7 @@ from chainforge.collect.chat import Counters, RunStopped
 from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
 from chainforge.collect.pricing import price_for, price_table
 from chainforge.collect.progress import Tally, print_summary, say
-from chainforge.collect.resolve import build_expander, build_teacher, resolve_teacher
+from chainforge.collect.resolve import HttpOptions, build_expander, build_teacher, resolve_teacher
 from chainforge.collect.teachers import PromptItem
 from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, OutputOptions,
                                StageSpec, default, option)
@@ -67,14 +67,26 @@ class CollectConfig(AnswerOptions, OutputOptions, ExpanderOptions):
                               min=0)
     retry_failed: bool = option(
         False, "On an existing output: try again the prompts listed in failed.jsonl.", flags=("--retry-failed",))
+    # how the HTTP client treats slow, huge or non-streaming replies (chainforge.collect.http)
+    # (unset: the client's defaults, 60 s, 1800 s and 32 MiB)
+    idle_timeout: Optional[float] = option(
+        None, "Seconds of silence mid-reply before a request is dropped and retried, reported as a timeout "
+              "(default 60).", above=0.0)
+    request_timeout: Optional[float] = option(
+        None, "Seconds a whole request may take, however slowly it arrives (default 1800).", above=0.0)
+    max_response_mb: Optional[float] = option(
+        None, "Largest reply accepted after gzip is decoded, in MiB; a larger one fails that request "
+              "(default 32).", above=0.0)
+    stream: bool = option(True, "Stream teacher replies; --no-stream for a server that rejects stream_options.")
 
 
 CONFIG = CollectConfig
 # Options that may change when a run is resumed: they change how fast or how far it goes, not
 # what a row is.
 SPEC = StageSpec("collect", produces="dataset", inputs={"prompts": "prompts"},
-                 resumable=("concurrency", "max_retries", "max_cost", "requests_per_minute",
-                            "tokens_per_minute", "retry_failed"))
+                 resumable=("concurrency", "max_retries", "max_cost", "poll_interval", "requests_per_minute",
+                            "tokens_per_minute", "retry_failed", "idle_timeout", "request_timeout",
+                            "max_response_mb", "stream"))
 RESUMABLE_CHANGES = SPEC.resumable
 
 
@@ -143,9 +155,12 @@ def run(config: CollectConfig) -> None:
 
     async def collect() -> str:
         nonlocal expander_obj
-        teacher = build_teacher(teacher_src, config, counters, limiter if limiter.active else None)
+        cap = None if config.max_response_mb is None else int(config.max_response_mb * 2 ** 20)
+        http = HttpOptions(config.idle_timeout, config.request_timeout, cap, config.stream)
+        teacher = build_teacher(teacher_src, config, counters, limiter if limiter.active else None, http=http)
+        # --expander-batch: nothing is grounded while the teacher works (see _ground_deferred)
         expander_obj = build_expander(expander_src if not defer else replace(expander_src, kind="none"), config,
-                                      exp_counters, teacher)
+                                      exp_counters, teacher, http=http)
         concurrency = 1 if teacher_src.kind == "local" else config.concurrency
         collector = Collector(teacher, expander_obj, rule, config.max_expansions, journal, failed, budget, tally,
                               concurrency, price_for(prices, teacher_src.model),

@@ -21,11 +21,11 @@ pass takes seconds (scripts/bench_decontaminate.py), so an interrupted run simpl
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from chainforge.config import StageConfig, StageSpec
+from chainforge.config import DataOptions, OutputOptions, StageSpec, default, option
 from chainforge.data import atomic_write_text, load_rows, plan_output, require_columns
 from chainforge.decontam import EvalIndex, normalise, prompt_text
 from chainforge.errors import RunFailed, UsageError
@@ -36,54 +36,30 @@ STAGE = "decontaminate"
 REMOVED = "removed.jsonl"
 
 
-@dataclass
-class DecontaminateConfig(StageConfig):
-    # ---- data
-    data: Optional[str] = field(default=None, metadata={
-        "help": "Training set to clean: a save_to_disk folder or a .jsonl/.json/.csv/.parquet file."})
-    against: list[str] = field(default_factory=list, metadata={
-        "help": "Eval sets whose prompts must not appear in training (one or more files or folders)."})
-    output: Optional[str] = field(default=None, metadata={
-        "help": "Output folder: the kept rows, removed.jsonl and the manifest."})
-    prompt_column: str = field(default="prompt", metadata={
-        "help": "Column holding the prompt, in --data and in every --against set."})
-    limit: Optional[int] = field(default=None, metadata={
-        "help": "Use only the first N rows of --data.", "min": 1})
-    # ---- matching
-    ngram: int = field(default=8, metadata={
-        "help": "Words in a shared run that marks a training prompt as contaminated "
-                "(shorter eval prompts are compared whole).", "min": 1})
-    # ---- output
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty --output."})
+@dataclass(kw_only=True)
+class DecontaminateConfig(DataOptions, OutputOptions):
+    REQUIRED = ("data", "output")
 
-    def __post_init__(self) -> None:
-        if isinstance(self.against, (str, Path)):
-            self.against = [self.against]
-        self.against = [str(p) for p in (self.against or [])]
-        for name in ("data", "output"):
-            if getattr(self, name) in (None, ""):
-                raise UsageError(f"missing --{name}: give it on the command line or as `{name}:` in --config")
+    data: Optional[str] = default(
+        DataOptions, "data", None, "Training set to clean: a file, a save_to_disk folder, a dataset repository "
+                                   "folder or a hub id.")
+    prompt_column: str = default(DataOptions, "prompt_column", "prompt",
+                                 "Column holding the prompt, in --data and in every --against set.")
+    against: list[str] = option(
+        [], "Eval set whose prompts must not appear in training (repeat for several; files or folders).")
+    ngram: int = option(8, "Words in a shared run that marks a training prompt as contaminated (shorter eval "
+                           "prompts are compared whole).", min=1)
+
+    def check(self) -> None:
+        super().check()
         if not self.against:
             raise UsageError("missing --against: give one or more eval sets whose prompts must not be "
                              "trained on (e.g. --against data/toy/test.jsonl)")
         repeated = sorted({p for p in self.against if self.against.count(p) > 1})
         if repeated:
             raise UsageError(f"--against {repeated[0]} is given more than once; list each eval set once")
-        if not isinstance(self.prompt_column, str) or not self.prompt_column:
+        if not self.prompt_column:
             raise UsageError("--prompt-column must be a column name, got an empty value")
-        for f in fields(self):
-            value, low = getattr(self, f.name), f.metadata.get("min")
-            if low is None or value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise UsageError(f"--{f.name.replace('_', '-')} expects a whole number, got {value!r}")
-            if value < low:
-                raise UsageError(f"--{f.name.replace('_', '-')} must be at least {low}, got {value}")
-
-    def redacted(self) -> dict:
-        """The options as the manifest records them (nothing here is secret)."""
-        return {f.name: list(getattr(self, f.name)) if f.name == "against" else getattr(self, f.name)
-                for f in sorted(fields(self), key=lambda f: f.name)}
 
 
 CONFIG = DecontaminateConfig
@@ -97,7 +73,7 @@ def run(config: DecontaminateConfig) -> None:
     plan = plan_output(config.output, STAGE, config, overwrite=config.overwrite)
 
     # ---- data
-    ds = load_rows(config.data, config.limit)
+    ds = load_rows(config.data, config.limit, split=config.split, subset=config.subset)
     require_columns(ds, [config.prompt_column])
     train_prompts = ds[config.prompt_column][:]  # a list: datasets returns a lazy Column
     train_words = [normalise(t) for t in _texts(train_prompts, f"--data {config.data}", config.prompt_column)]

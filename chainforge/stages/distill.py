@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from chainforge import training
+from chainforge.compat import check_tested_versions
 from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, LoraOptions,
                                OutputOptions, SftTrainOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import answer_column, atomic_write_text, load_rows, plan_output, require_columns
@@ -99,6 +100,7 @@ SPEC = StageSpec("distill", produces="checkpoint", inputs={"teacher": "checkpoin
 
 
 def run(config: DistillConfig) -> None:
+    check_tested_versions()  # trl/transformers internals this stage relies on
     method = config.method
     plan = plan_output(config.output, "distill", config, overwrite=config.overwrite, ignore=SPEC.resumable)
     grounder = expansion_setup(config)

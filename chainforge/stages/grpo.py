@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Optional
 
+from chainforge.compat import check_tested_versions
 from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import load_prompt_rows, plan_output
@@ -86,6 +87,7 @@ SPEC = StageSpec("grpo", produces="checkpoint", inputs={"model": "checkpoint", "
 
 
 def run(config: GrpoConfig) -> None:
+    check_tested_versions()  # trl/transformers internals this stage relies on
     if config.use_vllm and not vllm_available():  # the machine, not the options: checked at run time
         raise UsageError(f"--use-vllm needs vLLM, which is not installed: {VLLM_INSTALL} "
                          "(or drop --use-vllm to generate with transformers)")

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from chainforge.config import REDACTED, cli_flags, load_yaml_config
+from chainforge.config import REDACTED, cli_flags, load_yaml_config, mask_url_credentials
 from chainforge.data import atomic_write_text, read_manifest
 from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
 from chainforge.log import info
@@ -263,7 +263,8 @@ def _differs(stage: Stage, manifest: dict, previous: Optional[dict] = None) -> b
     skip = set(stage.spec.resumable)
     if any(k not in stage.options and k not in skip for k in (previous or {})):
         return True
-    return any(_norm(recorded.get(k)) != _norm(v) for k, v in stage.options.items()
+    # the manifest holds URLs with their password masked: compare them masked
+    return any(_norm(recorded.get(k)) != _norm(mask_url_credentials(v)) for k, v in stage.options.items()
                if k not in skip and recorded.get(k) != REDACTED)
 
 
@@ -294,9 +295,12 @@ def command_line(stage: Stage, overwrite: bool) -> str:
     """The command that does what this stage does (shown in the log, to rerun a stage by hand)."""
     fields = {f.name: f for f in dataclasses.fields(stage.config)}
     args = [stage.command]
+    shown = stage.config.redacted()  # secrets and URL passwords masked, as in the manifest
     for key, value in {**stage.options, "output": str(stage.output)}.items():
         if value is None or key not in fields:
             continue
+        if shown.get(key) == REDACTED or isinstance(value, str):
+            value = shown.get(key, value)
         flag = cli_flags(fields[key])[0]
         if isinstance(value, bool):
             on, _, off = flag.partition("/")
@@ -327,7 +331,7 @@ def execute(stage: Stage, redone: set[str], record: dict, state_path: Path, stat
     elif m:
         info(f"[{label}] unfinished: resuming")
     info(f"[{label}] {command_line(stage, overwrite)}")
-    record.update(status="running", started=_now(), options=stage.options)
+    record.update(status="running", started=_now(), options=mask_url_credentials(stage.options))
     _save_state(state_path, state)
     t0 = time.time()
     code = _call(stage.command, dataclasses.replace(stage.config, overwrite=overwrite))

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from chainforge import training
+from chainforge.compat import check_tested_versions
 from chainforge.config import (DataOptions, GenerationOptions, LoraOptions, ModelOptions, OutputOptions,
                                SftTrainOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import load_rows, plan_output
@@ -64,6 +65,7 @@ FORMAT_HOLDOUT_MIN_ROWS = 40
 
 
 def run(config: SftConfig) -> None:
+    check_tested_versions()  # trl/transformers internals this stage relies on
     plan = plan_output(config.output, "sft", config, overwrite=config.overwrite)
     ref = resolve_model(config.model)
 
