@@ -12,7 +12,9 @@ Two methods:
   completions are kept (the reward registry decides). They are saved as a dataset under
   `--output/traces` (reusable: `chainforge sft --data OUT/traces`) and the student trains on them
   through the SFT trainer path sft uses (`training.train_sft`), under the Super CoT system turn it
-  is sampled with. Teacher and student may use different tokenizers.
+  is sampled with. Teacher and student may use different tokenizers. With `--expander`, the
+  uncertain steps of the kept traces are grounded first (chainforge/expansion.py, journaled in
+  `expansions.jsonl`; counts, tokens and cost in the manifest).
 - `logits`: generalized knowledge distillation (GKD, Agarwal et al. 2024, TRL's GKDTrainer): the
   student matches the teacher's whole next-token distribution (generalized JSD, --beta) on a mix of
   its own samples (--lambda, the on-policy fraction) and teacher sequences. One vocabulary needed:

@@ -9,7 +9,10 @@ Stage 3 of the R1 recipe: the RL checkpoint answers every training question `--n
 registry (`--rewards`, default accuracy+format); identical completions count once; candidates with
 reward ≥ `--min-reward` (default 1.0, i.e. correct) pass; `--keep best` keeps the top one per
 question, `--keep all-passing` every distinct passing one (`kept_rank` 0 = the best; ties go to the
-one drawn first). Completions are kept exactly as generated, expansions and all.
+one drawn first). Completions are kept exactly as generated, expansions and all — unless
+`--expander` is given: then the uncertain steps of the KEPT candidates (never the discarded ones)
+are grounded through chainforge/expansion.py and each kept row is rewritten as Super CoT
+(journaled in `expansions.jsonl`; counts, tokens and cost in the manifest).
 
 The output is a dataset `chainforge sft` takes unchanged: `id`, `prompt`, `reference`, `text`,
 `messages` ([user prompt, assistant text] — the system prompt used for sampling is not part of the
