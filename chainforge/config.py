@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Union, get_args, get_origin
 
+from chainforge.collect.steps import DOMAIN_MARKERS  # plain data (re only): the --marker-domain choices
 from chainforge.errors import UsageError
 
 SECRET_KEY = re.compile(r"key|token(?!s)|secret|password", re.IGNORECASE)  # not max_new_tokens
@@ -433,3 +434,37 @@ class SftTrainOptions(StageConfig):
               "batches of similar-length rows (GPUs without flash-attention).")
     optim: str = option("adamw_torch", "transformers optimizer name: adamw_torch, adamw_torch_fused, adamw_8bit "
                                        "(needs bitsandbytes), …")
+
+
+@dataclass(kw_only=True)
+class ExpanderOptions(StageConfig):
+    """Grounding of uncertain steps (the Super CoT `<explanation>`): collect, reject and distill."""
+
+    expander: Optional[Literal["anthropic", "openai", "local", "none"]] = option(
+        None, "anthropic (ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none. Default: anthropic when "
+              "ANTHROPIC_API_KEY is set, else none.")
+    expander_model: Optional[str] = option(
+        None, "Default claude-sonnet-4-6 (anthropic); the teacher's model (local).")
+    max_expansions: int = option(3, "Uncertain steps grounded per trace, at most (bounds the cost).", min=0)
+    uncertain_marker: Optional[list[str]] = option(None, "Extra hedging phrase that flags a step (repeatable).")
+    marker_domain: Optional[list[str]] = option(
+        None, "Add a domain's marker list: math, code, science, facts (repeatable).",
+        choices=tuple(DOMAIN_MARKERS))
+    long_step_words: int = option(120, "A step longer than this many words counts as uncertain.", min=1)
+    max_cost: Optional[float] = option(
+        None, "Stop sending once spent + in-flight estimate reaches this many USD (exit 1; raise it and rerun to "
+              "continue).", above=0.0)
+    price: Optional[list[str]] = option(
+        None, "MODEL=INPUT,CACHE_HIT,OUTPUT in USD per 1M tokens (repeatable; overrides the built-in table).")
+    expander_batch: bool = option(
+        False, "Send the expansions as Anthropic Message Batches (half price, results within 24 h) once the "
+               "other requests are done; a rerun polls the batches already submitted.",
+        flags=("--expander-batch",))
+    poll_interval: float = option(30.0, "--expander-batch: seconds between two status checks of a batch.",
+                                  above=0.0)
+
+    def check(self) -> None:
+        if self.expander_batch and self.expander not in (None, "anthropic"):
+            raise UsageError(f"--expander-batch sends Anthropic Message Batches, but --expander is "
+                             f"{self.expander}; use --expander anthropic or drop --expander-batch")
+        super().check()

@@ -398,6 +398,89 @@ class FakeAnthropic(FakeServer):
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}
 
 
+class FakeAnthropicBatches(FakeAnthropic):
+    """FakeAnthropic plus the Message Batches endpoints, as the anthropic SDK calls them:
+    POST /v1/messages/batches, GET /v1/messages/batches/{id}, GET /v1/messages/batches/{id}/results
+    (JSON Lines). Each item is answered like a synchronous /v1/messages request (same text, same
+    usage). A batch answers `in_progress` to its first `polls_to_end` retrievals, then `ended`
+    (never while `hold` is set). `expire` holds batch numbers (0 = the first created) whose every
+    item ends `expired`; `item_faults` maps a substring of an item's text to "errored" or
+    "canceled". `created` lists the batch ids in creation order."""
+
+    def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0,
+                 answer: Callable[[str], str] = default_anthropic_answer):
+        super().__init__(latency, record, port, answer)
+        self.batches: dict[str, dict] = {}
+        self.created: list[str] = []
+        self.polls_to_end = 1
+        self.hold = False
+        self.expire: set[int] = set()
+        self.item_faults: dict[str, str] = {}
+
+    async def _respond(self, method: str, path: str, headers: dict, body: bytes, writer, reader) -> bool:
+        parts = path.split("?")[0].rstrip("/").split("/")
+        if parts[:4] != ["", "v1", "messages", "batches"]:
+            return await super()._respond(method, path, headers, body, writer, reader)
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            payload = {}
+        if self.record:
+            self.requests.append({"path": path, "headers": headers, "json": payload, "t": time.monotonic(),
+                                  "method": method})
+        if not self.authorised(headers):
+            return await self._send(writer, 401, {"error": {"message": "invalid api key", "type": "auth"}})
+        if method == "POST" and len(parts) == 4:
+            bid = f"msgbatch_fake{len(self.created)}"
+            self.batches[bid] = {"n": len(self.created), "requests": payload.get("requests", []), "polls": 0,
+                                 "ended": False}
+            self.created.append(bid)
+            return await self._send(writer, 200, self._batch(bid))
+        batch = self.batches.get(parts[4]) if len(parts) > 4 else None
+        if batch is None:
+            return await self._send(writer, 404, {"error": {"message": "no such batch", "type": "not_found"}})
+        if method == "GET" and len(parts) == 5:
+            batch["polls"] += 1
+            if not self.hold and batch["polls"] > self.polls_to_end:
+                batch["ended"] = True
+            return await self._send(writer, 200, self._batch(parts[4]))
+        if method == "GET" and len(parts) == 6 and parts[5] == "results" and batch["ended"]:
+            lines = b"".join(json.dumps(self._result(batch, r)).encode() + b"\n" for r in batch["requests"])
+            return await self._send_raw(writer, 200, lines, "application/binary")
+        return await self._send(writer, 404, {"error": {"message": "not found", "type": "not_found"}})
+
+    def _outcome(self, batch: dict, text: str) -> str:
+        if batch["n"] in self.expire:
+            return "expired"
+        return next((f for k, f in self.item_faults.items() if k in text), "succeeded")
+
+    def _result(self, batch: dict, request: dict) -> dict:
+        text = self.match(request.get("params", {}))
+        kind = self._outcome(batch, text)
+        if kind == "succeeded":
+            self.served += 1
+            return {"custom_id": request["custom_id"],
+                    "result": {"type": "succeeded", "message": self.success(request["params"], text)}}
+        if kind == "errored":
+            return {"custom_id": request["custom_id"], "result": {"type": "errored", "error": {
+                "type": "error", "error": {"type": "invalid_request_error", "message": "fake error"}}}}
+        return {"custom_id": request["custom_id"], "result": {"type": kind}}
+
+    def _batch(self, bid: str) -> dict:
+        batch = self.batches[bid]
+        counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
+        if batch["ended"]:
+            for r in batch["requests"]:
+                counts[self._outcome(batch, self.match(r.get("params", {})))] += 1
+        else:
+            counts["processing"] = len(batch["requests"])
+        return {"id": bid, "type": "message_batch", "processing_status": "ended" if batch["ended"] else "in_progress",
+                "request_counts": counts, "created_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-02T00:00:00Z",
+                "ended_at": "2026-01-01T00:10:00Z" if batch["ended"] else None, "archived_at": None,
+                "cancel_initiated_at": None,
+                "results_url": f"{self.url}/v1/messages/batches/{bid}/results" if batch["ended"] else None}
+
+
 class RecordingProxy:
     """A plain-HTTP forward proxy on 127.0.0.1: records each request line (`requests`, absolute
     URIs as clients send them to a proxy) and relays it to the origin, one request per connection."""

@@ -88,7 +88,8 @@ def test_uncertain_steps_are_expanded_and_rows_follow_the_contract(cli, tmp_path
     m = manifest(out)
     assert m["status"] == "complete"
     assert set(m["metrics"]) == {"prompts", "rows", "failed", "expanded_steps", "uncertain_steps", "correct_rate",
-                                 "cost_usd", "requests", "retries"}
+                                 "cost_usd", "requests", "retries", "expansion_input_tokens",
+                                 "expansion_output_tokens", "expansion_cost_usd"}
     assert m["metrics"]["rows"] == 3 and m["metrics"]["failed"] == 0
     assert m["metrics"]["expanded_steps"] == 3 and m["metrics"]["uncertain_steps"] == 3
     assert m["metrics"]["requests"] == 6 and m["metrics"]["retries"] == 0

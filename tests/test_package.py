@@ -163,7 +163,7 @@ def test_packaged_recipe_paths_anchor_to_the_shipped_copies(tmp_path, monkeypatc
     """In the checkout the shipped root is the repository: `run demo` from another folder reads
     data/toy from there, keeps run_dir under the cwd, and leaves hub ids alone."""
     from chainforge.packaged import anchor_paths, find_recipe, recipe_names
-    from chainforge.stages.run import load_recipe, plan_stages
+    from chainforge.stages.run import load_recipe, plan_run
 
     monkeypatch.chdir(tmp_path)
     assert {"demo", "qwen2.5-7b"} <= set(recipe_names()) and "sft-cpu-small" not in recipe_names()
@@ -175,9 +175,12 @@ def test_packaged_recipe_paths_anchor_to_the_shipped_copies(tmp_path, monkeypatc
     anchor_paths(spec, root)
     assert spec["prompts"] == str(ROOT / "data" / "toy" / "train.jsonl")
     assert spec["stages"][0]["data"] == "openai/gsm8k"
-    plan = plan_stages(spec)
+    plan, clean = plan_run(spec)
     assert plan[0].output == tmp_path / "runs" / "demo" / "00-eval-base"
-    assert plan[1].config.prompts == str(ROOT / "data" / "toy" / "train.jsonl")
+    # the packaged prompts are decontaminated against the packaged eval set before collect reads them
+    assert clean.config.data == str(ROOT / "data" / "toy" / "train.jsonl")
+    assert clean.config.against == [str(ROOT / "data" / "toy" / "test.jsonl")]
+    assert plan[1].config.prompts == str(clean.output) and clean.output.parent == tmp_path / "runs" / "demo"
     # a file of that name in the cwd wins over the packaged recipe
     (tmp_path / "demo").write_text("run_dir: x\n")
     assert find_recipe("demo") == (Path("demo"), None)

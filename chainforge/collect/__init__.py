@@ -7,6 +7,7 @@ The parts, one job each:
 - `teachers`: deepseek/openai over `chat`, local through `chainforge.sampling`; `<think>` parsing;
 - `steps`: reasoning → steps, uncertainty markers, which steps to ground;
 - `expander`: the grounding (`anthropic` SDK Messages API, openai, local, none);
+- `batches`: the groundings as Anthropic Message Batches (`--expander-batch`);
 - `pricing`: USD per 1M tokens and the cost of a request;
 - `limits`: requests/tokens per minute and the --max-cost budget;
 - `journal`: the append-only journal and failed.jsonl that make a run resumable;

@@ -22,7 +22,7 @@ from chainforge.collect.journal import AppendLog
 from chainforge.collect.limits import CostBudget
 from chainforge.collect.pricing import FREE, Price
 from chainforge.collect.progress import Progress, Tally
-from chainforge.collect.rows import USAGE_FIELDS, build_row
+from chainforge.collect.rows import build_row
 from chainforge.collect.steps import UncertaintyRule, choose_expansions, split_steps
 from chainforge.collect.teachers import PromptItem, TeacherReply
 
@@ -43,10 +43,11 @@ def chunks(items: Iterable[PromptItem], size: int) -> Iterator[list[PromptItem]]
 class Collector:
     def __init__(self, teacher, expander, rule: UncertaintyRule, max_expansions: int, journal: AppendLog,
                  failed: AppendLog, budget: CostBudget, tally: Tally, concurrency: int,
-                 teacher_price: Optional[Price], expander_price: Optional[Price]):
+                 teacher_price: Optional[Price], expander_price: Optional[Price], defer: bool = False):
         self.teacher, self.expander, self.rule, self.max_expansions = teacher, expander, rule, max_expansions
         self.journal, self.failed, self.budget, self.tally = journal, failed, budget, tally
         self.concurrency = concurrency
+        self.defer = defer
         self.teacher_price, self.expander_price = teacher_price or FREE, expander_price or FREE
         self._fatal: Optional[BaseException] = None
         self._suspects: list[tuple[PromptItem, PromptFailed]] = []
@@ -117,19 +118,19 @@ class Collector:
             self.budget.settle(estimate, spent, rows)
 
     async def _row(self, item: PromptItem, reply: TeacherReply) -> dict:
+        from chainforge.expansion import ground_steps
+
         steps = split_steps(reply.reasoning) or [reply.answer]
         flagged, chosen = choose_expansions(steps, self.rule, self.max_expansions)
-        grounded = await self.expander.expand_many(item.prompt, [steps[i] for i in chosen])
-        expansions: list[Optional[str]] = [None] * len(steps)
-        usage = dict.fromkeys(USAGE_FIELDS, 0)
-        for i, exp in zip(chosen, grounded):
-            expansions[i] = exp.text
-            self.tally.expanded += exp.text is not None
-            self.tally.expansion_failures += exp.failed
-            for k in USAGE_FIELDS:
-                usage[k] += int(exp.usage.get(k, 0))
-        cost = self.teacher_price.cost(reply.usage) + self.expander_price.cost(usage)
-        return build_row(item, reply, steps, flagged, expansions, usage, cost)
+        if self.defer:  # --expander-batch: grounded after the teacher's work, as batches
+            row = build_row(item, reply, steps, flagged, [None] * len(steps), {},
+                            self.teacher_price.cost(reply.usage))
+            return {**row, "_chosen": chosen}
+        grounded = await ground_steps(self.expander, item.prompt, steps, chosen, self.expander_price)
+        self.tally.expanded += grounded.expanded
+        self.tally.expansion_failures += grounded.failures
+        cost = self.teacher_price.cost(reply.usage) + grounded.cost_usd
+        return build_row(item, reply, steps, flagged, grounded.expansions, grounded.usage, cost)
 
     def _fail(self, item: PromptItem, failure: PromptFailed) -> float:
         if failure.exhausted:

@@ -20,18 +20,18 @@ from chainforge.collect.chat import Counters, RunStopped
 from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
 from chainforge.collect.pricing import price_for, price_table
 from chainforge.collect.progress import Tally, print_summary, say
-from chainforge.collect.resolve import (HttpOptions, build_expander, build_teacher, resolve_expander,
-                                       resolve_teacher)
-from chainforge.collect.steps import DOMAIN_MARKERS, UncertaintyRule
+from chainforge.collect.resolve import HttpOptions, build_expander, build_teacher, resolve_teacher
 from chainforge.collect.teachers import PromptItem
 from chainforge import distributed
-from chainforge.config import AnswerOptions, DataOptions, GenerationOptions, OutputOptions, StageSpec, default, option
+from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, OutputOptions,
+                               StageSpec, default, option)
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
+from chainforge.expansion import Grounder, Stats, Target, trace_key
 from chainforge.sampling import row_id
 
 @dataclass(kw_only=True)
-class CollectConfig(AnswerOptions, OutputOptions):
+class CollectConfig(AnswerOptions, OutputOptions, ExpanderOptions):
     REQUIRED = ("prompts",)
 
     prompts: Optional[str] = option(
@@ -56,17 +56,6 @@ class CollectConfig(AnswerOptions, OutputOptions):
     system_prompt: Optional[str] = option(None, "A system turn sent before each prompt (default: none).")
     max_new_tokens: Optional[int] = default(GenerationOptions, "max_new_tokens", None)
     temperature: Optional[float] = default(GenerationOptions, "temperature", None)
-    # expander: who grounds uncertain steps
-    expander: Optional[Literal["anthropic", "openai", "local", "none"]] = option(
-        None, "anthropic (ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none. Default: anthropic when "
-              "ANTHROPIC_API_KEY is set, else none.")
-    expander_model: Optional[str] = option(
-        None, "Default claude-sonnet-4-6 (anthropic); the teacher's model (local).")
-    max_expansions: int = option(3, "Uncertain steps grounded per trace, at most (bounds the cost).", min=0)
-    uncertain_marker: Optional[list[str]] = option(None, "Extra hedging phrase that flags a step (repeatable).")
-    marker_domain: Optional[list[str]] = option(
-        None, "Add a domain's marker list: math, code, science, facts (repeatable).", choices=tuple(DOMAIN_MARKERS))
-    long_step_words: int = option(120, "A step longer than this many words counts as uncertain.", min=1)
     keep_incorrect: bool = option(
         True, "Keep rows whose answer does not match the reference (flagged correct=false).",
         flags=("--keep-incorrect/--drop-incorrect",))
@@ -77,11 +66,6 @@ class CollectConfig(AnswerOptions, OutputOptions):
         None, "Pace requests to at most this many (estimated) tokens per minute.", min=1)
     max_retries: int = option(6, "Retries per request (backoff capped at 30 s; Retry-After honoured up to 60 s).",
                               min=0)
-    max_cost: Optional[float] = option(
-        None, "Stop sending once spent + in-flight estimate reaches this many USD (exit 1; raise it and rerun to "
-              "continue).", above=0.0)
-    price: Optional[list[str]] = option(
-        None, "MODEL=INPUT,CACHE_HIT,OUTPUT in USD per 1M tokens (repeatable; overrides the built-in table).")
     retry_failed: bool = option(
         False, "On an existing output: try again the prompts listed in failed.jsonl.", flags=("--retry-failed",))
     # how the HTTP client treats slow, huge or non-streaming replies (chainforge.collect.http)
@@ -101,7 +85,7 @@ CONFIG = CollectConfig
 # Options that may change when a run is resumed: they change how fast or how far it goes, not
 # what a row is.
 SPEC = StageSpec("collect", produces="dataset", inputs={"prompts": "prompts"},
-                 resumable=("concurrency", "max_retries", "max_cost", "requests_per_minute",
+                 resumable=("concurrency", "max_retries", "max_cost", "poll_interval", "requests_per_minute",
                             "tokens_per_minute", "retry_failed", "idle_timeout", "request_timeout",
                             "max_response_mb", "stream"))
 RESUMABLE_CHANGES = SPEC.resumable
@@ -116,12 +100,16 @@ def _collect(config: CollectConfig) -> None:
     # ---- options ---------------------------------------------------------------------------------
     teacher_src = resolve_teacher(config)
     expander_given = config.expander
-    expander_src = resolve_expander(config, teacher_src)
+    grounder = Grounder.setup(config, "collect", teacher_src)
+    expander_src = grounder.source
     # the manifest records the models actually used (a default resolved here)
     config = replace(config, teacher_model=teacher_src.model, expander=expander_src.kind,
                    expander_model=expander_src.model)
     prices = price_table(config.price)
-    rule = UncertaintyRule.build(config.uncertain_marker or (), config.marker_domain or (), config.long_step_words)
+    rule = grounder.rule
+    defer = bool(config.expander_batch) and expander_src.kind == "anthropic"
+    # what an expansion costs: the batch price (half) when they go as Message Batches
+    exp_price = grounder.price if defer else price_for(prices, expander_src.model)
 
     # ---- output plan and prompts (nothing is created before both are valid) ------------------------
     plan = plan_output(config.output, "collect", config, overwrite=config.overwrite, ignore=RESUMABLE_CHANGES,
@@ -150,7 +138,7 @@ def _collect(config: CollectConfig) -> None:
 
     why = "" if expander_given else (" (the default: ANTHROPIC_API_KEY is set)" if expander_src.kind != "none"
                                      else " (the default: ANTHROPIC_API_KEY is not set; nothing is grounded)")
-    say(f"collect: teacher {teacher_src.describe()}, expander {expander_src.describe()}{why}")
+    say(f"collect: teacher {teacher_src.describe()}, expander {grounder.describe()}{why}")
     say(f"collect: {len(ids.unique)} prompts, {len(done)} done, {len(failed_ids)} failed, {pending} to go"
          + (f" ({ids.duplicates} duplicate prompts skipped)" if ids.duplicates else ""))
     for src in (teacher_src, expander_src):
@@ -165,21 +153,24 @@ def _collect(config: CollectConfig) -> None:
     limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
 
     expander_obj = None  # built inside the event loop; metrics_now may run before that
+    exp_stats = Stats()
 
     def metrics_now() -> dict:
         return _metrics(journal, failed, ids, config.keep_incorrect, previous, counters, exp_counters,
-                        expander_obj)[0]
+                        expander_obj, exp_price=exp_price, exp_stats=exp_stats if defer else None)[0]
 
     async def collect() -> str:
         nonlocal expander_obj
         cap = None if config.max_response_mb is None else int(config.max_response_mb * 2 ** 20)
         http = HttpOptions(config.idle_timeout, config.request_timeout, cap, config.stream)
         teacher = build_teacher(teacher_src, config, counters, limiter if limiter.active else None, http=http)
-        expander_obj = build_expander(expander_src, config, exp_counters, teacher, http=http)
+        # --expander-batch: nothing is grounded while the teacher works (see _ground_deferred)
+        expander_obj = build_expander(expander_src if not defer else replace(expander_src, kind="none"), config,
+                                      exp_counters, teacher, http=http)
         concurrency = 1 if teacher_src.kind == "local" else config.concurrency
         collector = Collector(teacher, expander_obj, rule, config.max_expansions, journal, failed, budget, tally,
                               concurrency, price_for(prices, teacher_src.model),
-                              price_for(prices, expander_src.model))
+                              exp_price, defer=defer)
         try:
             return await collector.run(_pending_items(ds, config.prompt_column, ref_col, ids, skip))
         finally:
@@ -188,6 +179,8 @@ def _collect(config: CollectConfig) -> None:
 
     try:
         outcome = asyncio.run(collect())
+        if defer and outcome == "done":
+            _ground_deferred(out.path, journal, grounder, exp_stats, tally)
     except (KeyboardInterrupt, RunStopped, Exception):
         journal.close()
         failed.close()
@@ -198,7 +191,7 @@ def _collect(config: CollectConfig) -> None:
 
     # ---- dataset from the journal, manifest --------------------------------------------------------
     metrics, keep = _metrics(journal, failed, ids, config.keep_incorrect, previous, counters, exp_counters,
-                             expander_obj, compact=True)
+                             expander_obj, compact=True, exp_price=exp_price, exp_stats=exp_stats if defer else None)
     if outcome == "budget":
         out.mark_incomplete(metrics)
         raise RunFailed(f"--max-cost ${config.max_cost:g} reached (spent ${metrics['cost_usd']:.4f}); "
@@ -267,20 +260,26 @@ def _pending_items(ds, column: str, ref_col: Optional[str], ids: PromptIds, skip
 
 
 def _metrics(journal: AppendLog, failed: AppendLog, ids: PromptIds, keep_incorrect: bool, previous: dict,
-             counters: Counters, exp_counters: Counters, expander, compact: bool = False):
+             counters: Counters, exp_counters: Counters, expander, compact: bool = False, exp_price=None,
+             exp_stats: Optional[Stats] = None):
     """The contract's metrics and the (index, offset) pairs of the rows to write."""
     def project(r: dict):
         return (r["_index"], r["id"], r["correct"], sum(r["uncertain"]),
-                sum(e is not None for e in r["expansions"]), r["usage"]["cost_usd"])
+                sum(e is not None for e in r["expansions"]), r["usage"]["cost_usd"], r["usage"]["expander"])
 
-    seen, keep = set(), []
+    # The last record of an id wins: with --expander-batch a row is journaled again once grounded.
+    latest = {}
+    for offset, rec in journal.recover(project):
+        if rec[1] in ids.unique:
+            latest[rec[1]] = (offset, rec)
+    seen, keep = set(latest), []
     rows = uncertain = expanded = correct = judged = 0
     cost = 0.0
-    for offset, (index, rid, ok, unc, exp, c) in journal.recover(project):
-        if rid in seen or rid not in ids.unique:
-            continue
-        seen.add(rid)
+    exp_usage = dict.fromkeys(("prompt", "completion", "reasoning", "cache_hit"), 0)
+    for offset, (index, rid, ok, unc, exp, c, eu) in sorted(latest.values(), key=lambda v: v[0]):
         cost += c
+        for k in exp_usage:
+            exp_usage[k] += int(eu.get(k, 0))
         if ok is False and not keep_incorrect:
             continue
         keep.append((index, offset))
@@ -300,5 +299,49 @@ def _metrics(journal: AppendLog, failed: AppendLog, ids: PromptIds, keep_incorre
         "cost_usd": round(cost, 6),
         "requests": int(previous.get("requests", 0)) + counters.requests + exp_counters.requests,
         "retries": int(previous.get("retries", 0)) + counters.retries + exp_retries,
+        "expansion_input_tokens": exp_usage["prompt"], "expansion_output_tokens": exp_usage["completion"],
+        "expansion_cost_usd": round(exp_price.cost(exp_usage), 6) if exp_price else 0.0,
     }
+    if exp_stats is not None:
+        metrics["expansion_batches"] = exp_stats.batches
+        metrics["requests"] += exp_stats.requests
     return metrics, keep
+
+
+def _ground_deferred(folder, journal: AppendLog, grounder: Grounder, stats: Stats, tally: Tally) -> None:
+    """--expander-batch: ground the journaled rows' chosen steps as Message Batches, then journal
+    each row again with its groundings (the last record of an id wins)."""
+    import json
+
+    from chainforge.formats import write_super_cot
+
+    latest: dict[str, tuple[int, bool]] = {}
+    for offset, (rid, pending) in journal.recover(lambda r: (r["id"], bool(r.get("_chosen")))):
+        latest[rid] = (offset, pending)
+    targets, rows = [], {}
+    with open(journal.path, "rb") as f:
+        for rid, (offset, pending) in latest.items():
+            if not pending:
+                continue
+            f.seek(offset)
+            row = json.loads(f.readline())
+            key = trace_key("collect", rid)
+            rows[key] = row
+            targets.append(Target(key, row["prompt"], row["steps"], row["_chosen"]))
+    if not targets:
+        return
+
+    def patch(target: Target, grounded) -> None:
+        row = rows.pop(target.key)
+        del row["_chosen"]
+        text = write_super_cot(row["steps"], grounded.expansions, row["teacher_answer"])
+        row.update(expansions=grounded.expansions, text=text,
+                   messages=[{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": text}])
+        row["usage"]["expander"] = {k: int(grounded.usage.get(k, 0)) for k in row["usage"]["expander"]}
+        row["usage"]["cost_usd"] = round(row["usage"]["cost_usd"] + grounded.cost_usd, 8)
+        journal.append(row)
+        tally.expanded += grounded.expanded
+        tally.expansion_failures += grounded.failures
+
+    grounder.ground(targets, folder, stats, on_done=patch)
+    journal.close()

@@ -12,7 +12,9 @@ Two methods:
   completions are kept (the reward registry decides). They are saved as a dataset under
   `--output/traces` (reusable: `chainforge sft --data OUT/traces`) and the student trains on them
   through the SFT trainer path sft uses (`training.train_sft`), under the Super CoT system turn it
-  is sampled with. Teacher and student may use different tokenizers.
+  is sampled with. Teacher and student may use different tokenizers. With `--expander`, the
+  uncertain steps of the kept traces are grounded first (chainforge/expansion.py, journaled in
+  `expansions.jsonl`; counts, tokens and cost in the manifest).
 - `logits`: generalized knowledge distillation (GKD, Agarwal et al. 2024, TRL's GKDTrainer): the
   student matches the teacher's whole next-token distribution (generalized JSD, --beta) on a mix of
   its own samples (--lambda, the on-policy fraction) and teacher sequences. One vocabulary needed:
@@ -40,8 +42,8 @@ from typing import Any, Literal, Optional
 
 from chainforge import training
 from chainforge.compat import check_tested_versions
-from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, OutputOptions,
-                               SftTrainOptions, StageSpec, TrainOptions, default, option)
+from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, LoraOptions,
+                               OutputOptions, SftTrainOptions, StageSpec, TrainOptions, default, option)
 from chainforge.data import answer_column, atomic_write_text, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
@@ -58,7 +60,8 @@ FORMAT_PROMPTS = 4  # training prompts for format_rate when there are no held-ou
 
 
 @dataclass(kw_only=True)
-class DistillConfig(DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, TrainOptions, LoraOptions):
+class DistillConfig(ExpanderOptions, DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, TrainOptions,
+                    LoraOptions):
     REQUIRED = ("teacher", "student", "data")
 
     teacher: Optional[str] = option(None, "The trained model to learn from: checkpoint folder, hub id, .gguf or "
@@ -76,6 +79,10 @@ class DistillConfig(DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, 
     num_samples: int = option(1, "traces: teacher completions drawn per prompt.", min=1)
     temperature: Optional[float] = default(GenerationOptions, "temperature", 0.7)
     max_new_tokens: Optional[int] = default(GenerationOptions, "max_new_tokens", 256)
+    expander: Optional[Literal["anthropic", "openai", "local", "none"]] = default(
+        ExpanderOptions, "expander", "none", "traces: ground the uncertain steps of the kept teacher traces before "
+                                             "the student trains: anthropic (ANTHROPIC_API_KEY), openai "
+                                             "(OPENAI_BASE_URL), local or none.")
     # logit distillation
     backend: Literal["hf", "vllm"] = option(
         "hf", "traces: the teacher samples with hf (in-process, any device) or vllm (its offline engine; "
@@ -94,7 +101,7 @@ class DistillConfig(DataOptions, AnswerOptions, OutputOptions, SftTrainOptions, 
 
 CONFIG = DistillConfig
 SPEC = StageSpec("distill", produces="checkpoint", inputs={"teacher": "checkpoint", "data": "prompts"},
-                 trains=True)
+                 trains=True, resumable=("max_cost", "poll_interval"))
 
 
 def run(config: DistillConfig) -> None:
@@ -104,7 +111,8 @@ def run(config: DistillConfig) -> None:
         _import_vllm()  # names the extra when vLLM is missing, before anything is created
     check_tested_versions()  # trl/transformers internals this stage relies on
     method = config.method
-    plan = plan_output(config.output, "distill", config, overwrite=config.overwrite)
+    plan = plan_output(config.output, "distill", config, overwrite=config.overwrite, ignore=SPEC.resumable)
+    grounder = expansion_setup(config)
 
     # ---- data: train rows and the held-out rows
     data = load_rows(config.data, config.limit, split=config.split, subset=config.subset)
@@ -132,12 +140,12 @@ def run(config: DistillConfig) -> None:
     student = training.load_trainable(student_ref, config)
     before = eval_before(out, student, tokenizer, eval_rows, config) if main else None
     if method == "traces":
-        traces = load_or_make_traces(out, teacher_ref, train_rows, config, answers)
+        traces = load_or_make_traces(out, teacher_ref, train_rows, config, answers, grounder=grounder)
         # the student learns under the system turn it is sampled with (the traces hold none, see traces.py)
         conversations = sft_dataset(traces, system_prompt=SUPER_COT_SYSTEM_PROMPT)
         metrics = training.train_sft(config, out, student, tokenizer, conversations, args=args,
                                      peft_config=training.lora_config(config, student))
-        metrics.update(traces=len(traces), trace_prompts=len(set(traces["id"])))
+        metrics.update(traces=len(traces), trace_prompts=len(set(traces["id"])), **expansion_metrics(out))
     else:
         metrics = train_on_logits(config, out, teacher_ref, student, tokenizer, train_rows, args, started)
     if not main:
@@ -281,7 +289,8 @@ def make_traces(teacher, tokenizer, rows: list[dict], config: DistillConfig, jou
     return kept
 
 
-def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], config: DistillConfig, answers: Optional[str]):
+def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], config: DistillConfig, answers: Optional[str],
+                        grounder=None):
     """The filtered traces under --output/traces: made on rank 0 (other ranks wait and read them),
     reused when a resumed run already made them."""
     import datasets
@@ -294,7 +303,7 @@ def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], config: Di
     # every rank samples its share of the prompts (sampling/journaled.py); rank 0 writes the traces
     kept = make_filtered_traces(out, teacher_ref, rows, config, answers)
     if training.is_main_process():
-        save_traces(folder, kept)
+        save_traces(folder, ground_traces(grounder, kept, out))
     training.barrier()
     if not (folder / "state.json").is_file():  # rank 0 failed
         raise RunFailed("no teacher traces were written; see rank 0's error")
@@ -443,3 +452,40 @@ def _seed(seed: int) -> None:
     from transformers import set_seed
 
     set_seed(seed)
+
+
+# ---- grounding of the kept traces (--expander) ---------------------------------------------------------
+
+EXPANSION_METRICS = "expansions.json"
+
+
+def expansion_setup(config: DistillConfig):
+    """The expander of --expander (checked before --output exists), or None for `none`."""
+    from chainforge.expansion import Grounder
+
+    if config.expander not in (None, "none") and config.method != "traces":
+        raise UsageError(f"--expander grounds the teacher traces of --method traces; --method {config.method} "
+                         f"trains on no traces: drop --expander or use --method traces")
+    grounder = Grounder.setup(config, "distill")
+    return grounder if grounder.active else None
+
+
+def ground_traces(grounder, kept: list[dict], out) -> list[dict]:
+    """The kept teacher traces with their uncertain steps grounded (journaled in
+    --output/expansions.jsonl), before the student sees them; the counts go to expansions.json."""
+    if grounder is None:
+        return kept
+    from chainforge.expansion import ground_rows
+
+    try:
+        metrics = ground_rows(grounder, kept, out.path, "distill")
+    except BaseException:
+        out.mark_incomplete()
+        raise
+    atomic_write_text(out.path / EXPANSION_METRICS, json.dumps(metrics) + "\n")
+    return kept
+
+
+def expansion_metrics(out) -> dict:
+    path = out.path / EXPANSION_METRICS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -9,7 +9,10 @@ Stage 3 of the R1 recipe: the RL checkpoint answers every training question `--n
 registry (`--rewards`, default accuracy+format); identical completions count once; candidates with
 reward ≥ `--min-reward` (default 1.0, i.e. correct) pass; `--keep best` keeps the top one per
 question, `--keep all-passing` every distinct passing one (`kept_rank` 0 = the best; ties go to the
-one drawn first). Completions are kept exactly as generated, expansions and all.
+one drawn first). Completions are kept exactly as generated, expansions and all — unless
+`--expander` is given: then the uncertain steps of the KEPT candidates (never the discarded ones)
+are grounded through chainforge/expansion.py and each kept row is rewritten as Super CoT
+(journaled in `expansions.jsonl`; counts, tokens and cost in the manifest).
 
 The output is a dataset `chainforge sft` takes unchanged: `id`, `prompt`, `reference`, `text`,
 `messages` ([user prompt, assistant text] — the system prompt used for sampling is not part of the
@@ -25,8 +28,8 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from chainforge import distributed
-from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, GenerationOptions, ModelOptions,
-                               OutputOptions, RewardOptions, StageSpec, default, option)
+from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, ExpanderOptions, GenerationOptions,
+                               ModelOptions, OutputOptions, RewardOptions, StageSpec, default, option)
 from chainforge.data import load_prompt_rows, plan_output
 from chainforge.errors import RunFailed, UsageError
 from chainforge.log import info
@@ -40,8 +43,8 @@ JOURNAL = "candidates.jsonl"
 
 
 @dataclass(kw_only=True)
-class RejectConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, RewardOptions, GenerationOptions,
-                   EngineOptions):
+class RejectConfig(ExpanderOptions, ModelOptions, DataOptions, AnswerOptions, OutputOptions, RewardOptions,
+                   GenerationOptions, EngineOptions):
     REQUIRED = ("model", "data", "output")
 
     min_reward: float = option(1.0, "Keep candidates with total reward >= this (inclusive).")
@@ -49,18 +52,22 @@ class RejectConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Rewa
         "best", "best: one per prompt (the highest reward); all-passing: every distinct passing one.")
     num_samples: int = default(EngineOptions, "num_samples", 8, "Candidates drawn per prompt.")
     temperature: Optional[float] = default(GenerationOptions, "temperature", 0.7)
+    expander: Optional[Literal["anthropic", "openai", "local", "none"]] = default(
+        ExpanderOptions, "expander", "none", "Ground the uncertain steps of the KEPT candidates: anthropic "
+                                             "(ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none.")
 
 
 CONFIG = RejectConfig
 # The drawn candidates are kept, so a new filter (or batch size) reuses them on resume.
 SPEC = StageSpec("reject", produces="dataset", inputs={"model": "checkpoint", "data": "prompts"},
-                 resumable=("min_reward", "keep", "batch_size"))
+                 resumable=("min_reward", "keep", "batch_size", "max_cost", "poll_interval"))
 RESUMABLE_CHANGES = SPEC.resumable
 
 
 def run(config: RejectConfig) -> None:
     # ---- options and data, validated before anything is created
     engine = engine_spec(config)
+    grounder = expansion_setup(config)
     names, weights = resolve_rewards(config.rewards, default=REJECT_REWARDS, custom=config.custom_rewards)
     plan = plan_output(config.output, "reject", config, overwrite=config.overwrite, ignore=SPEC.resumable)
     ds, answers = load_prompt_rows(config.data, config.prompt_column, config.answer_column, limit=config.limit,
@@ -114,9 +121,32 @@ def run(config: RejectConfig) -> None:
                         f"with a lower --min-reward (the candidates drawn are reused), or draw more with "
                         f"--num-samples / a longer --max-new-tokens after --overwrite")
 
+    if grounder is not None:
+        metrics.update(ground_kept(grounder, kept, out, metrics))
+
     import datasets
 
     out.save_dataset(datasets.Dataset.from_list(kept))
     out.finish(metrics)
     info(f"reject: kept {len(kept)} of {len(all_scores)} candidates from {len(rows)} prompts "
          f"(pass@1 {metrics['pass@1']:.3f}, pass@{n} {metrics['pass@k']:.3f}) -> {out.path}")
+
+
+def expansion_setup(config: RejectConfig):
+    """The expander of --expander (checked before --output exists), or None for `none`."""
+    from chainforge.expansion import Grounder
+
+    grounder = Grounder.setup(config, "reject")
+    return grounder if grounder.active else None
+
+
+def ground_kept(grounder, kept: list[dict], out, metrics: dict) -> dict:
+    """Ground the uncertain steps of the kept candidates only (discarded ones cost nothing);
+    journaled in --output/expansions.jsonl. A stop keeps the journal and marks the output incomplete."""
+    from chainforge.expansion import ground_rows
+
+    try:
+        return ground_rows(grounder, kept, out.path, "reject")
+    except BaseException:
+        out.mark_incomplete(metrics)
+        raise

@@ -206,6 +206,12 @@ def run(run_dir: str | Path) -> None:
                     f"--only-correct trains on)" if correct is not None else ""
             lines += ["", f"{folder}: {mt.get('rows', 0)} traces from {mt['prompts']} prompts "
                           f"({mt.get('failed', 0)} failed){right}."]
+    cleaned = json.loads((run_dir / "run.json").read_text()).get("decontaminated") \
+        if (run_dir / "run.json").is_file() else None
+    if cleaned and cleaned.get("removed") is not None:
+        lines += ["", f"{cleaned.get('folder')}: removed {cleaned['removed']} of {cleaned.get('rows')} training "
+                      f"prompts that overlap eval_data (see {cleaned.get('folder')}/removed.jsonl); the stages "
+                      f"after it read the {cleaned.get('kept')} kept."]
     if images:
         lines += ["", "## Plots", ""]
         for caption, p in images:

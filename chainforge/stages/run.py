@@ -69,6 +69,7 @@ class Stage:
     options: dict  # what the recipe gives the stage (option files, keys, input defaults)
     output: Path
     config: Any = None  # the stage's config, built from `options`
+    before: Optional[str] = None  # the automatic decontamination: the stage it runs before
 
     @property
     def folder(self) -> str:
@@ -141,13 +142,22 @@ def _stage_options(cls, values: dict, where: str, command: str = "eval", skip: t
 def plan_stages(recipe: dict) -> list[Stage]:
     """Each stage's folder and config, inputs defaulted from earlier stages; every config is built
     (so checked) here. Relative paths in a recipe resolve from the current folder."""
+    return plan_run(recipe)[0]
+
+
+def plan_run(recipe: dict) -> tuple[list[Stage], Optional[Stage]]:
+    """`plan_stages`, and the automatic decontamination step (None when there is none): when it
+    runs, every stage that takes the recipe's `prompts` reads its kept rows instead."""
     run_dir = _path(recipe["run_dir"])
+    clean = decontamination_step(recipe, run_dir)
     sources: dict[str, Optional[str]] = {
         "checkpoint": str(_model(recipe["model"])) if recipe.get("model") else None,
         "dataset": None,
         "prompts": _data(recipe["prompts"]) if recipe.get("prompts") else None,
         "eval_data": _data(recipe["eval_data"]) if recipe.get("eval_data") else None,
     }
+    if clean is not None:
+        sources["prompts"] = str(clean.output)
     plan = []
     for i, raw in enumerate(recipe["stages"]):
         command = raw["command"]
@@ -174,7 +184,51 @@ def plan_stages(recipe: dict) -> list[Stage]:
         plan.append(stage)
         if module.SPEC.produces:
             sources[module.SPEC.produces] = str(out)
-    return plan
+    return plan, clean
+
+
+# ---- decontamination before training (recipe key `decontaminate`) ------------------------------------
+
+DECONTAMINATED = "decontaminate"  # run_dir/decontaminate: the recipe's prompts minus eval overlaps
+
+
+def decontamination_step(recipe: dict, run_dir: Path) -> Optional[Stage]:
+    """The automatic `decontaminate` of the recipe's `prompts` against its `eval_data`, run before
+    the first stage that reads `prompts` (so nothing trains on, or collects traces for, an eval
+    question). On by default when `eval_data` is set; `decontaminate: false` turns it off. A recipe
+    with its own `command: decontaminate` stage is left to it."""
+    wanted = recipe.get("decontaminate")
+    if wanted is None:
+        wanted = bool(recipe.get("eval_data"))
+    if not wanted:
+        return None
+    if not recipe.get("eval_data"):
+        raise UsageError("recipe: `decontaminate: true` needs `eval_data` (the eval prompts that must not be "
+                         "trained on)")
+    if not recipe.get("prompts") or any(st["command"] == "decontaminate" for st in recipe["stages"]):
+        return None
+    readers = [st for st in recipe["stages"]
+               if any(src == "prompts" and key not in st for key, src in stage_module(st["command"]).SPEC.inputs.items())]
+    if not readers:
+        return None
+    options = {"data": str(_path(recipe["prompts"])), "against": [str(_path(recipe["eval_data"]))],
+               "prompt_column": readers[0].get("prompt_column", "prompt")}
+    out = run_dir / DECONTAMINATED
+    stage = Stage(-1, DECONTAMINATED, "decontaminate", options, out)
+    stage.config = stage_module("decontaminate").CONFIG(**options, output=str(out))
+    stage.before = readers[0]["name"]
+    return stage
+
+
+def run_decontamination(stage: Stage, redone: set[str], state_path: Path, state: dict) -> None:
+    """Run (or skip, when current) the automatic step; run.json records how many rows it removed."""
+    record = state.setdefault("decontaminated", {})
+    execute(stage, redone, record, state_path, state)
+    metrics = (read_manifest(stage.output) or {}).get("metrics", {})
+    record.update({k: metrics.get(k) for k in ("rows", "kept", "removed")})
+    info(f"[{record['folder']}] {metrics.get('removed')} of {metrics.get('rows')} prompts overlap eval_data: "
+         f"removed before '{stage.before}'")
+    _save_state(state_path, state)
 
 
 def _path(value: Any) -> Path:
@@ -374,7 +428,7 @@ def run(recipe: str, start: Optional[str] = None, until: Optional[str] = None) -
     spec = load_recipe(recipe_path)
     if packaged_root is not None:
         anchor_paths(spec, packaged_root)
-    plan = plan_stages(spec)
+    plan, clean = plan_run(spec)
     names = [s.name for s in plan]
     for flag, value in (("from", start), ("until", until)):
         if value and value not in names:
@@ -410,6 +464,9 @@ def run(recipe: str, start: Optional[str] = None, until: Optional[str] = None) -
         execute(stage, redone, state["evals"].setdefault(stage.name, {}), state_path, state)
 
     for st in plan[first:last + 1]:
+        if clean is not None and st.index >= names.index(clean.before):
+            run_decontamination(clean, redone, state_path, state)
+            clean = None
         execute(st, redone, state["stages"].setdefault(st.name, {}), state_path, state)
         if evals is not None and st.spec.trains:
             evals.after(st, run_eval, redone)
