@@ -25,6 +25,8 @@ from chainforge.data import (MANIFEST, answer_column, atomic_write_text, load_ro
 from chainforge.errors import UsageError
 from chainforge.log import console, info
 from chainforge.metrics import EVAL_REWARDS, evaluate_model  # evaluate_model: other stages import it from here
+from chainforge.metrics import compare_metrics, format_interval  # intervals
+from chainforge.sampling import row_id  # intervals
 from chainforge.rewards import resolve_rewards
 from chainforge.sampling import engine_spec, load_engine, resolve_system_prompt
 
@@ -50,6 +52,12 @@ def run(opts: Options) -> None:
     require_columns(ds, [opts.prompt_column])
     answers = answer_column(ds, opts.answer_column, required=True)
     rows = [dict(r) for r in ds]
+    # ---- intervals (chainforge.metrics): --compare needs questions in common, checked before --output exists
+    if other is not None and not {row_id(r.get("id"), r[opts.prompt_column]) for r in rows} & {
+            r.get("id") for r in other["results"]}:
+        raise UsageError(f"--compare {opts.compare} shares no question with --data (matched by id); compare "
+                         f"evals of the same prompt set")
+    # ---- end intervals
     k = 1 if opts.temperature <= 0 else opts.num_samples
     if opts.temperature <= 0 and opts.num_samples > 1:
         info(f"--temperature 0 is greedy: every sample would be the same, so 1 is drawn per question (k=1)")
@@ -66,11 +74,15 @@ def run(opts: Options) -> None:
 
     atomic_write_text(out.path / RESULTS, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                   for r in results))
+    # ---- intervals: paired delta to --compare on the shared questions
+    if other is not None:
+        metrics.update(compare_metrics(results, other["results"]))
+    # ---- end intervals
     out.finish(metrics)
     print_metrics(metrics, str(out.path))
     if other is not None:
         print_comparison(metrics, results, other)
-    info(f"eval: pass@1 {metrics['pass@1']:.3f}, pass@{k} {metrics['pass@k']:.3f}, maj@{k} "
+    info(f"eval: pass@1 {metrics['pass@1']:.3f} {format_interval(metrics)}, pass@{k} {metrics['pass@k']:.3f}, maj@{k} "
          f"{metrics['maj@k']:.3f}, format_rate {metrics['format_rate']:.3f} -> {out.path}")
 
 
