@@ -244,7 +244,7 @@ def grpo(
                                           "completions for grpo) defaults to this × --num-generations.")] = 2,
     batch_size: BatchSize = None,
     grad_accum: GradAccum = 1,
-    warmup_ratio: WarmupRatio = 0.0,
+    warmup_ratio: WarmupRatio = 0.1,  # grpo: chainforge.rollouts.GRPO_WARMUP_RATIO (an lr 1e-4 start collapsed in one update)
     max_grad_norm: MaxGradNorm = 1.0,
     gradient_checkpointing: GradientCheckpointing = False,
     lora: Lora = False,
