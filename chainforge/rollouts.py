@@ -134,8 +134,8 @@ def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict]) -> Non
 class KLGuard:
     """Warn (one line, via `warn`) each time the logged KL rises past `threshold` from below it."""
 
-    def __init__(self, threshold: float = KL_WARN, warn: Optional[Callable[[str], None]] = None):
-        self.threshold = threshold
+    def __init__(self, threshold: Optional[float] = None, warn: Optional[Callable[[str], None]] = None):
+        self.threshold = KL_WARN if threshold is None else threshold
         self._above = False
         if warn is None:
             from chainforge.log import info as warn
