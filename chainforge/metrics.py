@@ -21,7 +21,8 @@ import math
 import random
 from typing import Any, Iterable, Optional, Sequence
 
-from chainforge.formats import SUPER_COT_SYSTEM_PROMPT, answers_match, extract_final_answer, is_super_cot
+from chainforge.formats import (SUPER_COT_SYSTEM_PROMPT, answers_match, extract_final_answer, is_super_cot,
+                                numeric_value)
 from chainforge.rewards import parse_reward_spec, score
 from chainforge.sampling import generate, generate_journaled, row_id
 
@@ -54,8 +55,13 @@ def majority_vote(answers: Sequence[Optional[str]]) -> tuple[Optional[str], int]
     for ans in answers:
         if ans is None or not str(ans).strip():
             continue
+        value = numeric_value(ans)
         for group in groups:
-            if group[0] == ans or answers_match(group[0], ans) is True:
+            # a number votes with equal numbers only: "6 - 5" must not join (and name) the group of 1
+            rep_value = numeric_value(group[0])
+            same = (value == rep_value) if value is not None or rep_value is not None \
+                else answers_match(group[0], ans) is True
+            if group[0] == ans or same:
                 group[1] += 1
                 break
         else:

@@ -121,3 +121,11 @@ def test_compare_with_no_shared_question_is_exit_2_and_creates_nothing(cli, tiny
     assert r.exit_code == 2
     assert r.stderr.strip().startswith("Error:") and "shares no question" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_majority_vote_keeps_restated_questions_apart_from_numbers():
+    from chainforge.metrics import majority_vote
+
+    # "6 - 5" evaluates to 1 but states no answer: it must not absorb (and name) the votes for 1
+    assert majority_vote(["6 - 5", "1", "1.0"]) == ("1", 2)
+    assert majority_vote(["1/2", "0.5", "6 - 5"]) == ("1/2", 2)
