@@ -29,24 +29,39 @@ step() {  # step OUT CMD...: run unless OUT is complete, log the command and its
 }
 mkdir -p "$E"
 
-# before anything: the base model on the held-out split
-step "$E/00-base" "${CF[@]}" eval --model smollm2 --output "$E/00-base" "${EVAL[@]}"
 # cold start on worked solutions, balanced over + / - and negative answers (the local teacher's
 # correct rows taught no subtraction)
 step "$RUN_DIR/01-sft-cold" "${CF[@]}" sft --model smollm2 --data "$DATA/sft.jsonl" --output "$RUN_DIR/01-sft-cold" \
   --max-steps 12 --batch-size 8 --learning-rate 2e-4 --warmup-ratio 0.1 --max-length 512 --max-new-tokens 128 --seed 0
-step "$E/01-sft-cold" "${CF[@]}" eval --model "$RUN_DIR/01-sft-cold" --output "$E/01-sft-cold" "${EVAL[@]}" --compare "$E/00-base"
-
 # GRPO from the SFT checkpoint at lr 2e-5 with warmup (1e-4 without warmup collapsed in one update;
 # 1e-5 gained +0.13 in 10 steps on the one-digit task), one run per seed, each compared with the SFT
-# checkpoint on the same questions
+# checkpoint on the same questions. The SFT eval and the seeds run side by side, one thread each
+# (several 2-thread processes on 2 cores thrash). The SFT eval is compared with the base model when
+# the base eval is there: it runs last, because the base model writes neither Super CoT nor
+# \boxed{}, so its samples run to the token cap (the slowest eval of all).
+BASE=()
+done_ "$E/00-base" && BASE=(--compare "$E/00-base")
+pids=()
+OMP_NUM_THREADS=1 step "$E/01-sft-cold" "${CF[@]}" eval --model "$RUN_DIR/01-sft-cold" --output "$E/01-sft-cold" \
+  "${EVAL[@]}" "${BASE[@]}" > "$E/01-sft-cold.log" 2>&1 &
+pids+=($!)
 for seed in $GRPO_SEEDS; do
-  step "$RUN_DIR/02-rl-s$seed" "${CF[@]}" grpo --model "$RUN_DIR/01-sft-cold" --data "$DATA/train.jsonl" \
-    --output "$RUN_DIR/02-rl-s$seed" --max-steps 8 --num-generations 8 --prompts-per-step 2 --max-new-tokens 144 \
-    --learning-rate 2e-5 --warmup-ratio 0.1 --save-steps 5 --seed "$seed"
-  step "$E/02-rl-s$seed" "${CF[@]}" eval --model "$RUN_DIR/02-rl-s$seed" --output "$E/02-rl-s$seed" "${EVAL[@]}" \
-    --compare "$E/01-sft-cold"
+  OMP_NUM_THREADS=1 step "$RUN_DIR/02-rl-s$seed" "${CF[@]}" grpo --model "$RUN_DIR/01-sft-cold" \
+    --data "$DATA/train.jsonl" --output "$RUN_DIR/02-rl-s$seed" --max-steps 8 --num-generations 4 \
+    --prompts-per-step 2 --max-new-tokens 144 --learning-rate 2e-5 --warmup-ratio 0.1 --save-steps 4 \
+    --seed "$seed" > "$RUN_DIR/02-rl-s$seed.log" 2>&1 &
+  pids+=($!)
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
+pids=()
+for seed in $GRPO_SEEDS; do
+  OMP_NUM_THREADS=1 step "$E/02-rl-s$seed" "${CF[@]}" eval --model "$RUN_DIR/02-rl-s$seed" \
+    --output "$E/02-rl-s$seed" "${EVAL[@]}" --compare "$E/01-sft-cold" > "$E/02-rl-s$seed.log" 2>&1 &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+# the base model on the held-out split
+step "$E/00-base" "${CF[@]}" eval --model smollm2 --output "$E/00-base" "${EVAL[@]}"
 [[ "$UNTIL" == grpo ]] && exit 0
 
 SEED0="${GRPO_SEEDS%% *}"

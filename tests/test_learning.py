@@ -126,23 +126,42 @@ def held_out_closeness(model_dir: Path, prompts: list[str]) -> float:
     return sum(scores) / len(scores)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name,reward,extra,sign", [
-    ("full", "grpo_rewards:close_to_19", ("--lr", "5e-3"), +1),
-    ("reward-flipped", "test_learning:away_from_19", ("--lr", "5e-3"), -1),
-    ("lora", "grpo_rewards:close_to_19", ("--lr", "3e-2", "--lora", "--lora-r", "8", "--lora-alpha", "16"), +1),
-])
-def test_grpo_moves_held_out_behaviour_the_rewarded_way(cli, tiny_model, tmp_path, name, reward, extra, sign):
-    """30 GRPO steps on train prompts; the behaviour is measured on prompts never trained on. A
-    flipped reward sign or advantage, a loss that ignores the completion mask, LoRA adapters not
-    applied or not merged, or an optimizer that does not step all break the expected direction."""
+def _grpo(cli, model, tmp_path, name, reward, *extra) -> Path:
     data = write_jsonl(tmp_path / "p.jsonl", arithmetic(9))
-    held_out = [x["prompt"] for x in arithmetic(6, start=50)]
     out = tmp_path / name
-    r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out, "--rewards", reward,
+    r = cli("grpo", "--model", model, "--data", data, "--output", out, "--rewards", reward,
             "--max-steps", "30", "--num-generations", "8", "--prompts-per-step", "2", "--max-new-tokens", "8",
             "--save-steps", "100", "--seed", "0", "--warmup-ratio", "0", *extra)
     assert r.exit_code == 0, r.stderr
-    before, after = held_out_closeness(tiny_model, held_out), held_out_closeness(out, held_out)
-    print(f"{name}: held-out closeness to '19' {before:.3f} -> {after:.3f}")
-    assert sign * (after - before) > 0.05, (before, after)
+    return out
+
+
+HELD_OUT = [x["prompt"] for x in arithmetic(6, start=50)]  # never trained on
+
+
+@pytest.mark.slow
+def test_grpo_moves_held_out_behaviour_the_rewarded_way(cli, tiny_model, tmp_path):
+    """30 GRPO steps on train prompts, the behaviour measured on prompts never trained on, for a
+    reward and for its negation: a flipped reward sign or advantage, advantages that ignore the
+    reward, a loss that ignores the completion mask, or an optimizer that does not step all break
+    the expected order  flipped ≤ start < rewarded."""
+    before = held_out_closeness(tiny_model, HELD_OUT)
+    toward = held_out_closeness(_grpo(cli, tiny_model, tmp_path, "toward", "grpo_rewards:close_to_19",
+                                      "--lr", "5e-3"), HELD_OUT)
+    away = held_out_closeness(_grpo(cli, tiny_model, tmp_path, "away", "test_learning:away_from_19",
+                                    "--lr", "5e-3"), HELD_OUT)
+    print(f"held-out closeness to '19': start {before:.3f}, rewarded {toward:.3f}, negated reward {away:.3f}")
+    assert toward > before + 0.05, (before, toward)
+    assert away < toward - 0.05 and away <= before + 0.02, (before, toward, away)
+
+
+@pytest.mark.slow
+def test_grpo_with_lora_learns_too(cli, tiny_model, tmp_path):
+    """The same with LoRA adapters: adapters not applied, not trained or not merged leave the
+    saved model where it started."""
+    before = held_out_closeness(tiny_model, HELD_OUT)
+    out = _grpo(cli, tiny_model, tmp_path, "lora", "grpo_rewards:close_to_19", "--lr", "3e-2", "--lora",
+                "--lora-r", "8", "--lora-alpha", "16")
+    after = held_out_closeness(out, HELD_OUT)
+    print(f"LoRA: held-out closeness to '19' {before:.3f} -> {after:.3f}")
+    assert after > before + 0.05, (before, after)
