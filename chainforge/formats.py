@@ -222,6 +222,8 @@ _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°|\\%|%|\\degree")
 # unit words after the number; whitespace between words keeps the split unambiguous (no backtracking blow-up)
 _UNIT = r"[A-Za-z]+\.?(?:\^\{?-?\d\}?|[²³])?(?:\s*/\s*[A-Za-z]+(?:\^\{?-?\d\}?|[²³])?)?"
 _UNITS = re.compile(rf"(?:\s*{_UNIT}(?:\s+{_UNIT})*)?\s*")
+_LEAD_WORDS = re.compile(r"\A(?:[A-Za-z][A-Za-z']*[\s,:]+)+")
+_NEGATING = re.compile(r"\b(?:minus|negative|not|no|than|except|between|from|of)\b", re.I)
 _DECIMAL = re.compile(r"\A([+-]?)(\d{1,3}(?:,\d{3})+|\d+)?(?:\.(\d+))?")
 _FRACTION = re.compile(r"\A([+-]?)\s*(?:\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}|\\[dt]?frac(\d)(\d)"
                        r"|(\d+)\s*/\s*(\d+))")
@@ -254,6 +256,12 @@ def numeric_value(text) -> Optional[Fraction]:
     s = _strip_math_text(str(text))
     if "=" in s:  # "x = 7", "6 - 5 = 1": the value is what follows the last "="
         s = s.rsplit("=", 1)[1].strip()
+    # leading words ("The result is 1", "so the total is $5"): the value must still be all that follows
+    lead = _LEAD_WORDS.match(s)
+    if lead and lead.end() < len(s):
+        if _NEGATING.search(lead.group(0)):
+            return None  # "minus 5", "not 5": the words change the value
+        s = s[lead.end():]
     s = s.replace("{,}", ",")
     s = _LATEX_SPACES.sub(" ", s)
     s = _LATEX_WRAPPERS.sub(lambda m: f" {m.group(1)} ", s)

@@ -152,6 +152,11 @@ def test_final_answer_is_summary_else_last_boxed():
     ("-3", "$-3", True),
     ("5", "5.0", True),
     ("50", "50\\%", True),
+    ("1", "The result is 1.", True),
+    ("5", "so the total is $5", True),
+    ("1", "So 6 - 5 equals 1", False),
+    ("5", "minus 5", False),
+    ("5", "not 5", False),
 ])
 def test_answers_match(ref, cand, expected):
     assert answers_match(ref, cand) is expected
