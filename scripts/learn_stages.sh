@@ -48,7 +48,7 @@ pids+=($!)
 for seed in $GRPO_SEEDS; do
   OMP_NUM_THREADS=1 step "$RUN_DIR/02-rl-s$seed" "${CF[@]}" grpo --model "$RUN_DIR/01-sft-cold" \
     --data "$DATA/train.jsonl" --output "$RUN_DIR/02-rl-s$seed" --max-steps 8 --num-generations 4 \
-    --prompts-per-step 2 --max-new-tokens 144 --learning-rate 2e-5 --warmup-ratio 0.1 --save-steps 4 \
+    --prompts-per-step 3 --max-new-tokens 144 --learning-rate 2e-5 --warmup-ratio 0.1 --save-steps 4 \
     --seed "$seed" > "$RUN_DIR/02-rl-s$seed.log" 2>&1 &
   pids+=($!)
 done
