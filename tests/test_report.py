@@ -120,3 +120,10 @@ def test_report_without_evals_has_no_checkpoint_section(tmp_path, cli):
     assert cli("report", run_dir).exit_code == 0
     assert "every checkpoint" not in (run_dir / "report.md").read_text()
     assert not (run_dir / "plots" / "checkpoints.png").exists()
+
+
+def test_smoothed_reward_is_a_trailing_running_mean():
+    from chainforge.stages.report import smooth
+
+    assert smooth([(1, 1.0), (2, 0.0), (3, 0.5), (4, 0.5)], 2) == [(1, 1.0), (2, 0.5), (3, 0.25), (4, 0.5)]
+    assert smooth([], 3) == []

@@ -29,6 +29,7 @@ from chainforge.errors import UsageError
 from chainforge.log import info
 
 STAGE_DIR = re.compile(r"^(\d{2})-(.+)$")
+SMOOTH_WINDOW = 5
 
 # The figures shown in the table, per stage kind (manifest metric names from the contract).
 KEY_METRICS = {
@@ -66,6 +67,15 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
             for ev in acc.Scalars(tag):
                 series.setdefault(name, {})[ev.step] = ev.value  # a resumed run re-logs: last wins
     return {k: sorted(v.items()) for k, v in series.items()}
+
+
+def smooth(points: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+    """Trailing running mean: each step's value averaged with up to window − 1 steps before it."""
+    out = []
+    for i, (step, _) in enumerate(points):
+        recent = [v for _, v in points[max(0, i - window + 1):i + 1]]
+        out.append((step, sum(recent) / len(recent)))
+    return out
 
 
 def _fmt(value) -> str:
@@ -169,6 +179,9 @@ def run(opts) -> None:
                 images.append((f"{folder}: training loss", p))
         elif kind == "grpo":
             rewards = {k: v for k, v in sc.items() if k == "reward" or (k.startswith("rewards/") and k.endswith("/mean"))}
+            if len(sc.get("reward", [])) >= SMOOTH_WINDOW:
+                # one step's reward mostly shows which prompts came up; the trend is in the running mean
+                rewards[f"reward (mean of last {SMOOTH_WINDOW} steps)"] = smooth(sc["reward"], SMOOTH_WINDOW)
             for title, curves in [
                 ("reward per function", rewards),
                 ("KL to the reference", {"kl": sc.get("kl", [])}),
