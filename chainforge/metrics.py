@@ -5,19 +5,31 @@ loop that `chainforge eval` runs and that other stages (distill's before/after c
 
 `rows` are dicts (or a dataset) with `prompt`, `answer` and optionally `id`. `results` are the lines
 of eval's `results.jsonl`, `metrics` the manifest metrics (../shared/CONTRACT.md):
-`pass@1`, `pass@k`, `maj@k`, `format_rate`, `mean_completion_tokens`, `k`.
+`pass@1`, `pass@1_ci`, `pass@k`, `maj@k`, `format_rate`, `mean_completion_tokens`, `k`.
+
+Intervals are percentile bootstraps over QUESTIONS (`bootstrap_ci`, and `paired_bootstrap_ci` for
+the difference of two evals on the same questions), not Wilson intervals over samples: the k
+samples of one question are not independent draws (a question the model cannot do fails on every
+sample), so treating questions × samples as independent trials would make the interval too
+narrow. Resampling whole questions keeps that correlation. A fixed seed makes the interval a pure
+function of the results.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from typing import Any, Iterable, Optional, Sequence
 
-from chainforge.formats import SUPER_COT_SYSTEM_PROMPT, answers_match, extract_final_answer, is_super_cot
+from chainforge.formats import (SUPER_COT_SYSTEM_PROMPT, answers_match, extract_final_answer, is_super_cot,
+                                numeric_value)
 from chainforge.rewards import parse_reward_spec, score
 from chainforge.sampling import generate, generate_journaled, row_id
 
 EVAL_REWARDS = ("accuracy", "format")
+CI_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -43,8 +55,13 @@ def majority_vote(answers: Sequence[Optional[str]]) -> tuple[Optional[str], int]
     for ans in answers:
         if ans is None or not str(ans).strip():
             continue
+        value = numeric_value(ans)
         for group in groups:
-            if group[0] == ans or answers_match(group[0], ans) is True:
+            # a number votes with equal numbers only: "6 - 5" must not join (and name) the group of 1
+            rep_value = numeric_value(group[0])
+            same = (value == rep_value) if value is not None or rep_value is not None \
+                else answers_match(group[0], ans) is True
+            if group[0] == ans or same:
                 group[1] += 1
                 break
         else:
@@ -110,6 +127,7 @@ def evaluate_model(model, tokenizer, rows: Iterable[dict], *, prompt_column: str
     q = len(rows)
     metrics = {
         "pass@1": sum(c / k for c in correct_counts) / q,
+        "pass@1_ci": bootstrap_ci([c / k for c in correct_counts]),
         "pass@k": sum(pass_at_k(k, c, k) for c in correct_counts) / q,
         "maj@k": sum(r["majority_correct"] for r in results) / q,
         "format_rate": fmt / (q * k),
@@ -164,3 +182,79 @@ def select_candidates(texts: Sequence[str], rewards: Sequence[float], min_reward
     ranked = sorted(seen.items(), key=lambda item: (-item[1][1], item[1][0]))
     passing = [(text, reward) for text, (_, reward) in ranked if passes(reward, min_reward)]
     return passing[:1] if keep == "best" else passing
+
+# ---- intervals ----------------------------------------------------------------------------------
+
+def _percentiles(stats: list[float], level: float) -> list[float]:
+    stats = sorted(stats)
+    tail = (1.0 - level) / 2
+    # nearest-rank percentiles: the interval holds `level` of the resampled statistics
+    lo = stats[max(0, math.ceil(tail * len(stats)) - 1)]
+    hi = stats[min(len(stats) - 1, math.ceil((1.0 - tail) * len(stats)) - 1)]
+    return [lo, hi]
+
+
+def bootstrap_ci(values: Sequence[float], *, level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> list[float]:
+    """[low, high]: percentile bootstrap interval of the mean of `values` (one value per question,
+    e.g. its pass@1), resampling questions with replacement."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("bootstrap_ci needs at least one value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n, rng = len(values), random.Random(seed)
+    means = [sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(resamples)]
+    return _percentiles(means, level)
+
+
+def paired_bootstrap_ci(mine: Sequence[float], theirs: Sequence[float], **kwargs) -> list[float]:
+    """[low, high] of mean(mine − theirs), the two lists holding the SAME questions in the same
+    order: resampling question pairs removes the between-question variance that unpaired
+    intervals carry (the hard questions are hard for both models)."""
+    if len(mine) != len(theirs):
+        raise ValueError(f"paired lists differ in length: {len(mine)} vs {len(theirs)}")
+    return bootstrap_ci([a - b for a, b in zip(mine, theirs)], **kwargs)
+
+
+def paired_by_id(mine: Sequence[dict], theirs: Sequence[dict], key: str = "pass_at_1"
+                 ) -> tuple[list[float], list[float]]:
+    """The `key` values of the questions (results lines, matched by `id`) that both evals hold."""
+    other = {r.get("id"): r for r in theirs}
+    shared = [r for r in mine if r.get("id") in other]
+    return [float(r[key]) for r in shared], [float(other[r.get("id")][key]) for r in shared]
+
+
+def compare_metrics(mine: Sequence[dict], theirs: Sequence[dict]) -> dict:
+    """`delta_pass@1` (this − other, on the shared questions), its paired interval
+    `delta_pass@1_ci`, and `compared_questions`. ValueError when no question is shared."""
+    a, b = paired_by_id(mine, theirs)
+    if not a:
+        raise ValueError("the two evals share no question")
+    return {"delta_pass@1": sum(a) / len(a) - sum(b) / len(b), "delta_pass@1_ci": paired_bootstrap_ci(a, b),
+            "compared_questions": len(a)}
+
+
+def verdict(delta_ci: Optional[Sequence[float]]) -> str:
+    """'helped' / 'hurt' when the paired interval excludes 0, else 'no measurable change'."""
+    if not delta_ci:
+        return "–"
+    lo, hi = delta_ci
+    if lo > 0:
+        return "helped"
+    if hi < 0:
+        return "hurt"
+    return "no measurable change"
+
+
+def format_interval(metrics: dict) -> str:
+    """'[95% CI 0.41–0.55]' for pass@1, plus the paired delta when the metrics hold one."""
+    parts = []
+    ci = metrics.get("pass@1_ci")
+    if ci:
+        parts.append(f"[95% CI {ci[0]:.3f}–{ci[1]:.3f}]")
+    if metrics.get("delta_pass@1") is not None:
+        lo, hi = metrics["delta_pass@1_ci"]
+        parts.append(f"(delta {metrics['delta_pass@1']:+.3f}, 95% CI {lo:+.3f}–{hi:+.3f} on "
+                     f"{metrics.get('compared_questions')} shared questions: {verdict([lo, hi])})")
+    return " ".join(parts)

@@ -1,7 +1,7 @@
-"""The toy task shipped in data/toy: arithmetic problems with exact answers, train/test split.
+"""The toy tasks shipped in data/: arithmetic problems with exact answers, train/test split.
 
     python scripts/make_toy_task.py                     # writes data/toy/train.jsonl + test.jsonl
-    python scripts/make_toy_task.py --digits 2 --terms 3 --train 1000 --test 200 --out data/toy-hard
+    python scripts/make_toy_task.py --digits 2 --train 1000 --test 300 --traces --out data/toy-2digit
 
 Columns: `id`, `prompt`, `answer` (what every ChainForge stage reads). Difficulty is `--digits`
 (digits per operand) and `--terms` (operands per problem); `--ops` picks the operators. The
@@ -9,6 +9,12 @@ default, one-digit a + b and a - b, has exactly 200 distinct problems: 150 train
 disjoint. When the pool is smaller than --train + --test the script says so and stops, rather
 than repeating problems or leaking test problems into train. Fixed seed: rerunning gives the same
 files.
+
+`--traces` also writes `sft.jsonl`: one worked Super CoT solution per TRAIN problem (column
+`messages`, what `chainforge sft` reads), column by column with carries and borrows. It is the
+cold-start data of configs/learn.yaml: correct by construction and as balanced as the problems
+themselves (about half additions, half subtractions, half of those negative). Cold SFT on what a
+135M local teacher got right taught no subtraction at all (11 of 13 kept rows were additions).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import itertools
 import json
 import random
+import sys
 from pathlib import Path
 
 PROMPT = "What is {expr}? Put the final answer in \\boxed{{}}."
@@ -38,35 +45,28 @@ def problems(digits: int, terms: int, ops: list[str]) -> list[tuple[str, int]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--digits", type=int, default=1, help="digits per operand (difficulty)")
-    ap.add_argument("--terms", type=int, default=2, help="operands per problem (difficulty)")
-    ap.add_argument("--ops", default="+,-", help="comma-separated operators from + and -")
-    ap.add_argument("--train", type=int, default=150)
-    ap.add_argument("--test", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="data/toy")
-    args = ap.parse_args()
-    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    if not ops or any(o not in "+-" for o in ops) or args.digits < 1 or args.terms < 2:
-        ap.error("--ops must use + and/or -, --digits >= 1, --terms >= 2")
+def pool_size(digits: int, terms: int, ops: list[str]) -> int:
+    per_operand = 10 ** digits - (0 if digits == 1 else 10 ** (digits - 1))
+    return per_operand ** terms * len(ops) ** (terms - 1)
 
-    rng = random.Random(args.seed)
-    # Sampling from a pool of 10^(digits*terms) problems: enumerate small pools, draw from big ones.
-    size = (10 ** args.digits - (0 if args.digits == 1 else 10 ** (args.digits - 1))) ** args.terms * len(ops) ** (args.terms - 1)
-    need = args.train + args.test
+
+def make_split(digits: int, terms: int, ops: list[str], n_train: int, n_test: int, seed: int = 0
+               ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, test): distinct problems, no expression in both. ValueError when the pool is too small."""
+    rng = random.Random(seed)
+    size, need = pool_size(digits, terms, ops), n_train + n_test
     if size < need:
-        ap.error(f"only {size} distinct problems of this shape; ask for fewer or raise --digits/--terms")
+        raise ValueError(f"only {size} distinct problems of this shape; ask for fewer or raise --digits/--terms")
+    # Sampling from a pool of 10^(digits*terms) problems: enumerate small pools, draw from big ones.
     if size <= 200_000:
-        pool = problems(args.digits, args.terms, ops)
+        pool = problems(digits, terms, ops)
         rng.shuffle(pool)
         chosen = pool[:need]
     else:
         seen, chosen = set(), []
-        lo = 0 if args.digits == 1 else 10 ** (args.digits - 1)
+        lo = 0 if digits == 1 else 10 ** (digits - 1)
         while len(chosen) < need:
-            xs = [rng.randrange(lo, 10 ** args.digits) for _ in range(args.terms)]
+            xs = [rng.randrange(lo, 10 ** digits) for _ in range(terms)]
             expr, value = str(xs[0]), xs[0]
             for x in xs[1:]:
                 op = rng.choice(ops)
@@ -75,16 +75,120 @@ def main() -> None:
             if expr not in seen:
                 seen.add(expr)
                 chosen.append((expr, value))
-    out = Path(args.out)
+    test, train = chosen[:n_test], chosen[n_test:]
+    check_disjoint(train, test)
+    return train, test
+
+
+def check_disjoint(train, test) -> None:
+    """Refuse a split where a test problem also appears in train (or any problem twice)."""
+    train_exprs, test_exprs = [e for e, _ in train], [e for e, _ in test]
+    leaked = set(train_exprs) & set(test_exprs)
+    if leaked:
+        raise ValueError(f"{len(leaked)} test problem(s) also in train, e.g. {sorted(leaked)[0]!r}")
+    if len(set(train_exprs)) != len(train_exprs) or len(set(test_exprs)) != len(test_exprs):
+        raise ValueError("a split repeats a problem")
+
+
+def _column_steps(a: int, b: int, op: str) -> tuple[list[str], int]:
+    """Column-by-column steps for a op b with a, b >= 0 and, for '-', a >= b."""
+    steps, carry, digits, place = [], 0, [], 0
+    names = ["ones", "tens", "hundreds", "thousands"]
+    width = max(len(str(a)), len(str(b)))
+    for place in range(width):
+        x, y = a // 10 ** place % 10, b // 10 ** place % 10
+        name = names[place] if place < len(names) else f"10^{place}"
+        if op == "+":
+            total = x + y + carry
+            extra = f" + {carry}" if carry else ""
+            note = f", write {total % 10} carry 1" if total >= 10 else ""
+            steps.append(f"{name}: {x} + {y}{extra} = {total}{note}")
+            digits.append(total % 10)
+            carry = total // 10
+        else:
+            top = x - carry
+            if top < y:
+                steps.append(f"{name}: {x}{f' - {carry}' if carry else ''} < {y}, borrow: {top + 10} - {y} = {top + 10 - y}")
+                digits.append(top + 10 - y)
+                carry = 1
+            else:
+                steps.append(f"{name}: {x}{f' - {carry}' if carry else ''} - {y} = {top - y}")
+                digits.append(top - y)
+                carry = 0
+    if op == "+" and carry:
+        digits.append(carry)
+    value = int("".join(str(d) for d in reversed(digits)))
+    return steps, value
+
+
+def worked_solution(expr: str, value: int) -> str:
+    """A Super CoT solution of 'a + b' / 'a - b' (two terms), checked against `value`."""
+    from chainforge.formats import write_super_cot
+
+    a_s, op, b_s = expr.split()
+    a, b = int(a_s), int(b_s)
+    steps = []
+    if op == "-" and a < b:
+        steps.append(f"{b} is larger than {a}, so the result is negative: compute {b} - {a}")
+        col, magnitude = _column_steps(b, a, "-")
+        steps += col
+        result = -magnitude
+        steps.append(f"{b} - {a} = {magnitude}, so {expr} = {result}")
+    else:
+        col, result = _column_steps(a, b, op)
+        steps += col
+        steps.append(f"{expr} = {result}")
+    if result != value:
+        raise AssertionError(f"worked solution of {expr} gave {result}, expected {value}")
+    return write_super_cot(steps, None, str(result))
+
+
+def write_split(out: Path, train, test, traces: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("test", chosen[:args.test]), ("train", chosen[args.test:])):
+    for split, rows in (("test", test), ("train", train)):
         path = out / f"{split}.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
             for i, (expr, value) in enumerate(rows):
                 fh.write(json.dumps({"id": f"{split}-{i:04d}", "prompt": PROMPT.format(expr=expr),
                                      "answer": str(value)}) + "\n")
         print(f"wrote {len(rows)} problems to {path}")
+    if traces:
+        path = out / "sft.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for i, (expr, value) in enumerate(train):
+                prompt = PROMPT.format(expr=expr)
+                fh.write(json.dumps({"id": f"train-{i:04d}", "messages": [
+                    {"role": "user", "content": prompt},
+                    {"role": "assistant", "content": worked_solution(expr, value)}]}) + "\n")
+        adds = sum(" + " in e for e, _ in train)
+        neg = sum(v < 0 for _, v in train)
+        print(f"wrote {len(train)} worked solutions to {path} ({adds} additions, {len(train) - adds} "
+              f"subtractions, {neg} negative answers)")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--digits", type=int, default=1, help="digits per operand (difficulty)")
+    ap.add_argument("--terms", type=int, default=2, help="operands per problem (difficulty)")
+    ap.add_argument("--ops", default="+,-", help="comma-separated operators from + and -")
+    ap.add_argument("--train", type=int, default=150)
+    ap.add_argument("--test", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--traces", action="store_true", help="also write sft.jsonl: worked Super CoT solutions "
+                                                          "of the train problems (two-term problems only)")
+    ap.add_argument("--out", default="data/toy")
+    args = ap.parse_args(argv)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    if not ops or any(o not in "+-" for o in ops) or args.digits < 1 or args.terms < 2:
+        ap.error("--ops must use + and/or -, --digits >= 1, --terms >= 2")
+    if args.traces and args.terms != 2:
+        ap.error("--traces writes solutions of two-term problems only; drop it or use --terms 2")
+    try:
+        train, test = make_split(args.digits, args.terms, ops, args.train, args.test, args.seed)
+    except ValueError as exc:
+        ap.error(str(exc))
+    write_split(Path(args.out), train, test, args.traces)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -121,7 +121,7 @@ def test_eval_writes_results_and_metrics(cli, tiny_model, toy, tmp_path):
     assert r.exit_code == 0, r.stderr
     manifest = json.loads((out / "chainforge.json").read_text())
     assert manifest["status"] == "complete" and manifest["stage"] == "eval"
-    assert set(manifest["metrics"]) == {"pass@1", "pass@k", "maj@k", "format_rate", "mean_completion_tokens", "k"}
+    assert set(manifest["metrics"]) == {"pass@1", "pass@1_ci", "pass@k", "maj@k", "format_rate", "mean_completion_tokens", "k"}
     assert manifest["metrics"]["k"] == 3
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [line["id"] for line in lines][:2] == ["a", "b"]

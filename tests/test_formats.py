@@ -2,12 +2,13 @@ import asyncio
 import threading
 
 import pytest
+from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chainforge.formats import (
     RESERVED_TAGS, answers_match, escape, extract_final_answer, is_super_cot, last_boxed,
-    parse_super_cot, unescape, write_super_cot,
+    numeric_value, parse_super_cot, unescape, write_super_cot,
 )
 
 EXPECTED = """<reasoning_process>
@@ -125,6 +126,37 @@ def test_final_answer_is_summary_else_last_boxed():
     ("42", None, False),
     (None, "42", None),
     ("  ", "42", None),
+    # a numeric reference needs ONE stated value, never an expression that evaluates to it
+    ("1", "6 - 5", False),
+    ("1", "6-5", False),
+    ("1", "\\boxed{6 - 5}", False),
+    ("2", "6/3", False),  # a division restated; fractions count only in lowest terms
+    ("2", "\\frac{4}{2}", False),
+    ("1", "1 = 6 - 5", False),
+    ("1", "1, 2", False),
+    ("5", "5 x 3", False),
+    ("5", "-5", False),
+    ("1", "6 - 5 = 1", True),  # an equation ending in the value states it
+    ("0.5", "\\frac{1}{2}", True),
+    ("\\frac{1}{2}", "0.5", True),
+    ("-\\frac{1}{2}", "-0.5", True),
+    ("1000", "$1,000", True),
+    ("1000", "\\$1,000", True),
+    ("1000", "1{,}000", True),
+    ("12", "12 cm", True),
+    ("12", "12\\text{ cm}", True),
+    ("12", "12 m/s", True),
+    ("7", "\\boxed{7}", True),
+    ("7", "$7$", True),
+    ("-3", "\u22123", True),
+    ("-3", "$-3", True),
+    ("5", "5.0", True),
+    ("50", "50\\%", True),
+    ("1", "The result is 1.", True),
+    ("5", "so the total is $5", True),
+    ("1", "So 6 - 5 equals 1", False),
+    ("5", "minus 5", False),
+    ("5", "not 5", False),
 ])
 def test_answers_match(ref, cand, expected):
     assert answers_match(ref, cand) is expected
@@ -141,3 +173,13 @@ def test_answers_match_off_the_main_thread_and_in_asyncio():
 
     assert results == [True]
     assert asyncio.run(inside_loop()) == (True, True)
+
+
+def test_numeric_value_reads_one_number_or_none():
+    assert numeric_value("$1,234.50") == Fraction(2469, 2)
+    assert numeric_value("\\dfrac{3}{4} cm") == Fraction(3, 4)
+    assert numeric_value("x = -7") == -7
+    assert numeric_value("6 - 5") is None
+    assert numeric_value("seven") is None
+    assert numeric_value("1/0") is None
+    assert numeric_value("1 " + "ab " * 5000 + "?") is None  # no regex blow-up on long junk

@@ -41,7 +41,9 @@ def test_unparsable_reference_gives_none_not_zero():
     # the right answer outside <summary>, a wrong one inside
     (write_super_cot(["the answer is \\boxed{12}"], None, "13"), 0.0),
     # \boxed{} nesting on a malformed completion: the last boxed counts, braces matched
-    ("\\boxed{\\frac{24}{2}}", 1.0),
+    ("\\boxed{\\frac{12}{1}}", 0.0),  # a division written out is not the value, even when it equals it
+    ("\\boxed{\\frac{24}{2}}", 0.0),
+    ("\\boxed{\\text{12}}", 1.0),
     ("\\boxed{11} no wait \\boxed{12}", 1.0),
     ("\\boxed{12} no wait \\boxed{11}", 0.0),
 ])
@@ -125,3 +127,19 @@ def test_expansion_bonus_needs_the_right_single_answer():
     padded = write_super_cot(["guess"], ["I will list several candidates to be safe here."], "11, 12, 13")
     assert get_reward("expansion")([padded], answer=["12"]) == [0.0]
     assert get_reward("expansion")([GROUNDED], answer=[None]) == [0.0]
+
+
+@pytest.mark.parametrize("summary", ["6 - 5", "6-5", "12 - 11", "\\frac{6}{6}", "3/3", "1 = 6 - 5", "0 + 1",
+                                     "6 - 5 \\text{ apples}", "\\boxed{6 - 5}"])
+def test_restating_the_question_earns_nothing(summary):
+    # A policy that copies "6 - 5" from "What is 6 - 5?" into its summary states no answer: it must
+    # not be paid as if it had computed 1 (GRPO learned exactly that when it was).
+    completion = write_super_cot(["restate the question"], None, summary)
+    assert get_reward("accuracy")([completion], answer=["1"]) == [0.0]
+    assert get_reward("expansion")([write_super_cot(["x"], ["a grounding of five words here"], summary)],
+                                   answer=["1"]) == [0.0]
+
+
+def test_a_stated_value_still_earns_the_reward():
+    completions = [write_super_cot(["6 - 5 = 1"], None, s) for s in ("1", "6 - 5 = 1", "x = 1", "1.0", "$1$")]
+    assert get_reward("accuracy")(completions, answer=["1"] * 5) == [1.0] * 5

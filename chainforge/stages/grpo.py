@@ -21,7 +21,8 @@ Metrics (manifest and TensorBoard under runs/): TRL's `reward`, `rewards/<name>/
 `clip_ratio/*`, `completions/mean_length`, plus ours: `format_rate` and `expansion_rate` (shares of
 the rollouts that parse as Super CoT / that parse and hold an `<explanation>`), and
 `generation_time_share` (wall time inside the trainer's `_generate`, which we wrap, over the
-training wall time).
+training wall time). Every rollout (prompt, completion, each reward, advantage) goes to
+`rollouts.jsonl`, and a KL jump past 0.1 is a one-line warning (chainforge.rollouts).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from chainforge.formats import completion_text, parse_super_cot
 from chainforge.log import fmt_value, info
 from chainforge.models import load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
+from chainforge.rollouts import GRPO_WARMUP_RATIO, KLGuard, RolloutLog, record_trainer_rollouts
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import training
 
@@ -83,7 +85,7 @@ class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Reward
         2, "Prompts per device per micro-step: --batch-size (counted in completions for grpo) defaults to "
            "this × --num-generations.", min=1)
     batch_size: Optional[int] = default(TrainOptions, "batch_size", None)
-    warmup_ratio: float = default(TrainOptions, "warmup_ratio", 0.0)
+    warmup_ratio: float = default(TrainOptions, "warmup_ratio", GRPO_WARMUP_RATIO)  # see chainforge.rollouts
 
     def check(self) -> None:
         check_sampling(self)
@@ -297,9 +299,21 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config):
                 logs["generation_time_share"] = self._window_generation / window if window > 0 else None
                 self._window_start, self._window_generation = now, 0.0
             super().log(logs, start_time)
+            if self.accelerator.is_main_process:  # rollouts: TRL's log() has added "kl" to logs by now
+                self.kl_guard.check(self.state.global_step, logs.get("kl"))
 
-    return Trainer(model=model, reward_funcs=reward_fns, args=args, train_dataset=ds,
-                   processing_class=tokenizer, peft_config=peft_config)
+        # ---- rollouts (chainforge.rollouts): every rollout to rollouts.jsonl
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            if self.model.training:
+                record_trainer_rollouts(self, self.rollout_log, inputs)
+            return output
+        # ---- end rollouts
+
+    trainer = Trainer(model=model, reward_funcs=reward_fns, args=args, train_dataset=ds,
+                      processing_class=tokenizer, peft_config=peft_config)
+    trainer.rollout_log, trainer.kl_guard = RolloutLog(args.output_dir), KLGuard()  # rollouts
+    return trainer
 
 
 def _parse(text: str):
