@@ -175,6 +175,7 @@ def test_packaged_recipe_paths_anchor_to_the_shipped_copies(tmp_path, monkeypatc
     anchor_paths(spec, root)
     assert spec["prompts"] == str(ROOT / "data" / "toy" / "train.jsonl")
     assert spec["stages"][0]["data"] == "openai/gsm8k"
+    spec["decontaminate"] = True  # the shipped toy recipes turn it off (their splits are disjoint by construction)
     plan, clean = plan_run(spec)
     assert plan[0].output == tmp_path / "runs" / "demo" / "00-eval-base"
     # the packaged prompts are decontaminated against the packaged eval set before collect reads them
