@@ -131,7 +131,7 @@ def data_record(config: dict, inputs: list) -> Optional[dict]:
 def reproduce_command(stage: str, config: dict) -> str:
     """`chainforge STAGE …` with every option the manifest records that differs from its default
     (secrets are already redacted in the manifest, and a redacted value is left out)."""
-    from chainforge.config import REDACTED, cli_flags
+    from chainforge.config import REDACTED, cli_args
     from chainforge.stages import STAGE_MODULES, stage_module
 
     if stage not in STAGE_MODULES:
@@ -149,21 +149,8 @@ def reproduce_command(stage: str, config: dict) -> str:
         if value is None or value == REDACTED or value == default or (isinstance(value, list) and not value
                                                                        and not default):
             continue
-        flag = cli_flags(f)[0]
-        if isinstance(value, bool):
-            on, _, off = flag.partition("/")
-            args.append(on if value else (off or f"--no-{f.name.replace('_', '-')}"))
-        elif isinstance(value, list):
-            args += [x for v in value for x in (flag, _quote(v))]
-        else:
-            args += [flag, _quote(value)]
+        args += cli_args(f, value)
     return "chainforge " + " ".join(args)
-
-
-def _quote(value: Any) -> str:
-    import shlex
-
-    return shlex.quote(str(value))
 
 
 def _table(rows: dict) -> str:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from chainforge import __version__
-from chainforge.config import StageConfig, base_type, cli_flags, field_types, literal_choices, load_yaml_config
+from chainforge.config import StageConfig, base_type, field_types, literal_choices, load_yaml_config
 from chainforge.errors import ChainforgeError, UsageError
 from chainforge.stages import STAGE_MODULES, run_stage
 

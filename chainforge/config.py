@@ -151,6 +151,19 @@ def flag(f: dataclasses.Field) -> str:
     return cli_flags(f)[0].split("/")[0]
 
 
+def cli_args(f: dataclasses.Field, value: Any) -> list[str]:
+    """The command-line words that give field `f` the value `value` (quoted for a shell)."""
+    import shlex
+
+    flag_ = cli_flags(f)[0]
+    if isinstance(value, bool):
+        on, _, off = flag_.partition("/")
+        return [on if value else (off or f"--no-{f.name.replace('_', '-')}")]
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in (flag_, shlex.quote(str(v)))]
+    return [flag_, shlex.quote(str(value))]
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

@@ -15,8 +15,6 @@ _COMPACT_AT = 0.25
 
 def _generate_hf(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens, seed, keys,
                  batch_size, system_prompt, report) -> list[list[Completion]]:
-    import torch
-
     texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     rows = [(i, j) for i in range(len(prompts)) for j in range(draws)]

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from chainforge.config import REDACTED, cli_flags, load_yaml_config, mask_url_credentials
+from chainforge.config import REDACTED, cli_args, load_yaml_config, mask_url_credentials
 from chainforge.data import atomic_write_text, read_manifest
 from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
 from chainforge.log import info
@@ -314,14 +314,7 @@ def command_line(stage: Stage, overwrite: bool) -> str:
             continue
         if shown.get(key) == REDACTED or isinstance(value, str):
             value = shown.get(key, value)
-        flag = cli_flags(fields[key])[0]
-        if isinstance(value, bool):
-            on, _, off = flag.partition("/")
-            args.append(on if value else (off or f"--no-{key.replace('_', '-')}"))
-        elif isinstance(value, list):
-            args += [x for v in value for x in (flag, str(v))]
-        else:
-            args += [flag, str(value)]
+        args += cli_args(fields[key], value)
     return "chainforge " + " ".join(args + (["--overwrite"] if overwrite else []))
 
 
