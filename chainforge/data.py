@@ -1,6 +1,6 @@
 """Data in and results out: load any input, check columns, and the output folder's life cycle.
 
-The life cycle (../shared/CONTRACT.md, "What every stage writes"):
+The life cycle (docs/reference.md, "What every stage writes"):
 
     plan = plan_output(opts.output, "sft", opts, overwrite=opts.overwrite)   # validates only
     ... validate data and model ...

@@ -4,7 +4,7 @@ loop that `chainforge eval` runs and that other stages (distill's before/after c
     metrics, results = evaluate_model(model, tokenizer, rows, num_samples=4, temperature=0.6)
 
 `rows` are dicts (or a dataset) with `prompt`, `answer` and optionally `id`. `results` are the lines
-of eval's `results.jsonl`, `metrics` the manifest metrics (../shared/CONTRACT.md):
+of eval's `results.jsonl`, `metrics` the manifest metrics (docs/reference.md):
 `pass@1`, `pass@1_ci`, `pass@k`, `maj@k`, `format_rate`, `mean_completion_tokens`, `k`.
 
 Intervals are percentile bootstraps over QUESTIONS (`bootstrap_ci`, and `paired_bootstrap_ci` for

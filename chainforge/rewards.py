@@ -7,7 +7,7 @@ column (TRL passes every dataset column as a keyword, plus `prompts`, `completio
 `trainer_state`, … — all accepted and ignored when unused). `None` means "no signal" (TRL turns it
 into NaN and leaves it out of the sum).
 
-Values (../shared/CONTRACT.md):
+Values (docs/reference.md):
 - `accuracy`  1.0 when the final answer matches `answer`, else 0.0; None when there is no usable
   reference. The final answer is the `<summary>` of a well-formed Super CoT completion; a completion
   that is not one is scored from its last `\\boxed{}`, else 0.0.

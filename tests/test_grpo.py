@@ -14,7 +14,7 @@ from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACT_METRICS = ("reward", "kl", "format_rate", "expansion_rate", "completion_tokens", "generation_time_share")
+DOCUMENTED_METRICS = ("reward", "kl", "format_rate", "expansion_rate", "completion_tokens", "generation_time_share")
 # Small and fast: 2 prompts × 2 completions of ≤ 8 tokens per step.
 FAST = ("--num-generations", "2", "--prompts-per-step", "2", "--max-new-tokens", "8", "--lr", "1e-3")
 
@@ -82,7 +82,7 @@ def test_default_rewards_lora_and_config_file(cli, tiny_model, tmp_path):
     m = manifest(out)
     assert m["status"] == "complete"
     metrics = m["metrics"]
-    for key in CONTRACT_METRICS + ("reward/accuracy", "reward/format", "reward/expansion"):
+    for key in DOCUMENTED_METRICS + ("reward/accuracy", "reward/format", "reward/expansion"):
         assert key in metrics, key
     # accuracy is None only when no reference arrived; random completions are simply wrong.
     assert metrics["reward/accuracy"] == 0.0 and metrics["reward/format"] == 0.0

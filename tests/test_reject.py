@@ -7,7 +7,7 @@ import pytest
 from chainforge.metrics import select_candidates
 from conftest import write_jsonl
 
-CONTRACT_COLUMNS = {"id", "prompt", "reference", "text", "messages", "reward", "candidates", "kept_rank"}
+DOCUMENTED_COLUMNS = {"id", "prompt", "reference", "text", "messages", "reward", "candidates", "kept_rank"}
 
 
 def vowel_share(completions, **_):
@@ -62,7 +62,7 @@ def test_reject_keeps_exactly_the_best_passing_candidates(cli, tiny_model, promp
     r = _reject(cli, tiny_model, data, out, "--min-reward", threshold)
     assert r.exit_code == 0, r.stderr
     ds = datasets.load_from_disk(str(out))
-    assert set(ds.column_names) == CONTRACT_COLUMNS
+    assert set(ds.column_names) == DOCUMENTED_COLUMNS
     drawn = _journal(out)
     expected = {}
     for i, texts in drawn.items():

@@ -1,4 +1,4 @@
-"""One collect row (the columns of ../shared/CONTRACT.md) and the dataset built from the journal."""
+"""One collect row (the columns in docs/reference.md) and the dataset built from the journal."""
 
 from __future__ import annotations
 

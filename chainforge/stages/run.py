@@ -3,7 +3,7 @@
     chainforge run configs/demo.yaml
     torchrun --nproc_per_node 2 -m chainforge run configs/qwen2.5-0.5b-single-gpu.yaml
 
-A recipe (../shared/CONTRACT.md, "Recipes"):
+A recipe (docs/reference.md, "Recipes"):
 
     run_dir: runs/demo
     model: smollm2            # base model for the first stage that needs one
