@@ -107,3 +107,17 @@ def test_local_expander_batches_the_steps_of_rows_that_ask_together(tiny_model):
     assert expander.batches == [10]  # five rows, two steps each: one generate call
     assert [len(r) for r in results] == [2] * 5
     assert all(e.usage["completion"] > 0 for r in results for e in r)
+
+
+def test_local_teacher_draws_do_not_depend_on_the_batch_a_prompt_lands_in(tiny_model):
+    """A resumed collect batches only the prompts left: each prompt must still draw what it would
+    have drawn in the first run."""
+    from chainforge.collect.teachers import LocalTeacher, PromptItem
+    from chainforge.models import resolve_model
+
+    items = [PromptItem(i, f"id{i}", f"What is {i} + {i}?", None) for i in range(4)]
+    teacher = LocalTeacher(resolve_model(str(tiny_model)), max_new_tokens=12, temperature=1.0, seed=3)
+    whole = teacher.generate(items)
+    resumed = teacher.generate(items[2:])
+    assert [r.answer for r in whole[2:]] == [r.answer for r in resumed]
+    assert [r.reasoning for r in whole[2:]] == [r.reasoning for r in resumed]

@@ -155,10 +155,11 @@ class LocalTeacher:
         convs = [messages_for(i, self.system_prompt) for i in items]
         with self.shared.generate_lock:  # the tokenizer is shared too: counting uses it
             model, tok = self.load()
-            # Seeded by input position, so a resumed run draws what an uninterrupted one would have.
+            # Each prompt seeded by its input position (keys), not by the batch it lands in: a resumed
+            # run, whose batches hold only the prompts left, draws what an uninterrupted one would have.
             comps = generate(model, tok, convs, n=1, temperature=self.temperature,
-                             max_new_tokens=self.max_new_tokens, seed=self.seed * 1_000_003 + items[0].index,
-                             batch_size=len(items))
+                             max_new_tokens=self.max_new_tokens, seed=self.seed,
+                             keys=[item.index for item in items], batch_size=len(items))
             prompt_tokens = [len(tok(render_prompt(tok, conv), add_special_tokens=False)["input_ids"])
                              for conv in convs]
         out: list[Result] = []
