@@ -204,7 +204,7 @@ def ground_traces(grounder: Grounder, targets: Sequence[Target], folder: Path, s
                   on_done: Optional[Callable[[Target, Grounded], None]] = None) -> dict[str, Grounded]:
     from chainforge.collect.chat import Counters
     from chainforge.collect.limits import CostBudget
-    from chainforge.collect.progress import say
+    from chainforge.log import info
     from chainforge.errors import RunFailed
     from chainforge.journal import Journal
 
@@ -233,7 +233,7 @@ def ground_traces(grounder: Grounder, targets: Sequence[Target], folder: Path, s
     if not todo:
         journal.close()
         return done
-    say(f"{grounder.stage}: grounding {sum(len(t.chosen) for t in todo)} uncertain steps of {len(todo)} traces "
+    info(f"{grounder.stage}: grounding {sum(len(t.chosen) for t in todo)} uncertain steps of {len(todo)} traces "
         f"with {grounder.describe()} ({len(done)} traces journaled)")
 
     def finish(t: Target, g: Grounded) -> None:

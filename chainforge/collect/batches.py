@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from chainforge.collect.chat import RunStopped
-from chainforge.collect.progress import say
+from chainforge.log import info
 from chainforge.errors import RunFailed
 
 BATCHES = "expander-batches.jsonl"
@@ -100,7 +100,7 @@ def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
             stats.batches += 1
             pending[batch.id] = ids
         if fresh:
-            say(f"{grounder.stage}: submitted {len(fresh)} expansion requests")
+            info(f"{grounder.stage}: submitted {len(fresh)} expansion requests")
     finally:
         journal.close()
 
@@ -146,7 +146,7 @@ def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
         line = (f"{grounder.stage}: batches {stats.batches} submitted · {processing} processing · "
                 f"{ended} ended this run")
         if line != last_line:
-            say(line)
+            info(line)
             last_line = line
         if pending:
             time.sleep(config.poll_interval)

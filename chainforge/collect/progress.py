@@ -5,14 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from chainforge.log import console
+from chainforge.log import console, info
 
 PLAIN_EVERY_S = 10.0
-
-
-def say(message: str) -> None:
-    """One line to stderr, never wrapped (scripts grep these lines)."""
-    console.print(message, markup=False, soft_wrap=True)
 
 
 @dataclass
@@ -61,7 +56,7 @@ class Progress:
                              status=f"failed {t.failed} · expanded {t.expanded} · ${t.cost:.4f} · {t.rate:.1f}/s")
         elif time.monotonic() - self._last >= PLAIN_EVERY_S:
             self._last = time.monotonic()
-            say(t.line())
+            info(t.line())
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:

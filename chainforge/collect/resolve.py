@@ -89,9 +89,9 @@ def _remote(kind: str, model: str, endpoint: Endpoint, what: str, key: Optional[
                          f"go in the Authorization header; drop one of them")
     secret = key_env if key else ("the base URL's password" if endpoint.has_credentials else None)
     if secret and endpoint.scheme == "http" and not endpoint.is_loopback:
-        from chainforge.collect.progress import say
+        from chainforge.log import info
 
-        say(f"collect: warning: {secret} goes to {endpoint.host} over plain http://, readable on the way; "
+        info(f"collect: warning: {secret} goes to {endpoint.host} over plain http://, readable on the way; "
             f"use https:// unless that network is yours")
     try:
         proxy, _ = env_proxy(endpoint)

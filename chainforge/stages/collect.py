@@ -19,7 +19,8 @@ from typing import Iterator, Literal, Optional
 from chainforge.collect.chat import Counters, RunStopped
 from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
 from chainforge.collect.pricing import price_for, price_table
-from chainforge.collect.progress import Tally, print_summary, say
+from chainforge.collect.progress import Tally, print_summary
+from chainforge.log import info
 from chainforge.collect.resolve import HttpOptions, build_expander, build_teacher, resolve_teacher
 from chainforge.collect.teachers import PromptItem
 from chainforge import distributed
@@ -138,12 +139,12 @@ def _collect(config: CollectConfig) -> None:
 
     why = "" if expander_given else (" (the default: ANTHROPIC_API_KEY is set)" if expander_src.kind != "none"
                                      else " (the default: ANTHROPIC_API_KEY is not set; nothing is grounded)")
-    say(f"collect: teacher {teacher_src.describe()}, expander {grounder.describe()}{why}")
-    say(f"collect: {len(ids.unique)} prompts, {len(done)} done, {len(failed_ids)} failed, {pending} to go"
+    info(f"collect: teacher {teacher_src.describe()}, expander {grounder.describe()}{why}")
+    info(f"collect: {len(ids.unique)} prompts, {len(done)} done, {len(failed_ids)} failed, {pending} to go"
          + (f" ({ids.duplicates} duplicate prompts skipped)" if ids.duplicates else ""))
     for src in (teacher_src, expander_src):
         if src.kind in ("deepseek", "openai", "anthropic") and price_for(prices, src.model) is None:
-            say(f"collect: no price for {src.model}; its cost counts as 0 (add --price {src.model}=IN,HIT,OUT)")
+            info(f"collect: no price for {src.model}; its cost counts as 0 (add --price {src.model}=IN,HIT,OUT)")
 
     # ---- collect -----------------------------------------------------------------------------------
     from chainforge.collect.engine import Collector
@@ -211,7 +212,7 @@ def _collect(config: CollectConfig) -> None:
         shutil.rmtree(cache, ignore_errors=True)
     out.finish(metrics)
     print_summary(metrics, tally.expansion_failures)
-    say(f"collect: wrote {metrics['rows']} rows to {out.path}")
+    info(f"collect: wrote {metrics['rows']} rows to {out.path}")
 
 
 @dataclass
