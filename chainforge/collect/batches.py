@@ -68,7 +68,7 @@ def _stop(exc, what: str) -> Exception:
 def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
     import anthropic
 
-    from chainforge.collect.expander import EXPANDER_MAX_TOKENS, PROMPT, Expansion, validate_expansion
+    from chainforge.collect.expander import EXPANDER_MAX_TOKENS, PROMPT, Expansion, expansion_from_message
     from chainforge.expansion import Grounded, zero_usage
     from chainforge.journal import Journal
 
@@ -136,7 +136,7 @@ def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
                     processing += 1
                     continue
                 for item in client.messages.batches.results(bid):
-                    settle(item.custom_id, _expansion(item.result, validate_expansion, Expansion, zero_usage))
+                    settle(item.custom_id, _expansion(item.result, Expansion, expansion_from_message, zero_usage))
                 stats.requests += 1
             except anthropic.APIError as exc:
                 raise _stop(exc, f"poll {bid}") from None
@@ -152,13 +152,7 @@ def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
             time.sleep(config.poll_interval)
 
 
-def _expansion(result, validate, Expansion, zero_usage):
+def _expansion(result, Expansion, from_message, zero_usage):
     if getattr(result, "type", None) != "succeeded":  # errored, expired, canceled
         return Expansion(None, zero_usage(), failed=True)
-    msg = result.message
-    text = "".join(b.text for b in msg.content if getattr(b, "type", "") == "text")
-    u = msg.usage
-    usage = {"prompt": u.input_tokens or 0, "completion": u.output_tokens or 0, "reasoning": 0,
-             "cache_hit": getattr(u, "cache_read_input_tokens", 0) or 0}
-    kept = validate(text)
-    return Expansion(kept, usage, failed=kept is None)
+    return from_message(result.message)

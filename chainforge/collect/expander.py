@@ -64,6 +64,17 @@ def _zero() -> dict:
     return {"prompt": 0, "completion": 0, "reasoning": 0, "cache_hit": 0}
 
 
+def expansion_from_message(msg) -> Expansion:
+    """An Anthropic Messages reply (synchronous, or one succeeded Message Batches item) as an
+    Expansion: its text checked by `validate_expansion`, its token counts."""
+    text = "".join(b.text for b in msg.content if getattr(b, "type", "") == "text")
+    u = msg.usage
+    usage = {"prompt": u.input_tokens or 0, "completion": u.output_tokens or 0, "reasoning": 0,
+             "cache_hit": getattr(u, "cache_read_input_tokens", 0) or 0}
+    kept = validate_expansion(text)
+    return Expansion(kept, usage, failed=kept is None)
+
+
 class NoExpander:
     name, model = "none", None
 
@@ -105,12 +116,7 @@ class AnthropicExpander:
             return Expansion(None, _zero(), failed=True)
         except a.APIError:
             return Expansion(None, _zero(), failed=True)
-        text = "".join(b.text for b in msg.content if getattr(b, "type", "") == "text")
-        u = msg.usage
-        usage = {"prompt": u.input_tokens or 0, "completion": u.output_tokens or 0, "reasoning": 0,
-                 "cache_hit": getattr(u, "cache_read_input_tokens", 0) or 0}
-        kept = validate_expansion(text)
-        return Expansion(kept, usage, failed=kept is None)
+        return expansion_from_message(msg)
 
     async def expand_many(self, question: str, steps: list[str]) -> list[Expansion]:
         return list(await asyncio.gather(*(self.expand(question, s) for s in steps)))
