@@ -3,6 +3,7 @@
 
     python scripts/bench_collect.py                                  # 1000 and 5000 prompts, C = 128 and 512
     python scripts/bench_collect.py --sizes 2000 10000 --concurrency 512
+    python scripts/bench_collect.py --concurrency 128 --both      # streamed and --no-stream, side by side
 
 For each C, `chainforge collect` runs twice, each time in a fresh process (streamed replies, the
 expander off), on n1 and n2 prompts. The marginal rate (n2 - n1) / (t2 - t1), t being each process's
@@ -34,28 +35,29 @@ def worker(args) -> None:
 
     try:
         app(["collect", "--prompts", args.prompts, "--output", args.output, "--concurrency", str(args.concurrency),
-             "--expander", "none"], standalone_mode=False)
+             "--expander", "none", "--stream" if args.stream else "--no-stream"], standalone_mode=False)
     except SystemExit as exc:
         if exc.code:
             raise
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def timed_run(server_url: str, n: int, concurrency: int, tmp: Path) -> tuple[float, float]:
+def timed_run(server_url: str, n: int, concurrency: int, tmp: Path, stream: bool = True) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one collect process on n prompts."""
     prompts = tmp / f"prompts-{n}.jsonl"
     if not prompts.exists():
         with open(prompts, "w") as f:
             for i in range(n):
                 f.write(json.dumps({"prompt": f"Question {i}: what is {i} times 7?", "answer": str(7 * i)}) + "\n")
-    out = tmp / f"out-{concurrency}-{n}"
+    out = tmp / f"out-{concurrency}-{n}-{'stream' if stream else 'json'}"
     env = dict(os.environ, DEEPSEEK_API_KEY="sk-test-fake-key-0123456789", DEEPSEEK_BASE_URL=server_url,
                CHAINFORGE_HOME=str(tmp / "home"), PYTHONPATH=str(ROOT))
     for name in ("ANTHROPIC_API_KEY", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
         env.pop(name, None)
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--worker", "--prompts", str(prompts), "--output", str(out),
-                           "--concurrency", str(concurrency)], env=env, capture_output=True, text=True)
+                           "--concurrency", str(concurrency), "--stream" if stream else "--no-stream"],
+                          env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"collect failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -67,6 +69,9 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.2, help="server latency L in seconds")
     p.add_argument("--concurrency", type=int, nargs="+", default=[128, 512], help="requests in flight C")
     p.add_argument("--sizes", type=int, nargs=2, default=[1000, 5000], metavar=("N1", "N2"))
+    p.add_argument("--both", action="store_true",
+                   help="also run with --no-stream (one JSON body per reply), to see what streaming costs")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True, help=argparse.SUPPRESS)
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prompts", help=argparse.SUPPRESS)
@@ -82,17 +87,18 @@ def main() -> None:
     try:
         port = int(server.stdout.readline().split()[1])
         url = f"http://127.0.0.1:{port}"
-        print(f"fake DeepSeek at L={args.latency * 1000:.0f} ms, streamed replies, expander off; "
+        print(f"fake DeepSeek at L={args.latency * 1000:.0f} ms, expander off; "
               f"runs of {n1} and {n2} prompts; load average {os.getloadavg()[0]:.2f} at start")
-        print(f"{'C':>5} {'t(n1) s':>8} {'t(n2) s':>8} {'marginal req/s':>15} {'ideal C/L':>10} {'ratio':>6} "
+        print(f"{'replies':>8} {'C':>5} {'t(n1) s':>8} {'t(n2) s':>8} {'marginal req/s':>15} {'ideal C/L':>10} {'ratio':>6} "
               f"{'peak RSS MB':>12}")
         with tempfile.TemporaryDirectory() as tmp:
-            for c in args.concurrency:
-                t1, _ = timed_run(url, n1, c, Path(tmp))
-                t2, rss = timed_run(url, n2, c, Path(tmp))
+            runs = [(stream, c) for stream in ([True, False] if args.both else [True]) for c in args.concurrency]
+            for stream, c in runs:
+                t1, _ = timed_run(url, n1, c, Path(tmp), stream)
+                t2, rss = timed_run(url, n2, c, Path(tmp), stream)
                 marginal, ideal = (n2 - n1) / (t2 - t1), c / args.latency
-                print(f"{c:>5} {t1:>8.2f} {t2:>8.2f} {marginal:>15.1f} {ideal:>10.1f} {marginal / ideal:>6.2f} "
-                      f"{rss:>12.1f}", flush=True)
+                print(f"{'streamed' if stream else 'json':>8} {c:>5} {t1:>8.2f} {t2:>8.2f} {marginal:>15.1f} "
+                      f"{ideal:>10.1f} {marginal / ideal:>6.2f} {rss:>12.1f}", flush=True)
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
     finally:
         server.terminate()
