@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from chainforge import __version__
+from chainforge import __version__, distributed
 from chainforge.config import config_differences
 from chainforge.errors import UsageError
 from chainforge.log import info
@@ -494,11 +494,6 @@ LOCK = ".chainforge.lock"
 _held: dict[str, Any] = {}  # resolved output folder → the FileLock this process holds on it
 
 
-def _is_writer_rank() -> bool:
-    # Under torchrun/accelerate only global rank 0 writes an output (the others would lock each other out).
-    return int(os.environ.get("RANK", "0") or 0) == 0
-
-
 def lock_output(folder: Path) -> bool:
     """Take `folder`'s lock for this process until it exits; exit 2 if another process holds it.
 
@@ -507,7 +502,7 @@ def lock_output(folder: Path) -> bool:
     is written into the file for the message. A process that holds the lock already keeps it (the
     CLI, `run` and tests may plan the same output more than once in one process). True when this
     call took the lock, False when it was held already (or this rank does not write)."""
-    if not _is_writer_rank():
+    if not distributed.is_main():
         return False
     from filelock import FileLock, Timeout
 

@@ -29,6 +29,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from chainforge import distributed
 from chainforge.errors import Interrupted, RunFailed, UsageError
 from chainforge.log import info
 
@@ -54,34 +55,13 @@ def model_dtype(lora: bool = False):
     return torch.bfloat16 if lora and hardware()["bf16"] else torch.float32
 
 
-def is_main_process() -> bool:
-    """True on global rank 0, or when not distributed (torchrun/accelerate set RANK)."""
-    from chainforge import distributed
-
-    return distributed.is_main()
-
-
-def barrier() -> None:
-    from chainforge import distributed
-
-    distributed.barrier()
-
-
-def create_output(plan, inputs: Sequence = ()):
-    """`plan.create(inputs)` on rank 0 only; the other ranks wait for it and get a StageOutput for
-    the same folder that has written nothing (see `distributed.create_output`)."""
-    from chainforge import distributed
-
-    return distributed.create_output(plan, inputs)
-
-
 def finish(out, metrics: dict) -> None:
     """The end of a training stage, on rank 0: the manifest says complete, then the resumable
     `checkpoint-*` folders go (a complete output is never resumed, and a 7B full fine-tune's
     optimizer state is ~56 GB per checkpoint)."""
     import shutil
 
-    if not is_main_process():
+    if not distributed.is_main():
         return
     out.finish(metrics)
     for ckpt in Path(out.path).glob("checkpoint-*"):
@@ -131,7 +111,6 @@ def check_machine(config) -> None:
     output exists. A recipe naming flash_attention_2 still validates on a laptop."""
     import importlib.util
 
-    from chainforge import distributed
 
     if getattr(config, "attn_implementation", "sdpa") == "flash_attention_2":
         import torch
@@ -209,7 +188,7 @@ def _warn_unsharded(trainer) -> None:
     """accelerate (1.15) turns FSDP on for GPU process groups only: launched on CPU with an FSDP
     config, a run trains plain data parallel, each rank holding the whole model. Say so."""
     asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    if asked and not getattr(trainer, "is_fsdp_enabled", False) and is_main_process():
+    if asked and not getattr(trainer, "is_fsdp_enabled", False) and distributed.is_main():
         info("warning: FSDP was asked for (ACCELERATE_USE_FSDP) but accelerate shards on GPUs only; this run "
              "is plain data parallel (every rank holds the whole model and optimizer state)")
 
@@ -350,9 +329,9 @@ def train(trainer, out) -> Any:
     Ctrl-C → exit 130 and a crash → exit 1, both with the manifest left `incomplete` so the same
     command resumes."""
     resume = last_checkpoint(out.path)
-    if resume and is_main_process():
+    if resume and distributed.is_main():
         info(f"resuming from {Path(resume).name}")
-    main = is_main_process()  # only rank 0 writes the manifest
+    main = distributed.is_main()  # only rank 0 writes the manifest
     try:
         return trainer.train(resume_from_checkpoint=resume)
     except KeyboardInterrupt:

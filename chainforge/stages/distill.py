@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from chainforge import training
+from chainforge import distributed, training
 from chainforge.compat import check_tested_versions
 from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, LoraOptions,
                                OutputOptions, SftTrainOptions, StageSpec, TrainOptions, default, option)
@@ -131,8 +131,8 @@ def run(config: DistillConfig) -> None:
         args = traces_args(config, plan.path, tokenizer, train_rows)
 
     inputs = [config.data] + ([config.eval_data] if config.eval_data else []) + [config.teacher, config.student]
-    out = training.create_output(plan, inputs=inputs)
-    main = training.is_main_process()
+    out = distributed.create_output(plan, inputs=inputs)
+    main = distributed.is_main()
     started = time.time()
     _seed(config.seed)
 
@@ -302,9 +302,9 @@ def load_or_make_traces(out, teacher_ref: ModelRef, rows: list[dict], config: Di
         return traces
     # every rank samples its share of the prompts (sampling/journaled.py); rank 0 writes the traces
     kept = make_filtered_traces(out, teacher_ref, rows, config, answers)
-    if training.is_main_process():
+    if distributed.is_main():
         save_traces(folder, ground_traces(grounder, kept, out))
-    training.barrier()
+    distributed.barrier()
     if not (folder / "state.json").is_file():  # rank 0 failed
         raise RunFailed("no teacher traces were written; see rank 0's error")
     return datasets.load_from_disk(str(folder))
@@ -317,7 +317,7 @@ def make_filtered_traces(out, teacher_ref: ModelRef, rows: list[dict], config: D
     kept = make_traces(teacher, teacher_tok, rows, config, out.path / TEACHER_JOURNAL)
     del teacher
     if not kept:
-        if training.is_main_process():
+        if distributed.is_main():
             out.mark_incomplete()
         why = ("correct, well-formed Super CoT (checked against the reference answers)" if answers
                else "non-empty")

@@ -28,7 +28,6 @@ training wall time). Every rollout (prompt, completion, each reward, advantage) 
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -44,7 +43,7 @@ from chainforge.models import load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
 from chainforge.rollouts import GRPO_WARMUP_RATIO, KLGuard, RolloutLog, record_trainer_rollouts
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
-from chainforge import training
+from chainforge import distributed, training
 
 STAGE = "grpo"
 LossType = Literal["dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo"]
@@ -111,7 +110,7 @@ def run(config: GrpoConfig) -> None:
 
     needs_answer = sorted(set(reward_names) & NEEDS_ANSWER)
     ds = load_prompts(config, needs_answer)
-    prompts_per_round = batch_size * grad_accum * world_size() // config.num_generations
+    prompts_per_round = batch_size * grad_accum * distributed.world_size() // config.num_generations
     if len(ds) < prompts_per_round:
         raise UsageError(f"--data has {len(ds)} prompt(s) but each generation round takes {prompts_per_round} "
                          f"(batch-size {batch_size} × grad-accum {grad_accum} / num-generations "
@@ -136,8 +135,8 @@ def run(config: GrpoConfig) -> None:
         reward_weights=reward_weights,
         **vllm_fields(config),
     )
-    out = training.create_output(plan, inputs=[config.data, config.model])
-    main = training.is_main_process()
+    out = distributed.create_output(plan, inputs=[config.data, config.model])
+    main = distributed.is_main()
     if main:
         weighted = ", ".join(f"{n}×{w:g}" for n, w in zip(reward_names, reward_weights))
         info(f"grpo: {len(ds)} prompts, rewards {weighted}, {config.num_generations} generations per prompt, "
@@ -201,14 +200,10 @@ def vllm_fields(config) -> dict:
     return fields
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def resolve_batch(config) -> tuple[int, int]:
     """(per-device batch in completions, grad accum). Derived from --prompts-per-step unless
     --batch-size is given; an explicit batch that splits a group is exit 2 with numbers that fit."""
-    g, accum, world = config.num_generations, config.grad_accum, world_size()
+    g, accum, world = config.num_generations, config.grad_accum, distributed.world_size()
     if config.batch_size is None:
         return config.prompts_per_step * g, accum
     batch = config.batch_size

@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass
 from typing import Optional
 
-from chainforge import training
+from chainforge import distributed, training
 from chainforge.compat import check_tested_versions
 from chainforge.config import (DataOptions, GenerationOptions, LoraOptions, ModelOptions, OutputOptions,
                                SftTrainOptions, StageSpec, TrainOptions, default, option)
@@ -81,13 +81,13 @@ def run(config: SftConfig) -> None:
     model = training.load_trainable(ref, config)
     peft_config = training.lora_config(config, model)
 
-    out = training.create_output(plan, inputs=[config.data, checkpoint_path(ref) if ref.kind == "folder" else ref.spec])
+    out = distributed.create_output(plan, inputs=[config.data, checkpoint_path(ref) if ref.kind == "folder" else ref.spec])
     metrics = training.train_sft(config, out, model, tokenizer, dataset, args=args, peft_config=peft_config,
                                  format_prompts=format_prompts)
     metrics["format_held_out"] = held_out
     metrics["rows"] = len(dataset)
     training.finish(out, metrics)
-    if training.is_main_process():
+    if distributed.is_main():
         info(f"sft: {metrics['steps']} steps, train_loss {metrics['train_loss']}, "
              f"{metrics['tokens_per_s'] or 0:.0f} tokens/s, format_rate {metrics['format_rate']} -> {out.path}")
 
