@@ -417,7 +417,8 @@ def _fingerprint(manifest: dict) -> str:
 
 # Every option that names something a stage reads. An --output that is, holds or lies inside one of
 # them would write over (or, with --overwrite, delete) the stage's own input.
-INPUT_OPTIONS = ("model", "data", "prompts", "teacher", "student", "compare", "eval_data", "teacher_model")
+INPUT_OPTIONS = ("model", "data", "prompts", "teacher", "student", "compare", "eval_data", "teacher_model",
+                 "against")
 
 
 def _input_paths(config) -> list[tuple[str, str, Path]]:

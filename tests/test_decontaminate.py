@@ -290,7 +290,7 @@ def bad_input_cases(files, tmp_path):
         "prompt that is not text": (dict(data=train, against=[str(tmp_path / "numbers.jsonl")]),
                                     "row 0 of column 'prompt' is not a prompt"),
         "--against is --data": (dict(data=train, against=[test, train]), "is the --data set itself"),
-        "--output holds an input": (dict(data=train, against=[test], output=str(tmp_path)), "would hold --data"),
+        "--output holds an input": (dict(data=train, against=[test], output=str(tmp_path)), "contains the --data input"),
     }
 
 

@@ -58,6 +58,9 @@ class DecontaminateConfig(DataOptions, OutputOptions):
         repeated = sorted({p for p in self.against if self.against.count(p) > 1})
         if repeated:
             raise UsageError(f"--against {repeated[0]} is given more than once; list each eval set once")
+        if self.data and any(Path(p).resolve() == Path(self.data).resolve() for p in self.against):
+            raise UsageError(f"--against {self.data} is the --data set itself: every row would be removed; "
+                             f"give the eval sets to check against")
         if not self.prompt_column:
             raise UsageError("--prompt-column must be a column name, got an empty value")
 
@@ -69,7 +72,6 @@ SPEC = StageSpec("decontaminate", produces="prompts", inputs={"data": "prompts",
 
 def run(config: DecontaminateConfig) -> None:
     # ---- options and paths (validated before anything is created)
-    _check_paths(config)
     plan = plan_output(config.output, STAGE, config, overwrite=config.overwrite)
 
     # ---- data
@@ -127,20 +129,6 @@ def run(config: DecontaminateConfig) -> None:
     out.finish(metrics)
     counts = ", ".join(f"{n} by {p}" for p, n in metrics["removed_by_eval"].items())
     info(f"decontaminate: kept {len(kept)} of {len(ds)} rows, removed {len(removed)} ({counts}) -> {out.path}")
-
-
-def _check_paths(config: DecontaminateConfig) -> None:
-    """Refuse inputs that would wipe each other out, before anything is read or created."""
-    data = Path(config.data).resolve()
-    output = Path(config.output).resolve()
-    for path in config.against:
-        if Path(path).resolve() == data:
-            raise UsageError(f"--against {path} is the --data set itself: every row would be removed; "
-                             f"give the eval sets to check against")
-    for flag, path in [("--data", config.data)] + [("--against", p) for p in config.against]:
-        resolved = Path(path).resolve()
-        if resolved == output or output in resolved.parents:
-            raise UsageError(f"--output {config.output} would hold {flag} {path}; write to another folder")
 
 
 def _texts(prompts: list, what: str, column: str) -> list[str]:
