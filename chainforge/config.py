@@ -40,6 +40,13 @@ def mask_url_credentials(value: Any) -> Any:
     return value
 
 
+def redact(options: dict) -> dict:
+    """The manifest view of resolved options: sorted, plain values, secret-named options and URL
+    passwords masked, the --config path left out."""
+    return {k: (REDACTED if SECRET_KEY.search(k) and v is not None else mask_url_credentials(_plain(v)))
+            for k, v in sorted(options.items()) if k != "config"}
+
+
 def option(default: Any = None, help: str = "", *, flags: Optional[tuple[str, ...]] = None,
            min: Optional[float] = None, max: Optional[float] = None, above: Optional[float] = None,
            choices: Optional[tuple[str, ...]] = None, cli: bool = True) -> Any:
@@ -102,8 +109,7 @@ class StageConfig:
 
     def redacted(self) -> dict:
         """What goes into a manifest: option name → plain value, secrets masked."""
-        return {k: (REDACTED if SECRET_KEY.search(k) and v is not None else mask_url_credentials(_plain(v)))
-                for k, v in sorted(dataclasses.asdict(self).items()) if k != "config"}
+        return redact(dataclasses.asdict(self))
 
     def __repr__(self) -> str:  # the manifest's view: no key or URL password in a log or traceback
         shown = ", ".join(f"{k}={v!r}" for k, v in self.redacted().items())
@@ -320,8 +326,7 @@ class Options(dict):
             raise AttributeError(name) from None
 
     def redacted(self) -> dict:
-        return {k: (REDACTED if SECRET_KEY.search(k) and v is not None else _plain(v))
-                for k, v in sorted(self.items()) if k != "config"}
+        return redact(self)
 
 
 # ---- option groups shared by several stages -------------------------------------------------------
