@@ -216,6 +216,38 @@ def load_model(ref: ModelRef, dtype=None, trust_remote_code: bool = False, devic
     return model
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def native_bf16(device: Optional[str] = None) -> bool:
+    """Whether this machine computes bf16 matmuls natively: a CUDA GPU with bf16, or a CPU with
+    AVX512-BF16 or AMX (measured on a 2-core AMD EPYC with AVX512-BF16: a 2048×576×1536 matmul at
+    916 GFLOPS in bf16 vs 201 in fp32; without them bf16 is emulated and slower than fp32)."""
+    import torch
+
+    device = device or default_device()
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def use_bf16(precision: str = "auto", device: Optional[str] = None) -> bool:
+    """`--precision`: auto = bf16 where the hardware computes it natively (see `native_bf16`), fp32
+    elsewhere; fp32 / bf16 force it (bf16 on hardware without it is slow, not wrong)."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return native_bf16(device) if precision == "auto" else precision == "bf16"
+
+
+def sampling_dtype(precision: str = "auto", device: Optional[str] = None):
+    """The dtype a model that only samples (eval, reject, a teacher) is loaded in."""
+    import torch
+
+    return torch.bfloat16 if use_bf16(precision, device) else torch.float32
+
+
 def checkpoint_path(ref: ModelRef) -> str:
     """A folder or hub id that `from_pretrained` (and TRL's trainers) accept for this model.
 

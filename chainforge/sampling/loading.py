@@ -20,6 +20,7 @@ class EngineSpec:
     backend: str
     batch_size: BatchSize
     seed: int
+    precision: str = "auto"  # see chainforge.models.use_bf16
 
 
 def engine_spec(config, model_option: str = "model") -> EngineSpec:
@@ -32,18 +33,15 @@ def engine_spec(config, model_option: str = "model") -> EngineSpec:
     if config.backend == "vllm":
         _import_vllm()  # names the extra when vLLM is missing
     ref = resolve_model(getattr(config, model_option), what="--" + model_option.replace("_", "-"))
-    return EngineSpec(ref, config.backend, batch_size, config.seed)
+    return EngineSpec(ref, config.backend, batch_size, config.seed, getattr(config, "precision", "auto"))
 
 
 def load_engine(spec: EngineSpec):
     """(model, tokenizer) for `generate`: a Hugging Face model on the best device, or vLLM."""
-    from chainforge.models import checkpoint_path, default_device, load_model, load_tokenizer
+    from chainforge.models import checkpoint_path, default_device, load_model, load_tokenizer, sampling_dtype
 
     tokenizer = load_tokenizer(spec.ref)
     if spec.backend == "vllm":
         return load_vllm(checkpoint_path(spec.ref), seed=spec.seed), tokenizer
-    import torch
-
     device = default_device()
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return load_model(spec.ref, dtype=dtype, device=device), tokenizer
+    return load_model(spec.ref, dtype=sampling_dtype(spec.precision, device), device=device), tokenizer

@@ -48,7 +48,7 @@ from chainforge.data import answer_column, atomic_write_text, load_rows, plan_ou
 from chainforge.errors import RunFailed, UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from chainforge.log import info
-from chainforge.models import (ModelRef, checkpoint_path, default_device, load_model,
+from chainforge.models import (ModelRef, checkpoint_path, default_device, load_model, sampling_dtype,
                                load_tokenizer, resolve_model, training_template)
 from chainforge.traces import sft_dataset, trace_row
 
@@ -336,7 +336,9 @@ def teacher_engine(teacher_ref: ModelRef, config: DistillConfig):
         from chainforge.sampling import load_vllm
 
         return load_vllm(checkpoint_path(teacher_ref), seed=config.seed), load_tokenizer(teacher_ref)
-    return load_model(teacher_ref, device=default_device()), load_tokenizer(teacher_ref)
+    device = default_device()
+    return (load_model(teacher_ref, dtype=sampling_dtype(config.precision, device), device=device),
+            load_tokenizer(teacher_ref))
 
 
 def save_traces(folder: Path, kept: list[dict]) -> None:
