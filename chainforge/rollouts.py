@@ -152,3 +152,73 @@ class KLGuard:
                       f"moved far in one step (a collapse looks like this): lower --learning-rate or raise "
                       f"--warmup-ratio, and check rollouts.jsonl")
         return jumped
+
+
+# ---- sampling the rollouts -----------------------------------------------------------------------
+
+class EngineRollouts:
+    """TRL's `rollout_func` hook backed by chainforge's sampling engine (chainforge.sampling), used
+    when vLLM is off and the run is one process: the group of a prompt is prefilled once and its KV
+    cache shared by its `num_generations` rows, finished rows leave the batch, and on a CPU with
+    native bf16 the engine samples from a bf16 copy of the policy (synced every call; the policy's
+    fp32 weights keep training). `python scripts/bench_grpo.py` measures it against TRL's own
+    `model.generate` path.
+
+    TRL hands over each process's prompts with every prompt repeated `num_generations` times in a
+    row; the completions come back in the same order. Every row draws from its own generator seeded
+    from (--seed, the call, the group, the row), so a run is reproducible and no two steps repeat
+    their draws."""
+
+    def __init__(self, num_generations: int, temperature: float, top_p: float, max_new_tokens: int, seed: int,
+                 bf16: bool):
+        self.num_generations, self.temperature, self.top_p = num_generations, temperature, top_p
+        self.max_new_tokens, self.seed, self.bf16 = max_new_tokens, seed, bf16
+        self.calls = 0
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        from chainforge.sampling import generate
+        from chainforge.sampling.prompts import render_prompt
+
+        tokenizer = trainer.processing_class
+        groups = _groups(prompts, self.num_generations)
+        n = len(prompts) // len(groups)
+        call = self.calls = self.calls + 1
+        base = (trainer.state.global_step * 1_000 + call % 1_000) * 100_000  # distinct per step and call
+        model, restore = self._sampling_model(trainer)
+        try:
+            drawn = generate(model, tokenizer, groups, n=n, temperature=self.temperature, top_p=self.top_p,
+                             max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=len(prompts),
+                             keys=[base + g for g in range(len(groups))])
+        finally:
+            restore()
+        prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in groups]
+        return {"prompt_ids": [prompt_ids[g] for g in range(len(groups)) for _ in range(n)],
+                "completion_ids": [c.ids for comps in drawn for c in comps],
+                "logprobs": None}
+
+    def _sampling_model(self, trainer):
+        """(model to sample from, undo): the policy itself, or its bf16 copy on a bf16 CPU."""
+        import copy
+
+        import torch
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        param = next(model.parameters())
+        if self.bf16 and param.device.type == "cpu" and param.dtype == torch.float32:
+            return copy.deepcopy(model).to(torch.bfloat16), lambda: None
+        if self.bf16 and param.device.type == "cuda":
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+            autocast.__enter__()
+            return model, lambda: autocast.__exit__(None, None, None)
+        return model, lambda: None
+
+
+def _groups(prompts: list, num_generations: int) -> list:
+    """The distinct prompts of a rollout batch when each comes `num_generations` times in a row
+    (TRL's sampler), else every entry on its own (n = 1)."""
+    g = num_generations
+    if g > 1 and len(prompts) % g == 0:
+        heads = prompts[::g]
+        if all(prompts[i] == heads[i // g] for i in range(len(prompts))):
+            return heads
+    return list(prompts)

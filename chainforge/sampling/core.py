@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 
@@ -14,6 +14,9 @@ class Completion:
     text: str
     tokens: int  # generated tokens, EOS included
     finished: bool  # True when it stopped at EOS rather than at max_new_tokens
+    # the generated token ids, stop token included (the HF engine; GRPO's rollouts train on them);
+    # never journaled
+    ids: Optional[list] = field(default=None, repr=False, compare=False)
 
 
 def stop_token_ids(tokenizer, model=None) -> list[int]:

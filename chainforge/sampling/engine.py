@@ -74,5 +74,5 @@ def generate(
             drawn = _generate_hf(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens,
                                  seed, keys, batch_size, system_prompt, lambda k: report(k * n // draws))
     if greedy and n > 1:
-        return [[Completion(c[0].text, c[0].tokens, c[0].finished) for _ in range(n)] for c in drawn]
+        return [[Completion(c[0].text, c[0].tokens, c[0].finished, c[0].ids) for _ in range(n)] for c in drawn]
     return drawn

@@ -145,4 +145,5 @@ def _completion(tokenizer, ids: list[int], stops: list[int]) -> Completion:
         text=tokenizer.decode(kept, skip_special_tokens=True),
         tokens=len(ids) if stop_at is None else stop_at + 1,
         finished=stop_at is not None,
+        ids=list(ids) if stop_at is None else list(ids[:stop_at + 1]),
     )

@@ -70,7 +70,7 @@ def generate_journaled(journal: Union[str, os.PathLike], model, tokenizer, promp
             drawn = generate(model, tokenizer, [prompts[i] for i in part], keys=part, on_batch=report, **kwargs)
             for i, comps in zip(part, drawn):
                 done[i] = comps
-                log.append({"index": i, "prompt_sha": shas[i], "completions": [asdict(c) for c in comps]})
+                log.append({"index": i, "prompt_sha": shas[i], "completions": [_record(c) for c in comps]})
             log.sync()
     if ranks > 1 or _shard_journals(path):
         distributed.barrier()  # every shard is on disk
@@ -105,3 +105,10 @@ def _merge(path: Path, shas: list[str]) -> None:
         log.sync()
     for shard in shards:
         shard.unlink(missing_ok=True)
+
+
+def _record(completion: Completion) -> dict:
+    """A completion as the journal keeps it: text, length and whether it finished (no token ids)."""
+    record = asdict(completion)
+    record.pop("ids", None)
+    return record

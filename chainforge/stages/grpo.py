@@ -41,7 +41,7 @@ from chainforge.formats import completion_text, parse_super_cot
 from chainforge.log import fmt_value, info
 from chainforge.models import load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
-from chainforge.rollouts import GRPO_WARMUP_RATIO, KLGuard, RolloutLog, record_trainer_rollouts
+from chainforge.rollouts import GRPO_WARMUP_RATIO, EngineRollouts, KLGuard, RolloutLog, record_trainer_rollouts
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import distributed, training
 
@@ -71,6 +71,10 @@ class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Reward
               "own (--vllm-server-url). Implies --use-vllm.")
     vllm_server_url: Optional[str] = option(
         None, "server mode: the `trl vllm-serve` base URL (default http://localhost:8000 on the first node).")
+    rollout_sampler: Literal["engine", "trl"] = option(
+        "engine", "Without vLLM: engine = chainforge's sampling engine through TRL's rollout hook (one prefill per "
+                  "group, finished rows leave the batch, a bf16 copy of the policy on bf16 CPUs; one process only, "
+                  "else trl); trl = TRL's model.generate.")
     vllm_gpu_memory: float = option(
         0.3, "colocate mode: share of each GPU's memory vLLM takes (the rest trains).", above=0.0, max=1.0)
     # GRPO objective
@@ -141,8 +145,9 @@ def run(config: GrpoConfig) -> None:
         weighted = ", ".join(f"{n}×{w:g}" for n, w in zip(reward_names, reward_weights))
         info(f"grpo: {len(ds)} prompts, rewards {weighted}, {config.num_generations} generations per prompt, "
              f"batch {batch_size} completions × grad-accum {grad_accum}, beta {config.beta}, loss {config.loss_type}")
+    rollouts = engine_rollouts(config, args)
     trainer, result = training.train_fitting(
-        config, out, args, model, lambda a, m: make_trainer(m, reward_fns, a, ds, tokenizer, peft_config))
+        config, out, args, model, lambda a, m: make_trainer(m, reward_fns, a, ds, tokenizer, peft_config, rollouts))
     training.save_trained(trainer, out, tokenizer, merge=config.merge)
     if main:
         metrics = grpo_metrics(trainer, result)
@@ -249,7 +254,19 @@ def load_prompts(config, needs_answer: list[str]):
 
 # ---- trainer ------------------------------------------------------------------------------------
 
-def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config):
+def engine_rollouts(config, args) -> Optional[EngineRollouts]:
+    """The rollout hook for --rollout-sampler engine: one process without vLLM (under FSDP/DeepSpeed
+    or several ranks the weights live sharded, and TRL's own path gathers them)."""
+    if config.rollout_sampler != "engine" or args.use_vllm or distributed.world_size() > 1:
+        return None
+    import os
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL marks rollout_func experimental
+    return EngineRollouts(config.num_generations, config.temperature, args.top_p, config.max_new_tokens, config.seed,
+                          bf16=bool(args.bf16))
+
+
+def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config, rollouts=None):
     """TRL's GRPOTrainer with three measurements added (see the module docstring)."""
     import torch
     from trl import GRPOTrainer
@@ -297,6 +314,16 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config):
             if self.accelerator.is_main_process:  # rollouts: TRL's log() has added "kl" to logs by now
                 self.kl_guard.check(self.state.global_step, logs.get("kl"))
 
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **extra):
+            if not completion_only_logps_apply(self.accelerator.device, compute_aux_loss, extra):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                    compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **extra)
+            return completion_logps(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                    compute_entropy)
+
         # ---- rollouts (chainforge.rollouts): every rollout to rollouts.jsonl
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
@@ -306,9 +333,42 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config):
         # ---- end rollouts
 
     trainer = Trainer(model=model, reward_funcs=reward_fns, args=args, train_dataset=ds,
-                      processing_class=tokenizer, peft_config=peft_config)
+                      processing_class=tokenizer, peft_config=peft_config, rollout_func=rollouts)
     trainer.rollout_log, trainer.kl_guard = RolloutLog(args.output_dir), KLGuard()  # rollouts
     return trainer
+
+
+def completion_only_logps_apply(device, compute_aux_loss: bool, extra: dict) -> bool:
+    """Whether `completion_logps` replaces TRL's fused LM-head path: on CPU, text-only, no MoE loss.
+    Off Triton devices TRL's fused path projects EVERY position (prompt included) through the
+    LM head, and its backward runs in fp32: with the learn recipe's ~130-token system prompt that
+    was more than half of a step's backward."""
+    return device.type == "cpu" and not compute_aux_loss and all(v is None for v in extra.values())
+
+
+def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: int, batch_size, compute_entropy):
+    """Per-token log-probs (and entropies) of the last `logits_to_keep` tokens: the model projects
+    only those positions (`logits_to_keep`), at the trainer's temperature, under its autocast —
+    the same quantity as TRL's fused path, computed on the completion alone."""
+    import torch
+    from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
+
+    batch_size = batch_size or input_ids.size(0)
+    logps, entropies = [], []
+    for start in range(0, input_ids.size(0), batch_size):
+        ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
+        with trainer.accelerator.autocast():
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1).logits
+        logits = logits[:, :-1].float()
+        targets = ids[:, -logits_to_keep:]
+        if compute_entropy:
+            lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=torch.is_grad_enabled(),
+                                                        temperature=trainer.temperature)
+            entropies.append(ent)
+        else:
+            lp = selective_log_softmax(logits, targets, temperature=trainer.temperature)
+        logps.append(lp)
+    return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
 
 def _parse(text: str):
@@ -334,6 +394,8 @@ def grpo_metrics(trainer, result) -> dict:
         "expansion_rate": last.get("expansion_rate"),
         "completion_tokens": last.get("completions/mean_length"),
         "generation_time_share": (trainer.generation_seconds / trained) if trained else None,
+        "train_seconds": trained,
+        "seconds_per_step": (trained / trainer.state.global_step) if trained and trainer.state.global_step else None,
         "first_reward": logs[0].get("reward") if logs else None,
         **training.train_metrics(trainer, result),
     }

@@ -1,0 +1,96 @@
+"""Benchmark: wall time of a GRPO step on CPU, before and after, in one run.
+
+    python scripts/bench_grpo.py                       # learn recipe's settings, smollm2, 3 steps each
+    python scripts/bench_grpo.py --model runs/learn/01-sft-cold --steps 4
+
+Runs the real `chainforge grpo` stage (the learn recipe's GRPO settings: 8 completions × 2 prompts,
+144 tokens, toy-2digit prompts) once per setting, one after the other on the same machine, and
+prints per setting the seconds per optimizer step (trainer wall time / steps, model loading
+excluded), the generation share of it, and the speed-up over the first setting:
+
+  before       --precision fp32 --rollout-sampler trl, TRL's fused LM-head log-probs (the code before)
+  +bf16        --precision auto: bf16 autocast where the CPU has native bf16
+  +logprobs    + log-probs of the completion positions only (chainforge.stages.grpo.completion_logps)
+  after        + --rollout-sampler engine: the defaults
+
+Each row adds one change to the row above it. Each setting samples the same prompts from the same seed, but different code draws different
+completions, so completion lengths differ a little; the table prints them. On a CPU without native
+bf16, auto is fp32 and the bf16 rows measure nothing new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# name: (options, TRL's own log-prob path?)
+SETTINGS = {
+    "before": (["--precision", "fp32", "--rollout-sampler", "trl"], True),
+    "+bf16": (["--precision", "auto", "--rollout-sampler", "trl"], True),
+    "+logprobs": (["--precision", "auto", "--rollout-sampler", "trl"], False),
+    "after": (["--precision", "auto", "--rollout-sampler", "engine"], False),
+}
+# Runs the CLI; with TRL_LOGPROBS=1 the stage keeps TRL's fused log-prob path (what it did before).
+RUNNER = ("import os, sys\n"
+          "import chainforge.stages.grpo as grpo\n"
+          "if os.environ.get('TRL_LOGPROBS') == '1':\n"
+          "    grpo.completion_only_logps_apply = lambda *a: False\n"
+          "from chainforge.cli import main\n"
+          "sys.argv = ['chainforge'] + sys.argv[1:]\n"
+          "main()\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--data", default=str(ROOT / "data/toy-2digit/train.jsonl"))
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--num-generations", type=int, default=8)
+    ap.add_argument("--prompts-per-step", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=144)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
+    args = ap.parse_args()
+
+    import torch
+
+    from chainforge.models import native_bf16
+
+    print(f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+          f"native bf16: {native_bf16('cpu')}; model {args.model}; {args.num_generations} × {args.prompts_per_step} "
+          f"completions, {args.max_new_tokens} tokens, {args.steps} steps per setting", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.settings.split(","):
+            out = Path(tmp) / name
+            options, trl_logprobs = SETTINGS[name]
+            cmd = [sys.executable, "-c", RUNNER, "grpo", "--model", args.model, "--data", args.data,
+                   "--output", str(out), "--max-steps", str(args.steps), "--num-generations", str(args.num_generations),
+                   "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens),
+                   "--learning-rate", "1e-5", "--save-steps", "1000", "--seed", "0", *options]
+            env = {**os.environ, "TRL_LOGPROBS": "1" if trl_logprobs else "0"}
+            started = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - started
+            if proc.returncode != 0:
+                sys.exit(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+            metrics = json.loads((out / "chainforge.json").read_text())["metrics"]
+            rows.append((name, metrics, wall))
+            print(f"{name:12s} {metrics['seconds_per_step']:7.1f} s/step  generation share "
+                  f"{metrics['generation_time_share']:.2f}  completion tokens {metrics['completion_tokens']:.0f}  "
+                  f"(process {wall:.0f} s)", flush=True)
+    base = rows[0][1]["seconds_per_step"]
+    print("\nsetting       s/step  generation  update   speed-up vs " + rows[0][0])
+    for name, m, _ in rows:
+        step, share = m["seconds_per_step"], m["generation_time_share"]
+        print(f"{name:12s} {step:7.1f}  {step * share:9.1f}  {step * (1 - share):6.1f}   {base / step:5.2f}×")
+
+
+if __name__ == "__main__":
+    main()
