@@ -362,7 +362,10 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
         logits = logits[:, :-1].float()
         targets = ids[:, -logits_to_keep:]
         if compute_entropy:
-            lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=torch.is_grad_enabled(),
+            # the entropy needs a gradient only for TRL's entropy bonus (off by default); without one
+            # its softmax is not kept for the backward pass (GBs for a batch of 32 rollouts)
+            needs_grad = torch.is_grad_enabled() and getattr(trainer, "_entropy_bonus_enabled", True)
+            lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=needs_grad,
                                                         temperature=trainer.temperature)
             entropies.append(ent)
         else:
