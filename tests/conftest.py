@@ -67,3 +67,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def sigint_default() -> None:
+    """`preexec_fn` for a child the test interrupts with SIGINT: a suite started in the background
+    (`cmd &` in a non-interactive shell) inherits SIGINT ignored, and Python keeps it ignored, so the
+    child would never see the signal."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from conftest import sigint_default, write_jsonl
 from fake_apis import FakeDeepSeek
 
 N = 40
@@ -28,7 +28,8 @@ def start(tmp_path: Path, server: FakeDeepSeek, out: Path) -> subprocess.Popen:
     env.pop("ANTHROPIC_API_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "chainforge", "collect", "--prompts", str(prompts),
                              "--output", str(out), "--concurrency", str(CONCURRENCY)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
 
 
 def wait_for_rows(out: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> int:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from chainforge.data import read_manifest
-from conftest import write_jsonl
+from conftest import sigint_default, write_jsonl
 
 ROWS = [{"id": f"q{i}", "prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(4)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,8 @@ def test_sigint_during_a_recipe_stage_exits_130_and_the_same_command_resumes(tmp
     with FakeDeepSeek(latency=0.15) as server:
         env = dict(os.environ, DEEPSEEK_API_KEY=server.api_key, DEEPSEEK_BASE_URL=server.url, PYTHONPATH=str(ROOT))
         cmd = [sys.executable, "-m", "chainforge", "run", str(recipe)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=sigint_default)
         journal = out / "journal.jsonl"
         while not (journal.is_file() and journal.read_text().count("\n") >= 3):
             assert proc.poll() is None, proc.communicate()
