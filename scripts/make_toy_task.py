@@ -5,7 +5,7 @@
 
 Columns: `id`, `prompt`, `answer` (what every ChainForge stage reads). Difficulty is `--digits`
 (digits per operand) and `--terms` (operands per problem); `--ops` picks the operators. The
-default, one-digit a + b and a - b, has exactly 200 distinct problems: 150 train and 50 test,
+default, one-digit a + b and a - b, has exactly 200 distinct problems: 100 train and 100 test,
 disjoint. When the pool is smaller than --train + --test the script says so and stops, rather
 than repeating problems or leaking test problems into train. Fixed seed: rerunning gives the same
 files.
@@ -171,8 +171,8 @@ def main(argv=None) -> None:
     ap.add_argument("--digits", type=int, default=1, help="digits per operand (difficulty)")
     ap.add_argument("--terms", type=int, default=2, help="operands per problem (difficulty)")
     ap.add_argument("--ops", default="+,-", help="comma-separated operators from + and -")
-    ap.add_argument("--train", type=int, default=150)
-    ap.add_argument("--test", type=int, default=50)
+    ap.add_argument("--train", type=int, default=100)
+    ap.add_argument("--test", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--traces", action="store_true", help="also write sft.jsonl: worked Super CoT solutions "
                                                           "of the train problems (two-term problems only)")
