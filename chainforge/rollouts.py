@@ -19,6 +19,7 @@ reason: the first updates, made with Adam's moment estimates still empty, are th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -184,20 +185,19 @@ class EngineRollouts:
         n = len(prompts) // len(groups)
         call = self.calls = self.calls + 1
         base = (trainer.state.global_step * 1_000 + call % 1_000) * 100_000  # distinct per step and call
-        model, restore = self._sampling_model(trainer)
-        try:
+        with self._sampling_model(trainer) as model:
             drawn = generate(model, tokenizer, groups, n=n, temperature=self.temperature, top_p=self.top_p,
                              max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=len(prompts),
                              keys=[base + g for g in range(len(groups))])
-        finally:
-            restore()
         prompt_ids = [tokenizer(render_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in groups]
         return {"prompt_ids": [prompt_ids[g] for g in range(len(groups)) for _ in range(n)],
                 "completion_ids": [c.ids for comps in drawn for c in comps],
                 "logprobs": None}
 
+    @contextlib.contextmanager
     def _sampling_model(self, trainer):
-        """(model to sample from, undo): the policy itself, or its bf16 copy on a bf16 CPU."""
+        """The model to sample from: the policy itself, its bf16 copy on a bf16 CPU, or the policy
+        under bf16 autocast on a GPU."""
         import copy
 
         import torch
@@ -205,12 +205,12 @@ class EngineRollouts:
         model = trainer.accelerator.unwrap_model(trainer.model)
         param = next(model.parameters())
         if self.bf16 and param.device.type == "cpu" and param.dtype == torch.float32:
-            return copy.deepcopy(model).to(torch.bfloat16), lambda: None
-        if self.bf16 and param.device.type == "cuda":
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16)
-            autocast.__enter__()
-            return model, lambda: autocast.__exit__(None, None, None)
-        return model, lambda: None
+            yield copy.deepcopy(model).to(torch.bfloat16)
+        elif self.bf16 and param.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                yield model
+        else:
+            yield model
 
 
 def _groups(prompts: list, num_generations: int) -> list:

@@ -58,8 +58,8 @@ def model_dtype(lora: bool = False, precision: str = "auto"):
     adapted weights."""
     import torch
 
-    on_gpu = not hardware(precision)["use_cpu"]
-    return torch.bfloat16 if lora and on_gpu and hardware(precision)["bf16"] else torch.float32
+    flags = hardware(precision)
+    return torch.bfloat16 if lora and not flags["use_cpu"] and flags["bf16"] else torch.float32
 
 
 def finish(out, metrics: dict) -> None:
