@@ -714,8 +714,6 @@ class StageOutput:
         try:
             extra = write_card(self, metrics)
         except Exception as exc:  # the card describes the work; it must not cost the work itself
-            from chainforge.log import info
-
             info(f"warning: no card written for {self.path}: {type(exc).__name__}: {exc}")
             extra = {}
         self.write_manifest("complete", metrics, extra)

@@ -57,6 +57,7 @@ def rollout_records(step: int, prompts: Sequence[Any], completions: Sequence[Any
     """One record per completion: the reward of every function (None where it gave no signal), the
     weighted total as TRL sums it, and the advantage TRL derived from the group."""
     from chainforge.formats import completion_text
+    from chainforge.rewards import weighted_total
 
     names = list(rewards)
     if len(weights) != len(names):
@@ -64,7 +65,7 @@ def rollout_records(step: int, prompts: Sequence[Any], completions: Sequence[Any
     out = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         values = {name: _number(rewards[name][i]) for name in names}
-        total = sum(w * v for w, v in zip(weights, values.values()) if v is not None)
+        total = weighted_total(list(values.values()), weights)
         out.append({
             "step": int(step),
             "prompt": _prompt_text(prompt),

@@ -26,11 +26,10 @@ from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, Genera
 from chainforge.data import MANIFEST, atomic_write_text, load_prompt_rows, plan_output, read_manifest
 from chainforge.log import console, fmt_value, info
 from chainforge.errors import UsageError
-from chainforge.metrics import EVAL_REWARDS, evaluate_model  # evaluate_model: other stages import it from here
-from chainforge.metrics import compare_metrics, format_interval  # intervals
-from chainforge.sampling import row_id  # intervals
+from chainforge.metrics import (EVAL_REWARDS, compare_metrics, evaluate_model,  # evaluate_model: other stages
+                                format_interval)                                  # import it from here
 from chainforge.rewards import resolve_rewards
-from chainforge.sampling import engine_spec, load_engine, resolve_system_prompt
+from chainforge.sampling import engine_spec, load_engine, resolve_system_prompt, row_id
 
 RESULTS = "results.jsonl"
 JOURNAL = "samples.jsonl"
@@ -64,12 +63,11 @@ def run(config: EvalConfig) -> None:
     ds, answers = load_prompt_rows(config.data, config.prompt_column, config.answer_column, answer_required=True,
                                    limit=config.limit, split=config.split, subset=config.subset)
     rows = [dict(r) for r in ds]
-    # ---- intervals (chainforge.metrics): --compare needs questions in common, checked before --output exists
+    # --compare needs questions in common: checked before --output exists
     if other is not None and not {row_id(r.get("id"), r[config.prompt_column]) for r in rows} & {
             r.get("id") for r in other["results"]}:
         raise UsageError(f"--compare {config.compare} shares no question with --data (matched by id); compare "
                          f"evals of the same prompt set")
-    # ---- end intervals
     greedy = config.temperature is not None and config.temperature <= 0
     k = 1 if greedy else config.num_samples
     if greedy and config.num_samples > 1:
@@ -90,10 +88,9 @@ def run(config: EvalConfig) -> None:
 
     atomic_write_text(out.path / RESULTS, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                                                   for r in results))
-    # ---- intervals: paired delta to --compare on the shared questions
+    # the paired delta to --compare on the shared questions
     if other is not None:
         metrics.update(compare_metrics(results, other["results"]))
-    # ---- end intervals
     out.finish(metrics)
     print_metrics(metrics, str(out.path))
     if other is not None:

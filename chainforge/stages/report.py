@@ -150,9 +150,8 @@ def run(run_dir: str | Path) -> None:
     if not stages:
         raise UsageError(f"{run_dir} holds no stage outputs (NN-name folders with {MANIFEST}); "
                          f"run `chainforge run RECIPE.yaml` first")
-    state = {}
-    if (run_dir / "run.json").is_file():
-        state = json.loads((run_dir / "run.json").read_text()).get("stages", {})
+    run_state = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    state = run_state.get("stages", {})
     wall = {rec.get("folder"): rec.get("wall_s") for rec in state.values()}
 
     plots_dir = run_dir / "plots"
@@ -223,8 +222,7 @@ def run(run_dir: str | Path) -> None:
                     f"--only-correct trains on)" if correct is not None else ""
             lines += ["", f"{folder}: {mt.get('rows', 0)} traces from {mt['prompts']} prompts "
                           f"({mt.get('failed', 0)} failed){right}."]
-    cleaned = json.loads((run_dir / "run.json").read_text()).get("decontaminated") \
-        if (run_dir / "run.json").is_file() else None
+    cleaned = run_state.get("decontaminated")
     if cleaned and cleaned.get("removed") is not None:
         lines += ["", f"{cleaned.get('folder')}: removed {cleaned['removed']} of {cleaned.get('rows')} training "
                       f"prompts that overlap eval_data (see {cleaned.get('folder')}/removed.jsonl); the stages "
