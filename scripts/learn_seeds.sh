@@ -7,6 +7,7 @@
 #   GRPO_SEEDS="1 2" scripts/learn_seeds.sh
 #   RL_OPTIONS="learning_rate=3.0e-5" TAG=lr3e-5 GRPO_SEEDS="0 1" scripts/learn_seeds.sh
 #                                          # a variant of the rl stage: rl-lr3e-5-s0, rl-lr3e-5-s1
+#   DRY_RUN=1 scripts/learn_seeds.sh       # print the commands only
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/setup.sh
@@ -16,39 +17,43 @@ RECIPE="${RECIPE:-configs/learn.yaml}"
 for seed in ${GRPO_SEEDS:-1}; do
   # two command lines: grpo, then eval (the recipe's options as flags)
   mapfile -t commands < <(python - "$RECIPE" "$seed" "${RL_OPTIONS:-}" "${TAG:-}" <<'PY'
-import shlex
+import dataclasses
 import sys
 from pathlib import Path
 
 import yaml
 
-path, seed, options, tag = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+from chainforge.config import cli_args
+from chainforge.stages import stage_module
+from chainforge.stages.run import load_recipe, plan_run
+
+path, seed, options, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in options.split())}
-learn = yaml.safe_load(path.read_text())
-names = [s["name"] for s in learn["stages"]]
-rl = next(s for s in learn["stages"] if s["command"] == "grpo")
-sft = names[names.index(rl["name"]) - 1]          # the checkpoint GRPO starts from in the recipe
-run_dir = Path(learn["run_dir"])
-start, start_eval = run_dir / f"{names.index(sft):02d}-{sft}", run_dir / "evals" / f"{names.index(sft):02d}-{sft}"
+recipe = load_recipe(path)
+plan, _ = plan_run(recipe)                        # run's own plan: stage folders and inputs
+rl = next(s for s in plan if s.command == "grpo")
+start = Path(rl.config.model)                     # the checkpoint GRPO starts from in the recipe
+start_eval = rl.output.parent / "evals" / start.name
 for folder in (start, start_eval):
     if not (folder / "chainforge.json").is_file():
         sys.exit(f"Error: {folder} is missing: run scripts/learn.sh first")
-name = f"{rl['name']}{'-' + tag if tag else ''}-s{seed}"
-out = Path(f"{run_dir}-seeds")
+name = f"{rl.name}{'-' + tag if tag else ''}-s{seed}"
+out = rl.output.parent.with_name(rl.output.parent.name + "-seeds")
 
 
-def flags(options: dict) -> str:
-    skip = {"name", "command", "model", "data", "output"}
-    return " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in options.items() if k not in skip)
+def command(stage: str, options: dict) -> str:
+    fields = {f.name: f for f in dataclasses.fields(stage_module(stage).CONFIG)}
+    words = [w for key, value in options.items() if value is not None for w in cli_args(fields[key], value)]
+    return " ".join(["chainforge", stage, *words])
 
 
-grpo = {**rl, **overrides, "seed": seed}
-print(f"chainforge grpo --model {start} --data {learn['prompts']} --output {out / name} {flags(grpo)}")
-print(f"chainforge eval --model {out / name} --data {learn['eval_data']} --output {out / 'evals' / name} "
-      f"--compare {start_eval} {flags(learn.get('eval') or {})}")
+print(command("grpo", {**rl.options, **overrides, "seed": seed, "output": out / name}))
+print(command("eval", {**(recipe.get("eval") or {}), "model": out / name, "data": recipe["eval_data"],
+                       "output": out / "evals" / name, "compare": start_eval}))
 PY
 )
   [[ ${#commands[@]} -eq 2 ]] || exit 2
+  if [[ -n "${DRY_RUN:-}" ]]; then printf '%s\n' "${commands[@]}"; continue; fi
   for cmd in "${commands[@]}"; do
     echo "+ $cmd"
     t0=$SECONDS
