@@ -387,6 +387,7 @@ class RewardOptions(StageConfig):
         super().check()
 
 
+Precision = Literal["auto", "fp32", "bf16"]  # chainforge.models.use_bf16
 PRECISION_HELP = ("auto: bf16 where the hardware computes it natively (CUDA GPUs with bf16, CPUs with AVX512-BF16 "
                   "or AMX), fp32 elsewhere; training keeps fp32 weights under bf16 autocast. fp32 / bf16 force it.")
 
@@ -400,7 +401,7 @@ class EngineOptions(StageConfig):
     backend: Literal["hf", "vllm"] = option(
         "hf", "hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")
     batch_size: str = option("auto", "Candidates decoded together, or auto (sized from free memory).")
-    precision: Literal["auto", "fp32", "bf16"] = option("auto", "Sampling precision. " + PRECISION_HELP)
+    precision: Precision = option("auto", "Sampling precision. " + PRECISION_HELP)
 
     def check(self) -> None:
         if self.batch_size != "auto":
@@ -424,7 +425,7 @@ class TrainOptions(StageConfig):
     grad_accum: int = option(1, "Gradient accumulation steps.", min=1)
     warmup_ratio: float = option(0.1, "Fraction of steps spent warming up.", min=0.0, max=1.0)
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", min=0.0)
-    precision: Literal["auto", "fp32", "bf16"] = option("auto", "Training (and rollout) precision. " + PRECISION_HELP)
+    precision: Precision = option("auto", "Training (and rollout) precision. " + PRECISION_HELP)
     gradient_checkpointing: bool = option(
         False, "Trade compute for memory.", flags=("--gradient-checkpointing/--no-gradient-checkpointing",))
     save_steps: int = option(50, "Write a resumable checkpoint-* every N steps.", min=1)
