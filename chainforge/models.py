@@ -222,7 +222,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def native_bf16(device: Optional[str] = None) -> bool:
     """Whether this machine computes bf16 matmuls natively: a CUDA GPU with bf16, or a CPU with
     AVX512-BF16 or AMX (measured on a 2-core AMD EPYC with AVX512-BF16: a 2048×576×1536 matmul at
-    916 GFLOPS in bf16 vs 201 in fp32; without them bf16 is emulated and slower than fp32)."""
+    959 GFLOPS in bf16 vs 211 in fp32, scripts/bench_precision.py). Without them bf16 is emulated,
+    which we expect to be slower than fp32 (no such CPU was measured)."""
     import torch
 
     device = device or default_device()

@@ -39,8 +39,8 @@ TENSORBOARD_DIR = "runs"
 def hardware(precision: str = "auto") -> dict:
     """Precision flags for this machine: bf16 mixed precision where the hardware computes bf16
     natively (GPUs that have it; CPUs with AVX512-BF16/AMX, where a SmolLM2 forward+backward runs
-    2.7× faster than in fp32), fp32 elsewhere or with `--precision fp32`. On CPU TRL needs
-    use_cpu=True (it defaults bf16 on and fails without it)."""
+    2.5× faster than in fp32, scripts/bench_precision.py), fp32 elsewhere or with `--precision
+    fp32`. On CPU TRL needs use_cpu=True (it defaults bf16 on and fails without it)."""
     import torch
 
     from chainforge.models import use_bf16

@@ -218,10 +218,19 @@ def test_eval_in_bf16_and_fp32_runs_and_records_the_precision(cli, tiny_model, t
         assert json.loads((out / "chainforge.json").read_text())["config"]["precision"] == precision
 
 
+def test_a_bad_rollout_sampler_is_one_line_exit_2(cli, tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}] * 4)
+    r = cli("grpo", "--model", tiny_model, "--data", data, "--output", tmp_path / "rl", "--rollout-sampler", "vllm")
+    assert r.exit_code == 2 and "vllm" in r.stderr and "engine" in r.stderr
+    assert r.stderr.startswith("Error: ") and r.stderr.strip().count("\n") == 0, r.stderr
+    assert not (tmp_path / "rl").exists()
+
+
 def test_a_bad_precision_is_one_line_exit_2(cli, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "q.jsonl", [{"prompt": "What is 1 + 1?", "answer": "2"}])
     r = cli("eval", "--model", tiny_model, "--data", data, "--output", tmp_path / "e", "--precision", "fp16")
     assert r.exit_code == 2 and "fp16" in r.stderr
+    assert r.stderr.startswith("Error: ") and r.stderr.strip().count("\n") == 0, r.stderr
     assert not (tmp_path / "e").exists()
 
 
