@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Optional, Union, get_args, get_origin
 
-from chainforge.collect.steps import DOMAIN_MARKERS  # plain data (re only): the --marker-domain choices
+from chainforge.steps import DOMAIN_MARKERS  # plain data (re only): the --marker-domain choices
 from chainforge.errors import UsageError
 
 SECRET_KEY = re.compile(r"key|token(?!s)|secret|password", re.IGNORECASE)  # not max_new_tokens

@@ -14,7 +14,7 @@ import pytest
 from conftest import write_jsonl
 from fake_apis import FakeAnthropicBatches, FakeDeepSeek
 
-from chainforge.collect.batches import split_batches
+from chainforge.providers.batches import split_batches
 from chainforge.formats import parse_super_cot
 
 N = 4
@@ -22,7 +22,7 @@ N = 4
 
 @pytest.fixture
 def servers(monkeypatch):
-    import chainforge.collect.retry as retry
+    import chainforge.providers.retry as retry
 
     monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
     with FakeDeepSeek(latency=0.01) as ds, FakeAnthropicBatches() as an:

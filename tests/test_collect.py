@@ -14,7 +14,7 @@ from chainforge.formats import parse_super_cot
 
 @pytest.fixture
 def fast_backoff(monkeypatch):
-    import chainforge.collect.retry as retry
+    import chainforge.providers.retry as retry
 
     monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
 
@@ -394,7 +394,7 @@ def test_rows_come_out_in_input_order_whatever_order_they_finished_in(cli, tmp_p
 def test_url_credentials_are_sent_as_basic_auth_and_never_shown_or_recorded(cli, tmp_path, deepseek, monkeypatch):
     import base64
 
-    from chainforge.collect.resolve import resolve_teacher
+    from chainforge.providers.resolve import resolve_teacher
     from chainforge.config import Options
 
     deepseek.basic_auth = ("bob", "s3cret-pw")

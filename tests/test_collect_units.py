@@ -2,11 +2,11 @@
 
 import pytest
 
-from chainforge.collect.pricing import Price, parse_price, price_for, price_table
-from chainforge.collect.retry import backoff_seconds, classify, retry_after_seconds
-from chainforge.collect.steps import UncertaintyRule, choose_expansions, split_steps
-from chainforge.collect.teachers import reply_parts, split_think
-from chainforge.collect.chat import PromptFailed
+from chainforge.providers.pricing import Price, parse_price, price_for, price_table
+from chainforge.providers.retry import backoff_seconds, classify, retry_after_seconds
+from chainforge.steps import UncertaintyRule, choose_expansions, split_steps
+from chainforge.providers.teachers import reply_parts, split_think
+from chainforge.providers.chat import PromptFailed
 from chainforge.errors import UsageError
 
 
@@ -90,8 +90,8 @@ def test_journal_cuts_a_torn_line(tmp_path):
 def test_local_expander_batches_the_steps_of_rows_that_ask_together(tiny_model):
     import asyncio
 
-    from chainforge.collect.expander import LocalExpander
-    from chainforge.collect.teachers import LocalModel
+    from chainforge.providers.expander import LocalExpander
+    from chainforge.providers.teachers import LocalModel
     from chainforge.models import resolve_model
 
     expander = LocalExpander(LocalModel(resolve_model(str(tiny_model))), "tiny", 0, max_new_tokens=4)
@@ -112,7 +112,7 @@ def test_local_expander_batches_the_steps_of_rows_that_ask_together(tiny_model):
 def test_local_teacher_draws_do_not_depend_on_the_batch_a_prompt_lands_in(tiny_model):
     """A resumed collect batches only the prompts left: each prompt must still draw what it would
     have drawn in the first run."""
-    from chainforge.collect.teachers import LocalTeacher, PromptItem
+    from chainforge.providers.teachers import LocalTeacher, PromptItem
     from chainforge.models import resolve_model
 
     items = [PromptItem(i, f"id{i}", f"What is {i} + {i}?", None) for i in range(4)]

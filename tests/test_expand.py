@@ -1,5 +1,5 @@
 """Grounding of kept rows in reject and distill (--expander), through the one path in
-chainforge/expansion.py, against the loopback Anthropic fake (tests/fake_apis.py) and the tiny model."""
+chainforge/providers/grounding.py, against the loopback Anthropic fake (tests/fake_apis.py) and the tiny model."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from conftest import write_jsonl
 from fake_apis import FakeAnthropic, FakeAnthropicBatches, default_anthropic_answer
 
-from chainforge.collect.steps import UncertaintyRule
-from chainforge.expansion import Grounded, rewrite, trace_parts
+from chainforge.steps import UncertaintyRule
+from chainforge.providers.grounding import Grounded, rewrite, trace_parts
 from chainforge.formats import parse_super_cot
 
 REWARD = "test_reject:vowel_share"  # tests/test_reject.py: a reward only some candidates pass

@@ -1,4 +1,4 @@
-"""collect's HTTP client (chainforge.collect.http) against real sockets on loopback: streaming, gzip,
+"""collect's HTTP client (chainforge.providers.http) against real sockets on loopback: streaming, gzip,
 proxies from the environment, IPv6 and base URLs with a query, and replies that are broken or hostile
 (each fails one request, never the run)."""
 
@@ -13,16 +13,16 @@ import pytest
 from conftest import write_jsonl
 from fake_apis import FakeDeepSeek, RecordingProxy
 
-import chainforge.collect.http as http
-from chainforge.collect.chat import ChatAPI, Counters
-from chainforge.collect.http import Endpoint, HttpClient, TransportError
+import chainforge.providers.http as http
+from chainforge.providers.chat import ChatAPI, Counters
+from chainforge.providers.http import Endpoint, HttpClient, TransportError
 
 
 @pytest.fixture
 def fast(monkeypatch):
     """Quick backoff and short limits, so stalls and trickles fail in seconds. The fake trickles a
     byte every 0.05 s, twenty times inside the idle timeout, so a trickle can only hit the deadline."""
-    import chainforge.collect.retry as retry
+    import chainforge.providers.retry as retry
 
     monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
     monkeypatch.setattr(http, "IDLE_TIMEOUT_S", 1.0)
@@ -281,7 +281,7 @@ def test_the_response_cap_defaults_to_at_least_32_mib():
 
 def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(fast):
     """A 307 to another server fails that prompt (HTTP 307) instead of sending the key there."""
-    from chainforge.collect.chat import PromptFailed
+    from chainforge.providers.chat import PromptFailed
 
     with FakeDeepSeek() as elsewhere:
         async def go():
@@ -306,7 +306,7 @@ def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(fast):
 
 def test_the_http_limits_are_options(cli, tmp_path, monkeypatch):
     """--idle-timeout and --max-response-mb reach the client (no monkeypatched defaults here)."""
-    import chainforge.collect.retry as retry
+    import chainforge.providers.retry as retry
 
     monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
     with FakeDeepSeek(latency=0.01) as server:

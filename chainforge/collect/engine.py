@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 from typing import Iterable, Iterator, Optional
 
-from chainforge.collect.chat import PromptFailed, RunStopped
+from chainforge.providers.chat import PromptFailed, RunStopped
 from chainforge.collect.journal import AppendLog
-from chainforge.collect.limits import CostBudget
-from chainforge.collect.pricing import FREE, Price
+from chainforge.providers.limits import CostBudget
+from chainforge.providers.pricing import FREE, Price
 from chainforge.collect.progress import Progress, Tally
 from chainforge.collect.rows import build_row
-from chainforge.collect.steps import UncertaintyRule, choose_expansions, split_steps
-from chainforge.collect.teachers import PromptItem, TeacherReply
+from chainforge.steps import UncertaintyRule, choose_expansions, split_steps
+from chainforge.providers.teachers import PromptItem, TeacherReply
 
 OUTAGE_STREAK = 5
 
@@ -118,7 +118,7 @@ class Collector:
             self.budget.settle(estimate, spent, rows)
 
     async def _row(self, item: PromptItem, reply: TeacherReply) -> dict:
-        from chainforge.expansion import ground_steps
+        from chainforge.providers.grounding import ground_steps
 
         steps = split_steps(reply.reasoning) or [reply.answer]
         flagged, chosen = choose_expansions(steps, self.rule, self.max_expansions)

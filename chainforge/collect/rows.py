@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from chainforge.collect.journal import rows_in_order
-from chainforge.collect.teachers import PromptItem, TeacherReply
+from chainforge.providers.teachers import PromptItem, TeacherReply
 from chainforge.formats import answers_match, write_super_cot
 
 USAGE_FIELDS = ("prompt", "completion", "reasoning", "cache_hit")

@@ -16,19 +16,19 @@ import shutil
 from dataclasses import dataclass, replace
 from typing import Iterator, Literal, Optional
 
-from chainforge.collect.chat import Counters, RunStopped
+from chainforge.providers.chat import Counters, RunStopped
 from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
-from chainforge.collect.pricing import price_for, price_table
+from chainforge.providers.pricing import price_for, price_table
 from chainforge.collect.progress import Tally, print_summary
 from chainforge.log import info
-from chainforge.collect.resolve import HttpOptions, build_expander, build_teacher, resolve_teacher
-from chainforge.collect.teachers import PromptItem
+from chainforge.providers.resolve import HttpOptions, build_expander, build_teacher, resolve_teacher
+from chainforge.providers.teachers import PromptItem
 from chainforge import distributed
 from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, OutputOptions,
                                StageSpec, default, option)
 from chainforge.data import answer_column, load_rows, plan_output, require_columns
 from chainforge.errors import RunFailed, UsageError
-from chainforge.expansion import Grounder, Stats, Target, trace_key
+from chainforge.providers.grounding import Grounder, Stats, Target, trace_key
 from chainforge.sampling import row_id
 
 @dataclass(kw_only=True)
@@ -69,7 +69,7 @@ class CollectConfig(AnswerOptions, OutputOptions, ExpanderOptions):
                               min=0)
     retry_failed: bool = option(
         False, "On an existing output: try again the prompts listed in failed.jsonl.", flags=("--retry-failed",))
-    # how the HTTP client treats slow, huge or non-streaming replies (chainforge.collect.http)
+    # how the HTTP client treats slow, huge or non-streaming replies (chainforge.providers.http)
     # (unset: the client's defaults, 60 s, 1800 s and 32 MiB)
     idle_timeout: Optional[float] = option(
         None, "Seconds of silence mid-reply before a request is dropped and retried, reported as a timeout "
@@ -148,7 +148,7 @@ def _collect(config: CollectConfig) -> None:
 
     # ---- collect -----------------------------------------------------------------------------------
     from chainforge.collect.engine import Collector
-    from chainforge.collect.limits import CostBudget, RateLimiter
+    from chainforge.providers.limits import CostBudget, RateLimiter
 
     budget = CostBudget(config.max_cost, spent=sum(done.values()), rows=len(done))
     limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)

@@ -13,7 +13,7 @@ Two methods:
   `--output/traces` (reusable: `chainforge sft --data OUT/traces`) and the student trains on them
   through the SFT trainer path sft uses (`training.train_sft`), under the Super CoT system turn it
   is sampled with. Teacher and student may use different tokenizers. With `--expander`, the
-  uncertain steps of the kept traces are grounded first (chainforge/expansion.py, journaled in
+  uncertain steps of the kept traces are grounded first (chainforge/providers/grounding.py, journaled in
   `expansions.jsonl`; counts, tokens and cost in the manifest).
 - `logits`: generalized knowledge distillation (GKD, Agarwal et al. 2024, TRL's GKDTrainer): the
   student matches the teacher's whole next-token distribution (generalized JSD, --beta) on a mix of
@@ -463,7 +463,7 @@ EXPANSION_METRICS = "expansions.json"
 
 def expansion_setup(config: DistillConfig):
     """The expander of --expander (checked before --output exists), or None for `none`."""
-    from chainforge.expansion import Grounder
+    from chainforge.providers.grounding import Grounder
 
     if config.expander not in (None, "none") and config.method != "traces":
         raise UsageError(f"--expander grounds the teacher traces of --method traces; --method {config.method} "
@@ -477,7 +477,7 @@ def ground_traces(grounder, kept: list[dict], out) -> list[dict]:
     --output/expansions.jsonl), before the student sees them; the counts go to expansions.json."""
     if grounder is None:
         return kept
-    from chainforge.expansion import ground_rows
+    from chainforge.providers.grounding import ground_rows
 
     try:
         metrics = ground_rows(grounder, kept, out.path, "distill")

@@ -11,7 +11,7 @@ reward ≥ `--min-reward` (default 1.0, i.e. correct) pass; `--keep best` keeps 
 question, `--keep all-passing` every distinct passing one (`kept_rank` 0 = the best; ties go to the
 one drawn first). Completions are kept exactly as generated, expansions and all — unless
 `--expander` is given: then the uncertain steps of the KEPT candidates (never the discarded ones)
-are grounded through chainforge/expansion.py and each kept row is rewritten as Super CoT
+are grounded through chainforge/providers/grounding.py and each kept row is rewritten as Super CoT
 (journaled in `expansions.jsonl`; counts, tokens and cost in the manifest).
 
 The output is a dataset `chainforge sft` takes unchanged: `id`, `prompt`, `reference`, `text`,
@@ -134,7 +134,7 @@ def run(config: RejectConfig) -> None:
 
 def expansion_setup(config: RejectConfig):
     """The expander of --expander (checked before --output exists), or None for `none`."""
-    from chainforge.expansion import Grounder
+    from chainforge.providers.grounding import Grounder
 
     grounder = Grounder.setup(config, "reject")
     return grounder if grounder.active else None
@@ -143,7 +143,7 @@ def expansion_setup(config: RejectConfig):
 def ground_kept(grounder, kept: list[dict], out, metrics: dict) -> dict:
     """Ground the uncertain steps of the kept candidates only (discarded ones cost nothing);
     journaled in --output/expansions.jsonl. A stop keeps the journal and marks the output incomplete."""
-    from chainforge.expansion import ground_rows
+    from chainforge.providers.grounding import ground_rows
 
     try:
         return ground_rows(grounder, kept, out.path, "reject")

@@ -9,7 +9,7 @@
 Parsing a completion (`split_think`): a leading `<think>…</think>` is the reasoning and what follows
 is the answer (an unclosed `<think>`, cut by --max-new-tokens, runs to the end). Fallback, for
 models that emit no `<think>` block (SmolLM2, a random test model) or nothing after it: the whole
-completion is the reasoning (split into steps by `chainforge.collect.steps.split_steps`) and the
+completion is the reasoning (split into steps by `chainforge.steps.split_steps`) and the
 answer is its last `\\boxed{…}`, else its last non-empty line — so the answer is also the last step.
 A completion that is empty (or only whitespace) fails that prompt ("empty completion"); an API
 reply with reasoning but an empty `content` (the reasoner ran out of `max_tokens` while thinking)
@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from chainforge.collect.chat import ChatAPI, PromptFailed
+from chainforge.providers.chat import ChatAPI, PromptFailed
 from chainforge.formats import last_boxed
 
 _THINK = re.compile(r"\A\s*<think>(.*?)(?:</think>|\Z)(.*)\Z", re.S)

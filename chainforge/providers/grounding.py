@@ -7,7 +7,7 @@
 - `ground_traces` grounds many traces at once, journaled in `expansions.jsonl` (one line per trace,
   written once all its chosen steps are answered): a crash and the same command never ask for a
   journaled trace again. Requests go one trace at a time through the live expander, or, with
-  --expander-batch, as Anthropic Message Batches (`chainforge.collect.batches`).
+  --expander-batch, as Anthropic Message Batches (`chainforge.providers.batches`).
 - `trace_parts` / `rewrite` turn a kept completion into steps and back into Super CoT text with the
   groundings in its uncertain steps (reject's kept candidates, distill's kept teacher traces).
 """
@@ -20,15 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from chainforge.collect.steps import UncertaintyRule, choose_expansions, split_steps
+from chainforge.providers.expander import USAGE_FIELDS, Grounded, zero_usage
+from chainforge.steps import UncertaintyRule, choose_expansions, split_steps
 
-USAGE_FIELDS = ("prompt", "completion", "reasoning", "cache_hit")
 JOURNAL = "expansions.jsonl"
 BATCH_DISCOUNT = 0.5  # Message Batches cost half the Messages API's price
-
-
-def zero_usage() -> dict:
-    return dict.fromkeys(USAGE_FIELDS, 0)
 
 
 @dataclass
@@ -39,18 +35,6 @@ class Target:
     question: str
     steps: list[str]
     chosen: list[int]  # indices of the steps to ground
-
-
-@dataclass
-class Grounded:
-    expansions: list[Optional[str]]  # one per step; None = not grounded
-    usage: dict = field(default_factory=zero_usage)
-    failures: int = 0  # chosen steps left unexpanded (error, refusal, expired…)
-    cost_usd: float = 0.0
-
-    @property
-    def expanded(self) -> int:
-        return sum(e is not None for e in self.expansions)
 
 
 @dataclass
@@ -107,7 +91,7 @@ def trace_parts(text: str) -> Optional[tuple[list[str], list[Optional[str]], str
     Super CoT is read as such; any other completion is split like a teacher's reply (a leading
     <think> block or the whole text is the reasoning, its last \\boxed{} or last line the answer).
     """
-    from chainforge.collect.teachers import split_think
+    from chainforge.providers.teachers import split_think
     from chainforge.formats import parse_super_cot
 
     try:
@@ -140,16 +124,16 @@ class Grounder:
     """The resolved expander options of a stage (nothing built, nothing sent yet)."""
 
     config: object
-    source: object  # collect.resolve.Source
+    source: object  # providers.resolve.Source
     rule: UncertaintyRule
-    price: object  # collect.pricing.Price (batch-discounted) or None
+    price: object  # providers.pricing.Price (batch-discounted) or None
     stage: str
 
     @classmethod
     def setup(cls, config, stage: str, teacher=None) -> "Grounder":
         """Checks every expander option (exit 2 before --output exists)."""
-        from chainforge.collect.pricing import price_for, price_table
-        from chainforge.collect.resolve import Source, resolve_expander
+        from chainforge.providers.pricing import price_for, price_table
+        from chainforge.providers.resolve import Source, resolve_expander
 
         source = resolve_expander(config, teacher or Source("none"))
         if config.expander_batch and source.kind != "anthropic":
@@ -184,7 +168,7 @@ class Grounder:
 
 
 def discounted(price):
-    from chainforge.collect.pricing import Price
+    from chainforge.providers.pricing import Price
 
     return Price(price.input * BATCH_DISCOUNT, price.cache_hit * BATCH_DISCOUNT, price.output * BATCH_DISCOUNT)
 
@@ -202,8 +186,8 @@ class _ClientOptions:
 
 def ground_traces(grounder: Grounder, targets: Sequence[Target], folder: Path, stats: Stats,
                   on_done: Optional[Callable[[Target, Grounded], None]] = None) -> dict[str, Grounded]:
-    from chainforge.collect.chat import Counters
-    from chainforge.collect.limits import CostBudget
+    from chainforge.providers.chat import Counters
+    from chainforge.providers.limits import CostBudget
     from chainforge.log import info
     from chainforge.errors import RunFailed
     from chainforge.journal import Journal
@@ -245,7 +229,7 @@ def ground_traces(grounder: Grounder, targets: Sequence[Target], folder: Path, s
 
     try:
         if grounder.config.expander_batch:
-            from chainforge.collect.batches import run_batches
+            from chainforge.providers.batches import run_batches
 
             run_batches(grounder, todo, folder, stats, finish)
         else:
@@ -265,7 +249,7 @@ def ground_traces(grounder: Grounder, targets: Sequence[Target], folder: Path, s
 
 async def _live(grounder: Grounder, todo: Sequence[Target], counters, budget, finish) -> bool:
     """Ground with a live expander, a few traces at a time; True when --max-cost stopped it."""
-    from chainforge.collect.resolve import build_expander
+    from chainforge.providers.resolve import build_expander
 
     opts = _ClientOptions(grounder.config)
     expander = build_expander(grounder.source, opts, counters, None)
@@ -300,7 +284,7 @@ async def _live(grounder: Grounder, todo: Sequence[Target], counters, budget, fi
 
 def _bound(grounder: Grounder) -> float:
     """A pessimistic cost of one grounding before any has told us better."""
-    from chainforge.collect.expander import EXPANDER_MAX_TOKENS
+    from chainforge.providers.expander import EXPANDER_MAX_TOKENS
 
     return grounder.price.cost({"prompt": 1000, "completion": EXPANDER_MAX_TOKENS}) if grounder.price else 0.0
 

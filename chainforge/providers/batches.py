@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from chainforge.collect.chat import RunStopped
+from chainforge.providers.chat import RunStopped
 from chainforge.log import info
 from chainforge.errors import RunFailed
 
@@ -68,8 +68,8 @@ def _stop(exc, what: str) -> Exception:
 def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
     import anthropic
 
-    from chainforge.collect.expander import EXPANDER_MAX_TOKENS, PROMPT, Expansion, expansion_from_message
-    from chainforge.expansion import Grounded, zero_usage
+    from chainforge.providers.expander import (EXPANDER_MAX_TOKENS, PROMPT, Expansion, Grounded, expansion_from_message,
+                                               zero_usage)
     from chainforge.journal import Journal
 
     config = grounder.config

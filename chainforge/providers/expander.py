@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from chainforge.collect.chat import ChatAPI, Counters, PromptFailed, RunStopped
+from chainforge.providers.chat import ChatAPI, Counters, PromptFailed, RunStopped
 
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"  # current Sonnet in the installed SDK, no end-of-life date
 EXPANDER_MAX_TOKENS = 512
@@ -45,6 +45,25 @@ class Expansion:
     text: Optional[str]  # None: not grounded (failed or rejected)
     usage: dict = field(default_factory=dict)  # prompt, completion, reasoning, cache_hit
     failed: bool = False
+
+
+USAGE_FIELDS = ("prompt", "completion", "reasoning", "cache_hit")
+
+
+def zero_usage() -> dict:
+    return dict.fromkeys(USAGE_FIELDS, 0)
+
+
+@dataclass
+class Grounded:
+    expansions: list[Optional[str]]  # one per step; None = not grounded
+    usage: dict = field(default_factory=zero_usage)
+    failures: int = 0  # chosen steps left unexpanded (error, refusal, expired…)
+    cost_usd: float = 0.0
+
+    @property
+    def expanded(self) -> int:
+        return sum(e is not None for e in self.expansions)
 
 
 def validate_expansion(text: Optional[str]) -> Optional[str]:

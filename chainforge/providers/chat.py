@@ -18,8 +18,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from chainforge.collect.http import TransportError
-from chainforge.collect.retry import backoff_seconds, classify
+from chainforge.providers.http import TransportError
+from chainforge.providers.retry import backoff_seconds, classify
 from chainforge.errors import RunFailed
 
 
@@ -143,7 +143,7 @@ def _error_text(body: bytes) -> str:
 
 
 class ChatAPI:
-    """POST {base}/chat/completions for one model; retries per `chainforge.collect.retry`."""
+    """POST {base}/chat/completions for one model; retries per `chainforge.providers.retry`."""
 
     def __init__(self, client, model: str, name: str, key_env: str, max_retries: int,
                  counters: Counters, max_tokens: Optional[int] = None,

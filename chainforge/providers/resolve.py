@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from chainforge.collect.chat import ChatAPI, Counters
-from chainforge.collect.http import Endpoint, env_proxy, make_client
+from chainforge.providers.chat import ChatAPI, Counters
+from chainforge.providers.http import Endpoint, env_proxy, make_client
 from chainforge.errors import UsageError
 
 TEACHERS = ("deepseek", "openai", "local")
@@ -31,7 +31,7 @@ LOCAL_TEMPERATURE = 0.6  # the R1 paper's sampling temperature
 
 @dataclass
 class HttpOptions:
-    """How the API clients talk; None takes `chainforge.collect.http`'s default."""
+    """How the API clients talk; None takes `chainforge.providers.http`'s default."""
 
     idle_timeout: Optional[float] = None  # seconds of silence mid-reply
     deadline: Optional[float] = None  # seconds for a whole request
@@ -150,7 +150,7 @@ def resolve_expander(opts, teacher: Source) -> Source:
     if kind == "none":
         return Source("none")
     if kind == "anthropic":
-        from chainforge.collect.expander import DEFAULT_ANTHROPIC_MODEL
+        from chainforge.providers.expander import DEFAULT_ANTHROPIC_MODEL
 
         key = api_key("ANTHROPIC_API_KEY")
         if not key:
@@ -194,7 +194,7 @@ def _chat(ep: Source, name: str, opts, counters: Counters, limiter=None, max_tok
 
 
 def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[HttpOptions] = None):
-    from chainforge.collect.teachers import ApiTeacher, LocalTeacher
+    from chainforge.providers.teachers import ApiTeacher, LocalTeacher
 
     if ep.kind == "local":
         return LocalTeacher(ep.model_ref, opts.max_new_tokens or LOCAL_MAX_NEW_TOKENS,
@@ -207,7 +207,7 @@ def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[
 
 
 def build_expander(ep: Source, opts, counters: Counters, teacher, http: Optional[HttpOptions] = None):
-    from chainforge.collect import expander as ex
+    from chainforge.providers import expander as ex
 
     if ep.kind == "none":
         return ex.NoExpander()
@@ -217,7 +217,7 @@ def build_expander(ep: Source, opts, counters: Counters, teacher, http: Optional
         return ex.ChatExpander(_chat(ep, "OpenAI-compatible expander", opts, counters,
                                      max_tokens=ex.EXPANDER_MAX_TOKENS, http=http,
                                      per_row=int(opts.max_expansions or 1)))
-    from chainforge.collect.teachers import LocalModel
+    from chainforge.providers.teachers import LocalModel
 
     # One model in memory when the teacher is the same local model: both stages share its lock.
     shared = getattr(teacher, "shared", None)
