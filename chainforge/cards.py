@@ -1,8 +1,9 @@
 """Model and dataset cards: the README.md of every checkpoint and dataset a stage writes.
 
-Written by `StageOutput.finish` just before the manifest says `complete`, from what the manifest
-records (the config, the inputs, the metrics) and from the manifests of the inputs, so a card says
-what the folder is without the run that made it:
+Written by `StageOutput.finish` just before the manifest says `complete` (the stage registry,
+`chainforge.stages`, hands it this writer and the command that makes the output again), from what
+the manifest records (the config, the inputs, the metrics) and from the manifests of the inputs, so
+a card says what the folder is without the run that made it:
 
 - a checkpoint's card: the base model and the chain of stages that led to it, the data (fingerprint
   and size), the training options, the evaluations known so far, the system prompt it was trained
@@ -15,14 +16,15 @@ what the folder is without the run that made it:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any, Optional
 
+from chainforge.outputs import atomic_write_text, output_kind, read_manifest
+from chainforge.sampling.prompts import SYSTEM_PROMPT_FILE, resolve_system_prompt
+
 CARD = "README.md"
-SYSTEM_PROMPT_FILE = "system_prompt.txt"
 CHATML_END = "<|im_end|>"
 TRAINING_STAGES = ("sft", "grpo", "distill")
 # The option holding the model a training stage starts from.
@@ -36,22 +38,9 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # ---- the system prompt a checkpoint was trained with ----------------------------------------------
 
-def saved_system_prompt(model: Any) -> Optional[str]:
-    """The system prompt saved with a ChainForge checkpoint (None: not a checkpoint folder or none
-    saved; '' means trained with no system turn)."""
-    if not isinstance(model, (str, Path)):
-        return None
-    path = Path(str(model)).expanduser() / SYSTEM_PROMPT_FILE
-    try:
-        return path.read_text(encoding="utf-8") if path.is_file() else None
-    except OSError:
-        return None
-
-
 def training_system_prompt(stage: str, config: dict) -> Optional[str]:
     """The system prompt a training stage used, by the rule the stage itself follows."""
     from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
-    from chainforge.sampling.prompts import resolve_system_prompt
 
     if stage == "distill":  # the student learns the teacher's Super CoT turns
         return SUPER_COT_SYSTEM_PROMPT
@@ -61,8 +50,6 @@ def training_system_prompt(stage: str, config: dict) -> Optional[str]:
 # ---- what a card is built from -----------------------------------------------------------------
 
 def _manifest(path: Any) -> Optional[dict]:
-    from chainforge.data import read_manifest
-
     if not isinstance(path, (str, Path)) or not Path(str(path)).is_dir():
         return None
     try:
@@ -128,31 +115,6 @@ def data_record(config: dict, inputs: list) -> Optional[dict]:
     return rec
 
 
-def reproduce_command(stage: str, config: dict) -> str:
-    """`chainforge STAGE …` with every option the manifest records that differs from its default
-    (secrets are already redacted in the manifest, and a redacted value is left out)."""
-    from chainforge.config import REDACTED, cli_args
-    from chainforge.stages import STAGE_MODULES, stage_module
-
-    if stage not in STAGE_MODULES:
-        return ""
-    cls = stage_module(stage).CONFIG
-    args = [stage]
-    first = ("model", "teacher", "student", "prompts", "data", "output")  # as `--help` lists them
-    fields = sorted(dataclasses.fields(cls), key=lambda f: first.index(f.name) if f.name in first else len(first))
-    for f in fields:
-        if f.name not in config or f.name == "overwrite" or not f.metadata.get("cli", True):
-            continue
-        value = config[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        if value is None or value == REDACTED or value == default or (isinstance(value, list) and not value
-                                                                       and not default):
-            continue
-        args += cli_args(f, value)
-    return "chainforge " + " ".join(args)
-
-
 def _table(rows: dict) -> str:
     lines = ["| | |", "|---|---|"]
     for k, v in rows.items():
@@ -169,7 +131,7 @@ def _fmt(v: Any) -> str:
 # ---- the cards ----------------------------------------------------------------------------------
 
 def model_card(stage: str, path: Path, config: dict, inputs: list, metrics: dict,
-               system_prompt: Optional[str]) -> str:
+               system_prompt: Optional[str], reproduce: str) -> str:
     start = config.get(MODEL_KEY.get(stage, "model"))
     base, chain = lineage(start)
     here = chain + [{"stage": stage, "path": str(path)}]
@@ -213,12 +175,12 @@ def model_card(stage: str, path: Path, config: dict, inputs: list, metrics: dict
         for e in evals:
             lines.append(f"| {e['eval']} | `{e['model']}` | " + " | ".join(_fmt(e.get(k, '')) for k in EVAL_METRICS)
                          + " |")
-    lines += ["", "## Reproduce", "", "```bash", reproduce_command(stage, config), "```", "",
+    lines += ["", "## Reproduce", "", "```bash", reproduce, "```", "",
               "Every option and input is recorded in `chainforge.json` next to this file.", ""]
     return "\n".join(lines)
 
 
-def dataset_card(stage: str, path: Path, config: dict, inputs: list, metrics: dict) -> str:
+def dataset_card(stage: str, path: Path, config: dict, inputs: list, metrics: dict, reproduce: str) -> str:
     info = _dataset_info(path)
     lines = ["---", "tags: [chainforge, reasoning, " + stage + "]", "---", "",
              f"# {Path(path).name}", "",
@@ -242,7 +204,7 @@ def dataset_card(stage: str, path: Path, config: dict, inputs: list, metrics: di
     if counts:
         lines += ["", "## Counts", "", _table(counts)]
     lines += ["", "## Options", "", _table({k: v for k, v in sorted(config.items()) if k not in ("overwrite",)}),
-              "", "## Reproduce", "", "```bash", reproduce_command(stage, config), "```", ""]
+              "", "## Reproduce", "", "```bash", reproduce, "```", ""]
     return "\n".join(lines)
 
 
@@ -299,8 +261,6 @@ def _feature(spec: Any) -> str:
 def stop_at_chatml_end(path: Path) -> Optional[int]:
     """Add `<|im_end|>` to generation_config.json's eos_token_id when the tokenizer has it (a ChatML
     model otherwise runs on past the end of its turn). Returns the token id added, if any."""
-    from chainforge.data import atomic_write_text
-
     tok_file = Path(path) / "tokenizer.json"
     if not tok_file.is_file():
         return None
@@ -325,19 +285,18 @@ def stop_at_chatml_end(path: Path) -> Optional[int]:
     return token_id
 
 
-def write_card(out, metrics: dict) -> dict:
+def write_card(out, metrics: dict, reproduce: str) -> dict:
     """The card for a finished output (and a checkpoint's system prompt and stop token). Returns the
-    fields the manifest adds (`system_prompt` for a checkpoint)."""
-    from chainforge.data import atomic_write_text, output_kind
-
+    fields the manifest adds (`system_prompt` for a checkpoint). `reproduce`: the command that makes
+    the output again (the stage registry builds it: cards never look stages up)."""
     path = Path(out.path)
     kind = output_kind(path)
     if kind == "checkpoint":
         system = training_system_prompt(out.stage, out.config)
         atomic_write_text(path / SYSTEM_PROMPT_FILE, system or "")
         stop_at_chatml_end(path)
-        atomic_write_text(path / CARD, model_card(out.stage, path, out.config, out.inputs, metrics, system))
+        atomic_write_text(path / CARD, model_card(out.stage, path, out.config, out.inputs, metrics, system, reproduce))
         return {"system_prompt": system or ""}
     if kind == "dataset":
-        atomic_write_text(path / CARD, dataset_card(out.stage, path, out.config, out.inputs, metrics))
+        atomic_write_text(path / CARD, dataset_card(out.stage, path, out.config, out.inputs, metrics, reproduce))
     return {}

@@ -107,19 +107,3 @@ def shard(items: Sequence[T]) -> list[int]:
     """The positions of `items` this rank handles: every world_size-th one, from its rank
     (interleaved, so each rank gets a similar mix of short and long prompts)."""
     return list(range(rank() % world_size(), len(items), world_size()))
-
-
-def create_output(plan, inputs: Sequence = ()):
-    """`plan.create(inputs)` on rank 0 only, after every rank has planned (so no rank sees the folder
-    change under it) and before any goes on (so every rank can write its shard journal into it).
-    The other ranks get a StageOutput for the same folder that has written nothing: ranks never
-    race on the folder, its lock or its manifest."""
-    if world_size() <= 1:
-        return plan.create(inputs=inputs)
-    from chainforge.data import StageOutput, input_record
-
-    barrier()
-    out = on_main(lambda: plan.create(inputs=inputs), f"creating {plan.path}")
-    if out is not None:
-        return out
-    return StageOutput(plan.path, plan.stage, plan.config, [input_record(i) for i in inputs], "")

@@ -58,7 +58,7 @@ def main() -> None:
 
     import datasets
 
-    from chainforge.data import load_rows
+    from chainforge.inputs import load_rows
     from chainforge.log import console
 
     console.quiet = True  # load_rows names the split it read; not wanted in a table

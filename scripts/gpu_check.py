@@ -162,7 +162,7 @@ def sft(out: Path) -> dict:
     from transformers import TrainerCallback
 
     from chainforge import training
-    from chainforge.data import plan_output
+    from chainforge.outputs import plan_output
     from chainforge.models import load_tokenizer, resolve_model, training_template
     from chainforge.stages.sft import SftConfig
 

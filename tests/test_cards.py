@@ -160,11 +160,13 @@ def test_reject_and_decontaminate_write_dataset_cards(run_dir, cli, tmp_path):
 
 def test_collect_card_names_models_and_cost(tmp_path):
     from chainforge.cards import dataset_card
+    from chainforge.stages import reproduce_command
 
-    card = dataset_card("collect", tmp_path, {"prompts": "p.jsonl", "teacher": "deepseek", "teacher_model":
-                                              "deepseek-reasoner", "expander": "anthropic", "expander_model": "claude-x",
-                                              "keep_incorrect": False, "api_key": "***"},
-                        [], {"prompts": 4, "rows": 3, "failed": 1, "cost_usd": 0.01234, "requests": 9})
+    config = {"prompts": "p.jsonl", "teacher": "deepseek", "teacher_model": "deepseek-reasoner",
+              "expander": "anthropic", "expander_model": "claude-x", "keep_incorrect": False, "api_key": "***"}
+    card = dataset_card("collect", tmp_path, config, [],
+                        {"prompts": 4, "rows": 3, "failed": 1, "cost_usd": 0.01234, "requests": 9},
+                        reproduce_command("collect", config))
     assert "teacher_model `deepseek-reasoner`" in card and "expander_model `claude-x`" in card
     assert "- **Cost:** $0.0123 (9 API requests)" in card
     assert "rows whose final answer did not match the reference dropped (--drop-incorrect); 1 prompts failed" in card
@@ -191,9 +193,10 @@ def test_collect_with_a_local_teacher_writes_a_dataset_card(cli, tmp_path, tiny_
 
 def test_model_card_from_a_hub_model_names_it_in_the_hub_field(tmp_path):
     from chainforge.cards import model_card
+    from chainforge.stages import reproduce_command
 
-    card = model_card("grpo", tmp_path / "rl", {"model": "Qwen/Qwen2.5-0.5B-Instruct", "data": "openai/gsm8k",
-                                                "learning_rate": 1e-6}, [], {"steps": 3}, "Think.")
+    config = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "data": "openai/gsm8k", "learning_rate": 1e-6}
+    card = model_card("grpo", tmp_path / "rl", config, [], {"steps": 3}, "Think.", reproduce_command("grpo", config))
     assert 'base_model: "Qwen/Qwen2.5-0.5B-Instruct"' in card.split("---")[1]
     assert "base → `grpo` (rl)" in card and "| learning_rate | 1e-06 |" in card
     assert "chainforge grpo --model Qwen/Qwen2.5-0.5B-Instruct --data openai/gsm8k" in card

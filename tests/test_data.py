@@ -8,10 +8,8 @@ import textwrap
 import datasets
 import pytest
 
-from chainforge.data import (
-    MANIFEST, answer_column, atomic_write_text, load_rows, output_kind, plan_output, read_manifest,
-    require_columns,
-)
+from chainforge.inputs import answer_column, load_rows, require_columns
+from chainforge.outputs import MANIFEST, atomic_write_text, output_kind, plan_output, read_manifest
 from chainforge.config import Options
 from chainforge.errors import UsageError
 
@@ -137,7 +135,7 @@ def test_overwrite_replaces_the_folder(tmp_path):
 
 WRITER = textwrap.dedent("""
     import os, sys, time, datasets
-    import chainforge.data as data
+    import chainforge.outputs as outputs
     from chainforge.config import Options
     real_replace = os.replace
     count = 0
@@ -148,8 +146,8 @@ WRITER = textwrap.dedent("""
         if count == 2:   # the manifest went in first, then one result file
             print("MOVED", flush=True)
             time.sleep(60)
-    data.os.replace = slow_replace
-    out = data.plan_output(sys.argv[1], "collect", Options(x=1)).create()
+    outputs.os.replace = slow_replace
+    out = outputs.plan_output(sys.argv[1], "collect", Options(x=1)).create()
     ds = datasets.Dataset.from_list([{"a": i} for i in range(1000)])
     out.save_dataset(ds)
     out.finish({})

@@ -7,7 +7,7 @@ import json
 import datasets
 import pytest
 
-from chainforge.data import MANIFEST, read_manifest
+from chainforge.outputs import MANIFEST, read_manifest
 from chainforge.decontam import EvalIndex, Match, build_index, find_matches, normalise, prompt_text
 from chainforge.errors import RunFailed, UsageError
 from chainforge.stages.decontaminate import REMOVED, DecontaminateConfig, run

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from chainforge.data import load_rows
+from chainforge.inputs import load_rows
 from chainforge.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_repository_folder_through_a_stage(cli, tiny_model, tmp_path):
 CACHED_HUB = """
 import json, os, shutil, sys
 import datasets
-from chainforge.data import load_rows
+from chainforge.inputs import load_rows
 from chainforge.errors import UsageError
 
 repo, cache = sys.argv[1], datasets.config.HF_DATASETS_CACHE

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chainforge.data import read_manifest
+from chainforge.outputs import read_manifest
 from conftest import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

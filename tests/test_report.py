@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from chainforge.data import MANIFEST
+from chainforge.outputs import MANIFEST
 
 
 def _stage(run_dir, folder, stage, metrics, scalars=None):

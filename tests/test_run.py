@@ -7,7 +7,7 @@ import shutil
 import pytest
 import yaml
 
-from chainforge.data import read_manifest
+from chainforge.outputs import read_manifest
 from conftest import write_jsonl
 
 ROWS = [{"id": f"q{i}", "prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(4)]

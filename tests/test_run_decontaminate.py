@@ -3,7 +3,7 @@ first stage that reads them (recipe key `decontaminate`), on the tiny model with
 
 import json
 
-from chainforge.data import read_manifest
+from chainforge.outputs import read_manifest
 from conftest import write_jsonl
 from test_run import ROWS, write_recipe
 

@@ -23,7 +23,7 @@ from typing import Optional
 import pytest
 
 from chainforge.config import Options
-from chainforge.data import LOCK, MANIFEST, plan_output, read_manifest
+from chainforge.outputs import LOCK, MANIFEST, plan_output, read_manifest
 from chainforge.errors import UsageError
 from conftest import write_jsonl
 from fake_apis import FakeDeepSeek

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from chainforge.data import atomic_write_text
+from chainforge.outputs import atomic_write_text
 from chainforge.journal import Journal
 
 JOURNAL = "journal.jsonl"

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 Prompt = Union[str, Sequence[dict]]
+# Written next to every checkpoint (chainforge.cards): the system prompt it was trained with.
+SYSTEM_PROMPT_FILE = "system_prompt.txt"
 
 
 def as_messages(prompt: Prompt, system_prompt: Optional[str] = None) -> list[dict]:
@@ -34,8 +37,6 @@ def resolve_system_prompt(value: Optional[str], model=None, quiet: bool = False)
     from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 
     if value is None and model is not None:
-        from chainforge.cards import SYSTEM_PROMPT_FILE, saved_system_prompt
-
         saved = saved_system_prompt(model)
         if saved is not None:
             if not quiet:
@@ -47,6 +48,18 @@ def resolve_system_prompt(value: Optional[str], model=None, quiet: bool = False)
     if value is None:
         return SUPER_COT_SYSTEM_PROMPT
     return value or None
+
+
+def saved_system_prompt(model) -> Optional[str]:
+    """The system prompt saved with a ChainForge checkpoint (None: not a checkpoint folder or none
+    saved; '' means trained with no system turn)."""
+    if not isinstance(model, (str, Path)):
+        return None
+    path = Path(str(model)).expanduser() / SYSTEM_PROMPT_FILE
+    try:
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    except OSError:
+        return None
 
 
 def prompt_id(prompt: Prompt) -> str:

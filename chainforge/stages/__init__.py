@@ -1,7 +1,13 @@
 """The stages. Each module `chainforge.stages.<name>` exposes its config dataclass (`CONFIG`, also
 under its own name, e.g. `SftConfig`), `SPEC` (what it produces, its default inputs in a recipe,
 which option changes are safe to resume) and `run(config)`; the CLI and `chainforge run` both call
-that."""
+that.
+
+This registry is also where a finished output gets its card: `chainforge.outputs` calls the writer
+set here, and the card's reproduce command comes from the stage's own config class (cards never
+look stages up)."""
+
+from chainforge import outputs
 
 # command → module (the eval command's module is `evaluate`: `eval` is a builtin)
 STAGE_MODULES = {"collect": "collect", "sft": "sft", "grpo": "grpo", "reject": "reject",
@@ -37,9 +43,44 @@ def mark_unfinished(output) -> None:
     """Mark a `running` manifest `incomplete` through the output's own manifest writer."""
     from pathlib import Path
 
-    from chainforge.data import StageOutput, read_manifest
-
-    m = read_manifest(output) if output and Path(output).is_dir() else None
+    m = outputs.read_manifest(output) if output and Path(output).is_dir() else None
     if m and m.get("status") == "running":
-        StageOutput(Path(output), m["stage"], m.get("config", {}), m.get("inputs", []),
-                    m.get("created", "")).mark_incomplete(m.get("metrics"))
+        outputs.StageOutput(Path(output), m["stage"], m.get("config", {}), m.get("inputs", []),
+                            m.get("created", "")).mark_incomplete(m.get("metrics"))
+
+
+def reproduce_command(stage: str, config: dict) -> str:
+    """`chainforge STAGE …` with every option the manifest records that differs from its default
+    (secrets are already redacted in the manifest, and a redacted value is left out)."""
+    import dataclasses
+
+    from chainforge.config import REDACTED, cli_args
+
+    if stage not in STAGE_MODULES:
+        return ""
+    cls = stage_module(stage).CONFIG
+    args = [stage]
+    first = ("model", "teacher", "student", "prompts", "data", "output")  # as `--help` lists them
+    fields = sorted(dataclasses.fields(cls), key=lambda f: first.index(f.name) if f.name in first else len(first))
+    for f in fields:
+        if f.name not in config or f.name == "overwrite" or not f.metadata.get("cli", True):
+            continue
+        value = config[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if value is None or value == REDACTED or value == default or (isinstance(value, list) and not value
+                                                                       and not default):
+            continue
+        args += cli_args(f, value)
+    return "chainforge " + " ".join(args)
+
+
+def write_card(out, metrics: dict) -> dict:
+    """The card of a finished output (README.md, and a checkpoint's system prompt), with the command
+    that makes it again."""
+    from chainforge.cards import write_card as card
+
+    return card(out, metrics, reproduce_command(out.stage, out.config))
+
+
+outputs.set_card_writer(write_card)

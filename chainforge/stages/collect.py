@@ -26,7 +26,8 @@ from chainforge.providers.teachers import PromptItem
 from chainforge import distributed
 from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, OutputOptions,
                                StageSpec, default, option)
-from chainforge.data import answer_column, load_rows, plan_output, require_columns
+from chainforge.inputs import answer_column, load_rows, require_columns
+from chainforge.outputs import plan_output
 from chainforge.errors import RunFailed, UsageError
 from chainforge.providers.grounding import Grounder, Stats, Target, trace_key
 from chainforge.sampling import row_id

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Optional
 
 from chainforge.config import DataOptions, OutputOptions, StageSpec, default, option
-from chainforge.data import atomic_write_text, load_rows, plan_output, require_columns
+from chainforge.inputs import load_rows, require_columns
+from chainforge.outputs import atomic_write_text, plan_output
 from chainforge.decontam import EvalIndex, normalise, prompt_text
 from chainforge.errors import RunFailed, UsageError
 from chainforge.log import info

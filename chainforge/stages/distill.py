@@ -44,7 +44,8 @@ from chainforge import distributed, training
 from chainforge.compat import check_tested_versions
 from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, LoraOptions,
                                OutputOptions, SftTrainOptions, StageSpec, TrainOptions, default, option)
-from chainforge.data import answer_column, atomic_write_text, load_rows, plan_output, require_columns
+from chainforge.inputs import answer_column, load_rows, require_columns
+from chainforge.outputs import atomic_write_text, create_output, plan_output
 from chainforge.errors import RunFailed, UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from chainforge.log import info
@@ -131,7 +132,7 @@ def run(config: DistillConfig) -> None:
         args = traces_args(config, plan.path, tokenizer, train_rows)
 
     inputs = [config.data] + ([config.eval_data] if config.eval_data else []) + [config.teacher, config.student]
-    out = distributed.create_output(plan, inputs=inputs)
+    out = create_output(plan, inputs=inputs)
     main = distributed.is_main()
     started = time.time()
     _seed(config.seed)

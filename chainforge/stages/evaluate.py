@@ -23,7 +23,8 @@ from typing import Optional
 from chainforge import distributed
 from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, GenerationOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, default, option)
-from chainforge.data import MANIFEST, atomic_write_text, load_prompt_rows, plan_output, read_manifest
+from chainforge.inputs import load_prompt_rows
+from chainforge.outputs import MANIFEST, atomic_write_text, create_output, plan_output, read_manifest
 from chainforge.log import console, fmt_value, info
 from chainforge.errors import UsageError
 from chainforge.metrics import (EVAL_REWARDS, compare_metrics, evaluate_model,  # evaluate_model: other stages
@@ -74,7 +75,7 @@ def run(config: EvalConfig) -> None:
         info(f"--temperature 0 is greedy: every sample would be the same, so 1 is drawn per question (k=1)")
 
     # ---- sample and score (the output exists from here on)
-    out = distributed.create_output(plan, inputs=[config.data, config.model])
+    out = create_output(plan, inputs=[config.data, config.model])
     model, tokenizer = load_engine(engine)
     info(f"eval: {len(rows)} questions x {k} samples, temperature {config.temperature}, "
          f"top_p {config.top_p}, backend {engine.backend}")

@@ -35,7 +35,8 @@ from typing import Literal, Optional
 from chainforge.compat import check_tested_versions
 from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, TrainOptions, default, option)
-from chainforge.data import load_prompt_rows, plan_output
+from chainforge.inputs import load_prompt_rows
+from chainforge.outputs import create_output, plan_output
 from chainforge.errors import UsageError
 from chainforge.formats import completion_text, parse_super_cot
 from chainforge.log import fmt_value, info
@@ -139,7 +140,7 @@ def run(config: GrpoConfig) -> None:
         reward_weights=reward_weights,
         **vllm_fields(config),
     )
-    out = distributed.create_output(plan, inputs=[config.data, config.model])
+    out = create_output(plan, inputs=[config.data, config.model])
     main = distributed.is_main()
     if main:
         weighted = ", ".join(f"{n}×{w:g}" for n, w in zip(reward_names, reward_weights))

@@ -30,7 +30,8 @@ from typing import Literal, Optional
 from chainforge import distributed
 from chainforge.config import (AnswerOptions, DataOptions, EngineOptions, ExpanderOptions, GenerationOptions,
                                ModelOptions, OutputOptions, RewardOptions, StageSpec, default, option)
-from chainforge.data import load_prompt_rows, plan_output
+from chainforge.inputs import load_prompt_rows
+from chainforge.outputs import create_output, plan_output
 from chainforge.errors import RunFailed, UsageError
 from chainforge.log import info
 from chainforge.metrics import pass_at_k, passes, score_rows, select_candidates
@@ -82,7 +83,7 @@ def run(config: RejectConfig) -> None:
     refs = [r.get(answers) if answers else None for r in rows]
 
     # ---- sample and score (the output exists from here on)
-    out = distributed.create_output(plan, inputs=[config.data, config.model])
+    out = create_output(plan, inputs=[config.data, config.model])
     model, tokenizer = load_engine(engine)
     info(f"reject: {len(rows)} prompts x {config.num_samples} candidates, temperature {config.temperature}, "
          f"rewards {', '.join(f'{n}={w:g}' for n, w in zip(names, weights))}, min reward {config.min_reward}")

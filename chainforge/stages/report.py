@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from chainforge.data import MANIFEST, atomic_write_text, read_manifest
+from chainforge.outputs import MANIFEST, atomic_write_text, read_manifest
 from chainforge.errors import UsageError
 from chainforge.log import info
 

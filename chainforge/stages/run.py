@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from chainforge.config import REDACTED, cli_args, load_yaml_config, mask_url_credentials
-from chainforge.data import atomic_write_text, read_manifest
+from chainforge.outputs import atomic_write_text, read_manifest
 from chainforge.errors import ChainforgeError, Interrupted, RunFailed, UsageError
 from chainforge.log import info
 from chainforge.stages import STAGE_MODULES, run_stage, stage_module
@@ -239,7 +239,7 @@ def _path(value: Any) -> Path:
 def _data(value: Any) -> str:
     """A data path resolved from the cwd, or a hub dataset id (`owner/name` that is no path here,
     as data.load_rows reads it) kept as it is."""
-    from chainforge.data import _HUB_ID, DATA_SUFFIXES
+    from chainforge.inputs import _HUB_ID, DATA_SUFFIXES
 
     text = str(value)
     p = Path(text).expanduser()

@@ -36,7 +36,8 @@ from chainforge import distributed, training
 from chainforge.compat import check_tested_versions
 from chainforge.config import (DataOptions, GenerationOptions, LoraOptions, ModelOptions, OutputOptions,
                                SftTrainOptions, StageSpec, TrainOptions, default, option)
-from chainforge.data import load_rows, plan_output
+from chainforge.inputs import load_rows
+from chainforge.outputs import create_output, plan_output
 from chainforge.log import info
 from chainforge.models import (checkpoint_path, load_tokenizer, resolve_model,
                                training_template)
@@ -81,7 +82,7 @@ def run(config: SftConfig) -> None:
     model = training.load_trainable(ref, config)
     peft_config = training.lora_config(config, model)
 
-    out = distributed.create_output(plan, inputs=[config.data, checkpoint_path(ref) if ref.kind == "folder" else ref.spec])
+    out = create_output(plan, inputs=[config.data, checkpoint_path(ref) if ref.kind == "folder" else ref.spec])
     metrics = training.train_sft(config, out, model, tokenizer, dataset, args=args, peft_config=peft_config,
                                  format_prompts=format_prompts)
     metrics["format_held_out"] = held_out
