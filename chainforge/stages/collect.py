@@ -16,20 +16,20 @@ import shutil
 from dataclasses import dataclass, replace
 from typing import Iterator, Literal, Optional
 
-from chainforge.providers.chat import Counters, RunStopped
-from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
-from chainforge.providers.pricing import price_for, price_table
-from chainforge.collect.progress import Tally, print_summary
-from chainforge.log import info
-from chainforge.providers.resolve import HttpOptions, build_expander, build_teacher, resolve_teacher
-from chainforge.providers.teachers import PromptItem
 from chainforge import distributed
+from chainforge.collect.journal import FAILED, JOURNAL, AppendLog, compact_failed
+from chainforge.collect.progress import Tally, print_summary
 from chainforge.config import (AnswerOptions, DataOptions, ExpanderOptions, GenerationOptions, OutputOptions,
                                StageSpec, default, option)
-from chainforge.inputs import answer_column, load_rows, require_columns
-from chainforge.outputs import plan_output
 from chainforge.errors import RunFailed, UsageError
+from chainforge.inputs import answer_column, load_rows, require_columns
+from chainforge.log import info
+from chainforge.outputs import plan_output
+from chainforge.providers.chat import Counters, RunStopped
 from chainforge.providers.grounding import Grounder, Stats, Target, trace_key
+from chainforge.providers.pricing import price_for, price_table
+from chainforge.providers.resolve import HttpOptions, build_expander, build_teacher, resolve_teacher
+from chainforge.providers.teachers import PromptItem
 from chainforge.sampling import row_id
 
 @dataclass(kw_only=True)
