@@ -82,7 +82,7 @@ def main() -> None:
         return worker(args)
 
     n1, n2 = args.sizes
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_apis.py"), "deepseek",
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "helpers" / "fake_apis.py"), "deepseek",
                                "--latency", str(args.latency)], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline().split()[1])

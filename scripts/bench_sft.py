@@ -189,7 +189,7 @@ def main() -> None:
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    from tiny import build_tokenizer
+    from helpers.tiny import build_tokenizer
 
     from chainforge.models import CHATML_TEMPLATE
 

@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))  # tiny.py: a tokenizer built offline, no hub access needed
+sys.path.insert(0, str(REPO / "tests"))  # helpers/tiny.py: a tokenizer built offline, no hub access needed
 
 TINY = os.environ.get("GPU_CHECK_TINY") == "1"
 SCHEMA = 1
@@ -103,7 +103,7 @@ def build(out: Path) -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tiny import build_tokenizer
+    from helpers.tiny import build_tokenizer
 
     tok = build_tokenizer()
     for name, shape in SHAPES.items():
@@ -123,7 +123,7 @@ def build(out: Path) -> None:
     data = out / "data"
     data.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
-    words = " ".join(__import__("tiny").CORPUS).split()
+    words = " ".join(__import__("helpers.tiny", fromlist=["CORPUS"]).CORPUS).split()
     target = 200 if TINY else 1900  # tokens per SFT row: near --max-length, little padding
     rows = []
     for i in range(64 if not TINY else 8):

@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny random Qwen2 checkpoint built once per session, an isolated
-CHAINFORGE_HOME, and an in-process CLI runner."""
+CHAINFORGE_HOME, an in-process CLI runner, and the loopback fake API servers with the environment
+that points the clients at them. What they are built from is tests/helpers/."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers.cli import CLI  # noqa: E402  (tests/ is on sys.path from here)
+from helpers.fake_apis import FakeAnthropic, FakeAnthropicBatches, FakeDeepSeek  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +28,7 @@ for secret in ("DEEPSEEK_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_API_KEY"):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer random Qwen2 (hidden 64) with a byte-level BPE tokenizer and a ChatML template."""
-    from tiny import build_tiny_model
+    from helpers.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
@@ -41,38 +45,44 @@ def _isolated_home(chainforge_home, monkeypatch):
         monkeypatch.setenv("CHAINFORGE_HOME", str(chainforge_home))
 
 
-class CLI:
-    """Run `chainforge ARGS` in-process; returns typer's Result (exit_code, stdout, stderr)."""
-
-    def __call__(self, *args, env=None):
-        from typer.testing import CliRunner
-
-        from chainforge.cli import app
-
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env, catch_exceptions=True)
-        if result.exception and not isinstance(result.exception, SystemExit):
-            import traceback
-
-            traceback.print_exception(result.exception)
-        return result
-
-
 @pytest.fixture
 def cli() -> CLI:
     return CLI()
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    import json
+# ---- the loopback fake APIs -------------------------------------------------------------------------
 
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+@pytest.fixture
+def fast_backoff(monkeypatch):
+    """Retries back off in hundredths of a second instead of seconds."""
+    import chainforge.providers.retry as retry
+
+    monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
 
 
-def sigint_default() -> None:
-    """`preexec_fn` for a child the test interrupts with SIGINT: a suite started in the background
-    (`cmd &` in a non-interactive shell) inherits SIGINT ignored, and Python keeps it ignored, so the
-    child would never see the signal."""
-    import signal
+@pytest.fixture
+def deepseek(monkeypatch, fast_backoff):
+    """A fake DeepSeek on loopback; DEEPSEEK_API_KEY and DEEPSEEK_BASE_URL point at it."""
+    with FakeDeepSeek(latency=0.01) as server:
+        monkeypatch.setenv("DEEPSEEK_API_KEY", server.api_key)
+        monkeypatch.setenv("DEEPSEEK_BASE_URL", server.url)
+        yield server
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+@pytest.fixture
+def anthropic_api(monkeypatch):
+    """A fake Anthropic Messages API on loopback; ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL point at it."""
+    with FakeAnthropic() as server:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        yield server
+
+
+@pytest.fixture
+def anthropic_batches(monkeypatch):
+    """A fake Anthropic with Message Batches on loopback; ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL
+    point at it."""
+    with FakeAnthropicBatches() as server:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        yield server

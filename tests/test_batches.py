@@ -1,5 +1,5 @@
 """--expander-batch: expansions as Anthropic Message Batches, against the loopback fake of the batches
-endpoints (tests/fake_apis.py: FakeAnthropicBatches), through the real anthropic SDK."""
+endpoints (tests/helpers/fake_apis.py: FakeAnthropicBatches), through the real anthropic SDK."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
-from fake_apis import FakeAnthropicBatches, FakeDeepSeek
+from helpers.files import manifest, write_jsonl
 
 from chainforge.providers.batches import split_batches
 from chainforge.formats import parse_super_cot
@@ -21,16 +20,12 @@ N = 4
 
 
 @pytest.fixture
-def servers(monkeypatch):
-    import chainforge.providers.retry as retry
-
-    monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
-    with FakeDeepSeek(latency=0.01) as ds, FakeAnthropicBatches() as an:
-        env = {"DEEPSEEK_API_KEY": ds.api_key, "DEEPSEEK_BASE_URL": ds.url,
-               "ANTHROPIC_API_KEY": an.api_key, "ANTHROPIC_BASE_URL": an.url}
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        yield ds, an, env
+def servers(deepseek, anthropic_batches):
+    """The fake DeepSeek and Anthropic batches servers (conftest.py) and the environment naming them."""
+    ds, an = deepseek, anthropic_batches
+    env = {"DEEPSEEK_API_KEY": ds.api_key, "DEEPSEEK_BASE_URL": ds.url,
+           "ANTHROPIC_API_KEY": an.api_key, "ANTHROPIC_BASE_URL": an.url}
+    return ds, an, env
 
 
 def prompts(tmp_path: Path) -> Path:
@@ -45,7 +40,7 @@ def rows_of(out: Path) -> list[dict]:
 
 
 def metrics(out: Path) -> dict:
-    return json.loads((out / "chainforge.json").read_text())["metrics"]
+    return manifest(out)["metrics"]
 
 
 def batch_posts(an) -> list[dict]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from helpers.files import write_jsonl
 
 FAST = ["--max-steps", "2", "--batch-size", "4", "--max-new-tokens", "4"]
 
@@ -43,7 +43,7 @@ def base(tiny_model, tmp_path_factory) -> Path:
 def run_dir(base, tmp_path_factory):
     """A recipe-like run folder: an eval of the base, then sft on it, then a second sft with its own
     system prompt."""
-    from conftest import CLI
+    from helpers.cli import CLI
 
     cli = CLI()
     root = tmp_path_factory.mktemp("run")

@@ -1,4 +1,4 @@
-"""collect end to end: the real CLI against real HTTP servers on 127.0.0.1 (tests/fake_apis.py)."""
+"""collect end to end: the real CLI against real HTTP servers on 127.0.0.1 (tests/helpers/fake_apis.py)."""
 
 from __future__ import annotations
 
@@ -6,33 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
-from fake_apis import FakeAnthropic, FakeDeepSeek
+from helpers.cli import assert_exit_2
+from helpers.files import manifest, write_jsonl
 
 from chainforge.formats import parse_super_cot
-
-
-@pytest.fixture
-def fast_backoff(monkeypatch):
-    import chainforge.providers.retry as retry
-
-    monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
-
-
-@pytest.fixture
-def deepseek(monkeypatch, fast_backoff):
-    with FakeDeepSeek(latency=0.01) as server:
-        monkeypatch.setenv("DEEPSEEK_API_KEY", server.api_key)
-        monkeypatch.setenv("DEEPSEEK_BASE_URL", server.url)
-        yield server
-
-
-@pytest.fixture
-def anthropic_api(monkeypatch):
-    with FakeAnthropic() as server:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        yield server
 
 
 def prompts_file(tmp_path: Path, n: int, answer: str = "42") -> Path:
@@ -44,10 +21,6 @@ def rows_of(out: Path) -> list[dict]:
     from datasets import load_from_disk
 
     return list(load_from_disk(str(out)))
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "chainforge.json").read_text())
 
 
 def failed_lines(out: Path) -> list[dict]:
@@ -336,11 +309,7 @@ def test_bad_input_exits_2_and_creates_nothing(cli, tmp_path, monkeypatch, extra
         monkeypatch.delenv(k, raising=False) if v is None else monkeypatch.setenv(k, v)
     out = tmp_path / "out"
     r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, *extra)
-    assert r.exit_code == 2, r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
-    assert not out.exists()
+    assert_exit_2(r, needle, output=out)
 
 
 def test_missing_deepseek_key_suggests_the_local_teacher(cli, tmp_path):

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sigint_default, write_jsonl
-from fake_apis import FakeDeepSeek
+from helpers.cli import sigint_default
+from helpers.files import write_jsonl
+from helpers.fake_apis import FakeDeepSeek
 
 N = 40
 CONCURRENCY = 4

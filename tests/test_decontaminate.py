@@ -11,6 +11,7 @@ from chainforge.outputs import MANIFEST, read_manifest
 from chainforge.decontam import EvalIndex, Match, build_index, find_matches, normalise, prompt_text
 from chainforge.errors import RunFailed, UsageError
 from chainforge.stages.decontaminate import REMOVED, DecontaminateConfig, run
+from helpers.files import write_jsonl
 
 EVAL = [
     "A rectangle has a perimeter of 46 centimetres and its length is 5 centimetres more than its width. "
@@ -123,11 +124,6 @@ def test_ngram_must_be_positive():
 
 
 # ---- the stage ----------------------------------------------------------------------------------
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
 
 @pytest.fixture
 def files(tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from helpers.cli import assert_exit_2
+from helpers.files import manifest, write_jsonl
 
 QUESTIONS = [f"What is {a} + {b}?" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (2, 7), (4, 4),
                                                 (6, 1), (8, 3), (5, 5), (12, 7), (3, 9)]]
@@ -19,7 +20,7 @@ FAST = ["--max-new-tokens", "12", "--batch-size", "4", "--seed", "0"]
 @pytest.fixture(scope="module")
 def student_model(tiny_model, tmp_path_factory) -> Path:
     """A 1-layer, hidden-32 Qwen2 with exactly the teacher's tokenizer (so both methods apply)."""
-    from tiny import build_tiny_model
+    from helpers.tiny import build_tiny_model
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
@@ -39,17 +40,13 @@ def prompts_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def traces_run(tiny_model, student_model, prompts_file, tmp_path_factory):
     """One `--method traces` run, shared by the tests that inspect it."""
-    from conftest import CLI
+    from helpers.cli import CLI
 
     out = tmp_path_factory.mktemp("runs") / "traces"
     r = CLI()("distill", "--teacher", tiny_model, "--student", student_model, "--data", prompts_file,
               "--output", out, "--num-samples", "2", "--temperature", "1.0", "--max-steps", "12",
               "--learning-rate", "3e-3", "--warmup-ratio", "0", *FAST)
     return r, out
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "chainforge.json").read_text())
 
 
 def assistant_loss(model_dir: Path, conversations: list[list[dict]]) -> float:
@@ -216,7 +213,7 @@ def test_logits_with_an_unmerged_lora_adapter(cli, tiny_model, student_model, pr
 
 
 def test_logits_refuses_two_vocabularies(cli, tiny_model, tmp_path):
-    from tiny import build_tiny_model, build_tokenizer
+    from helpers.tiny import build_tiny_model, build_tokenizer
 
     other = build_tiny_model(tmp_path / "other", layers=1, hidden=32, tokenizer=build_tokenizer(vocab_size=300))
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": q} for q in QUESTIONS])
@@ -265,10 +262,7 @@ def test_bad_input_is_one_line_exit_2(cli, tiny_model, student_model, tmp_path, 
     elif case == "bad-eval-data":
         extra = ["--eval-data", tmp_path / "missing.jsonl"]
     r = cli("distill", *[x for kv in args.items() for x in kv], *extra)
-    assert r.exit_code == 2, r.stderr
-    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert expect in r.stderr, r.stderr
-    assert not out.exists()
+    assert_exit_2(r, expect, output=out)
 
 
 # ---- the embedded pair ------------------------------------------------------------------------------------

@@ -7,26 +7,12 @@ shards merged into one journal (chainforge/distributed.py, chainforge/sampling/j
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_jsonl
-from fake_apis import FakeDeepSeek
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def torchrun(args: list, cwd: Path, env: dict | None = None, nproc: int = 2, timeout: int = 600):
-    """`torchrun --standalone --nproc_per_node N -m chainforge ARGS` with this checkout's package."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "OMP_NUM_THREADS": "1", **(env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "chainforge", *[str(a) for a in args]]
-    return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+from helpers.files import write_jsonl
+from helpers.fake_apis import FakeDeepSeek
+from helpers.launch import torchrun
 
 
 def test_collect_in_a_recipe_on_two_ranks_pays_once_per_prompt(tmp_path):
@@ -124,7 +110,7 @@ def test_shards_interleave_and_cover_every_prompt(monkeypatch):
 def test_an_fsdp_launch_on_cpu_says_it_trains_unsharded_and_still_writes_a_loadable_model(tmp_path, tiny_model):
     """accelerate enables FSDP for GPU process groups only (MULTI_CPU stays data parallel): the run
     says so instead of pretending to shard, and its checkpoint loads."""
-    from test_sft import collect_rows
+    from helpers.rows import collect_rows
 
     data = write_jsonl(tmp_path / "d.jsonl", collect_rows(12))
     out = tmp_path / "out"
@@ -146,7 +132,7 @@ def test_an_fsdp_launch_on_cpu_says_it_trains_unsharded_and_still_writes_a_loada
 def test_a_recipe_of_eval_sft_reject_and_distill_on_two_ranks(tmp_path, tiny_model):
     """eval (the process group started by chainforge), then sft (accelerate joins it), reject and
     distill's teacher sampling split across the ranks, every output written once."""
-    from test_sft import collect_rows
+    from helpers.rows import collect_rows
 
     sft_data = write_jsonl(tmp_path / "sft.jsonl", collect_rows(8))
     questions = write_jsonl(tmp_path / "q.jsonl", [{"prompt": f"What is {i} + {i}?", "answer": str(2 * i)}

@@ -8,7 +8,9 @@ import pytest
 from chainforge.formats import write_super_cot
 from chainforge.metrics import evaluate_model, majority_vote, pass_at_k
 from chainforge.sampling import VLLMModel
-from conftest import write_jsonl
+from helpers.cli import assert_exit_2
+from helpers.files import write_jsonl
+from helpers.vllm_stand_ins import StandInLLM, StandInVLLM
 
 ROWS = [{"id": "a", "prompt": "What is 2 + 3?", "answer": "5"},
         {"id": "b", "prompt": "What is 4 + 4?", "answer": "8"},
@@ -47,21 +49,6 @@ def test_majority_vote_and_its_tie_rule():
     assert majority_vote(["9", "4", "4"]) == ("4", 2)
 
 
-class ScriptedLLM:
-    """vLLM's LLM.generate interface, answering each request with scripted completions in order."""
-
-    def __init__(self, script):
-        self.script = list(script)
-
-    def generate(self, prompts, sampling_params):
-        outs = []
-        for _ in prompts:
-            texts = self.script.pop(0)
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(text=t, token_ids=[0] * (i + 1), finish_reason="stop")
-                                                 for i, t in enumerate(texts)]))
-        return outs
-
-
 def cot(answer):
     return write_super_cot(["add the numbers"], None, answer)
 
@@ -75,7 +62,7 @@ def test_evaluate_model_metrics_by_hand(tiny_model):
         [cot("9"), cot("7"), cot("7"), cot("8")],              # b: 1 correct, majority 7 -> wrong
         ["\\boxed{2}", "\\boxed{1}", "\\boxed{2}", "\\boxed{1}"],  # 2-2 tie: 2 came first -> wrong
     ]
-    model = VLLMModel(ScriptedLLM(script), sampling_params=SimpleNamespace)
+    model = VLLMModel(StandInLLM(script), sampling_params=SimpleNamespace)
     metrics, results = evaluate_model(model, tok, ROWS, num_samples=4, temperature=0.6)
     assert metrics["k"] == 4
     assert math.isclose(metrics["pass@1"], (2 / 4 + 1 / 4 + 2 / 4) / 3)
@@ -98,7 +85,7 @@ def test_evaluate_model_greedy_draws_one(tiny_model):
     from chainforge.models import load_tokenizer, resolve_model
 
     tok = load_tokenizer(resolve_model(str(tiny_model)))
-    model = VLLMModel(ScriptedLLM([[cot("5")], [cot("1")], ["\\boxed{1}"]]), sampling_params=SimpleNamespace)
+    model = VLLMModel(StandInLLM([[cot("5")], [cot("1")], ["\\boxed{1}"]]), sampling_params=SimpleNamespace)
     metrics, results = evaluate_model(model, tok, ROWS, num_samples=8, temperature=0)
     assert metrics["k"] == 1 and [len(r["completions"]) for r in results] == [1, 1, 1]
     assert math.isclose(metrics["pass@1"], 2 / 3) and metrics["pass@1"] == metrics["pass@k"] == metrics["maj@k"]
@@ -161,7 +148,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, toy, 
     cases = [
         (("--num-samples", 0), "--num-samples"),
         (("--data", bad_prompt), "--data row 0: column 'prompt' must be a non-empty string"),
-        (("--rewards", "test_reject:vowel_share", "--no-custom-rewards"), "custom rewards are turned off"),
+        (("--rewards", "helpers.rewards:vowel_share", "--no-custom-rewards"), "custom rewards are turned off"),
         ((), "no answer column"),
         (("--compare", not_eval), "is not an eval output"),
         (("--compare", tmp_path / "missing"), "is not an eval output"),
@@ -172,10 +159,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, toy, 
         out = tmp_path / f"out{i}"
         data = no_answer if message == "no answer column" else toy
         r = _eval(cli, tiny_model, data, out, *extra)
-        assert r.exit_code == 2, (extra, r.stderr)
-        assert message in r.stderr, (extra, r.stderr)
-        assert "Traceback" not in r.stderr
-        assert not out.exists()
+        assert_exit_2(r, message, output=out)
 
 
 def test_num_samples_below_one_in_the_real_program_is_one_line(tmp_path, tiny_model, toy):
@@ -187,39 +171,8 @@ def test_num_samples_below_one_in_the_real_program_is_one_line(tmp_path, tiny_mo
     assert "--num-samples" in r.stderr and not (tmp_path / "o").exists()
 
 
-class FakeVLLM:
-    """A stand-in `vllm` module: LLM answers with the tiny HF model's greedy output (via transformers)."""
-
-    class SamplingParams(SimpleNamespace):
-        pass
-
-    class LLM:
-        def __init__(self, model, seed=0, **kwargs):
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            self.model = AutoModelForCausalLM.from_pretrained(model)
-            self.tok = AutoTokenizer.from_pretrained(model)
-            self.kwargs = kwargs
-
-        def generate(self, prompts, sampling_params):
-            import torch
-
-            outs = []
-            for p, sp in zip(prompts, sampling_params):
-                ids = torch.tensor([p["prompt_token_ids"]])
-                gen = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=sp.max_tokens,
-                                          do_sample=False, eos_token_id=sp.stop_token_ids,
-                                          pad_token_id=self.tok.pad_token_id)[0, ids.shape[1]:].tolist()
-                text = self.tok.decode([t for t in gen if t not in sp.stop_token_ids], skip_special_tokens=True)
-                finished = any(t in sp.stop_token_ids for t in gen)
-                outs.append(SimpleNamespace(outputs=[SimpleNamespace(text=text, token_ids=gen,
-                                                                     finish_reason="stop" if finished else "length")
-                                                     for _ in range(sp.n)]))
-            return outs
-
-
 def test_eval_with_the_vllm_backend_through_a_stand_in(cli, tiny_model, toy, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", FakeVLLM)
+    monkeypatch.setitem(sys.modules, "vllm", StandInVLLM)
     out_v, out_h = tmp_path / "v", tmp_path / "h"
     r = _eval(cli, tiny_model, toy, out_v, "--backend", "vllm", "--temperature", 0)
     assert r.exit_code == 0, r.stderr

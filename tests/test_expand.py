@@ -1,5 +1,5 @@
 """Grounding of kept rows in reject and distill (--expander), through the one path in
-chainforge/providers/grounding.py, against the loopback Anthropic fake (tests/fake_apis.py) and the tiny model."""
+chainforge/providers/grounding.py, against the loopback Anthropic fake (tests/helpers/fake_apis.py) and the tiny model."""
 
 from __future__ import annotations
 
@@ -13,24 +13,16 @@ from pathlib import Path
 
 import datasets
 import pytest
-from conftest import write_jsonl
-from fake_apis import FakeAnthropic, FakeAnthropicBatches, default_anthropic_answer
+from helpers.files import write_jsonl
+from helpers.fake_apis import FakeAnthropic, default_anthropic_answer
 
 from chainforge.steps import UncertaintyRule
 from chainforge.providers.grounding import Grounded, rewrite, trace_parts
 from chainforge.formats import parse_super_cot
 
-REWARD = "test_reject:vowel_share"  # tests/test_reject.py: a reward only some candidates pass
+REWARD = "helpers.rewards:vowel_share"  # a reward only some candidates pass
 GROUND = ["--expander", "anthropic", "--long-step-words", "2", "--max-expansions", "2"]
 RULE = UncertaintyRule.build(long_step_words=2)
-
-
-@pytest.fixture
-def anthropic_api(monkeypatch):
-    with FakeAnthropic() as server:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        yield server
 
 
 @pytest.fixture
@@ -71,7 +63,7 @@ def assert_grounded_only_where_uncertain(rows) -> int:
 def test_reject_grounds_only_the_kept_candidates(cli, tiny_model, data, tmp_path, anthropic_api):
     probe = tmp_path / "probe"
     assert cli(*reject_args(tiny_model, data, probe, "--min-reward", 0)).exit_code == 0
-    from test_reject import vowel_share
+    from helpers.rewards import vowel_share
 
     scores = sorted(vowel_share(candidates(probe)))
     threshold = scores[len(scores) // 2]  # some candidates pass, some are discarded
@@ -160,16 +152,15 @@ def test_distill_grounds_the_kept_traces_before_training(cli, tiny_model, tmp_pa
     assert m["expanded_steps"] == grounded and m["expansion_cost_usd"] > 0
 
 
-def test_reject_with_expander_batch_sends_one_batch_at_half_price(cli, tiny_model, data, tmp_path, monkeypatch):
-    with FakeAnthropicBatches() as server:
-        monkeypatch.setenv("ANTHROPIC_API_KEY", server.api_key)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
-        out = tmp_path / "out"
-        r = cli(*reject_args(tiny_model, data, out, "--min-reward", 0, "--keep", "all-passing", *GROUND, "--expander-batch",
-                             "--poll-interval", "0.01"))
-        assert r.exit_code == 0, r.stderr
-        assert len(server.created) == 1, r.stderr
-        assert not [q for q in server.requests if q["path"].rstrip("/") == "/v1/messages"]
+def test_reject_with_expander_batch_sends_one_batch_at_half_price(cli, tiny_model, data, tmp_path,
+                                                                 anthropic_batches):
+    server = anthropic_batches
+    out = tmp_path / "out"
+    r = cli(*reject_args(tiny_model, data, out, "--min-reward", 0, "--keep", "all-passing", *GROUND, "--expander-batch",
+                         "--poll-interval", "0.01"))
+    assert r.exit_code == 0, r.stderr
+    assert len(server.created) == 1, r.stderr
+    assert not [q for q in server.requests if q["path"].rstrip("/") == "/v1/messages"]
     grounded = assert_grounded_only_where_uncertain(datasets.load_from_disk(str(out)))
     m = json.loads((out / "chainforge.json").read_text())["metrics"]
     assert grounded > 0 and m["expanded_steps"] == grounded and m["expansion_batches"] == 1

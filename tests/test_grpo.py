@@ -4,27 +4,20 @@ the batch rule, the prompt preparation, and every bad input. The learning-signal
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
 
 from chainforge.errors import UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
-from conftest import write_jsonl
+from helpers.cli import assert_exit_2
+from helpers.files import manifest, write_jsonl
+from helpers.rows import arithmetic
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTED_METRICS = ("reward", "kl", "format_rate", "expansion_rate", "completion_tokens", "generation_time_share")
 # Small and fast: 2 prompts × 2 completions of ≤ 8 tokens per step.
 FAST = ("--num-generations", "2", "--prompts-per-step", "2", "--max-new-tokens", "8", "--lr", "1e-3")
-
-
-def arithmetic(n: int = 6, answer_key: str = "answer") -> list[dict]:
-    return [{"prompt": f"What is {a} + {a + 1}?", answer_key: str(2 * a + 1), "level": a} for a in range(n)]
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "chainforge.json").read_text())
 
 
 def tensorboard_scalars(out: Path, tag: str) -> list[tuple[int, float]]:
@@ -39,20 +32,13 @@ def tensorboard_scalars(out: Path, tag: str) -> list[tuple[int, float]]:
     return sorted(points)
 
 
-def one_line_error(r, *fragments: str) -> None:
-    assert r.exit_code == 2, (r.exit_code, r.stdout, r.stderr)
-    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
-    for fragment in fragments:
-        assert fragment in r.stderr, r.stderr
-
-
 # ---- real runs ----------------------------------------------------------------------------------
 
 def test_crash_then_resume_gives_a_complete_checkpoint(cli, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", arithmetic())
     out = tmp_path / "rl"
     args = ["grpo", "--model", tiny_model, "--data", data, "--output", out, "--rewards",
-            "grpo_rewards:crashes_after_step_2", "--max-steps", "3", "--save-steps", "2", *FAST]
+            "helpers.rewards:crashes_after_step_2", "--max-steps", "3", "--save-steps", "2", *FAST]
 
     crashed = cli(*args, env={"CHAINFORGE_TEST_CRASH": "1"})
     assert crashed.exit_code == 1, crashed.stderr
@@ -108,7 +94,7 @@ def test_learning_signal_reward_rises(cli, tiny_model, tmp_path):
     close to "19" within 30 CPU steps (seeded)."""
     data = write_jsonl(tmp_path / "p.jsonl", arithmetic(9))
     out = tmp_path / "rl"
-    r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out, "--rewards", "grpo_rewards:close_to_19",
+    r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out, "--rewards", "helpers.rewards:close_to_19",
             "--max-steps", "30", "--num-generations", "8", "--prompts-per-step", "2", "--max-new-tokens", "8",
             "--lr", "5e-3", "--save-steps", "100", "--seed", "0")
     assert r.exit_code == 0, r.stderr
@@ -184,8 +170,8 @@ def prompts(tmp_path) -> Path:
     (["--rewards", "accuracy,brevity"], ["unknown reward 'brevity'", "accuracy", "expansion", "overlong"]),
     (["--rewards", "no_such_module:fn"], ["cannot load reward"]),
     (["--rewards", "format=lots"], ["not a number"]),
-    (["--rewards", "format,grpo_rewards:close_to_19", "--no-custom-rewards"],
-     ["--rewards grpo_rewards:close_to_19: custom rewards are turned off", "accuracy"]),
+    (["--rewards", "format,helpers.rewards:close_to_19", "--no-custom-rewards"],
+     ["--rewards helpers.rewards:close_to_19: custom rewards are turned off", "accuracy"]),
     (["--num-generations", "1"], ["--num-generations must be at least 2"]),
     (["--beta", "-0.1"], ["--beta must be ≥ 0"]),
     (["--temperature", "0"], ["--temperature must be > 0"]),
@@ -197,7 +183,7 @@ def prompts(tmp_path) -> Path:
 def test_bad_options(cli, tiny_model, prompts, tmp_path, extra, fragments):
     out = tmp_path / "rl"
     r = cli("grpo", "--model", tiny_model, "--data", prompts, "--output", out, *extra)
-    one_line_error(r, *fragments)
+    assert_exit_2(r, *fragments)
     assert not out.exists()
 
 
@@ -205,7 +191,7 @@ def test_accuracy_without_answer_column(cli, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is 1 + 1?", "level": 1}] * 4)
     out = tmp_path / "rl"
     r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out)
-    one_line_error(r, "no answer column 'answer' (nor 'reference')", "columns found: prompt, level",
+    assert_exit_2(r, "no answer column 'answer' (nor 'reference')", "columns found: prompt, level",
                    "accuracy, expansion")
     assert not out.exists()
 
@@ -213,9 +199,9 @@ def test_accuracy_without_answer_column(cli, tiny_model, tmp_path):
 def test_missing_prompt_column_and_empty_prompt(cli, tiny_model, tmp_path):
     out = tmp_path / "rl"
     data = write_jsonl(tmp_path / "q.jsonl", [{"question": "1 + 1?", "answer": "2"}] * 4)
-    one_line_error(cli("grpo", "--model", tiny_model, "--data", data, "--output", out), "no column 'prompt'")
+    assert_exit_2(cli("grpo", "--model", tiny_model, "--data", data, "--output", out), "no column 'prompt'")
     data = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "  ", "answer": "2"}] * 4)
-    one_line_error(cli("grpo", "--model", tiny_model, "--data", data, "--output", out), "row 0")
+    assert_exit_2(cli("grpo", "--model", tiny_model, "--data", data, "--output", out), "row 0")
     assert not out.exists()
 
 
@@ -223,7 +209,7 @@ def test_missing_prompt_column_and_empty_prompt(cli, tiny_model, tmp_path):
 def test_use_vllm_without_vllm_names_the_extra(cli, tiny_model, prompts, tmp_path):
     out = tmp_path / "rl"
     r = cli("grpo", "--model", tiny_model, "--data", prompts, "--output", out, "--use-vllm")
-    one_line_error(r, "pip install 'chainforge[vllm]'")
+    assert_exit_2(r, "pip install 'chainforge[vllm]'")
     assert not out.exists()
 
 
@@ -233,4 +219,4 @@ def test_shipped_configs_use_known_options(cli, tiny_model, tmp_path):
         r = cli("grpo", "--config", ROOT / "configs" / name, "--model", tiny_model,
                 "--data", tmp_path / "missing.jsonl", "--output", tmp_path / "rl")
         expected = "--data not found" if (importlib.util.find_spec("vllm") or "7b" not in name) else "vllm"
-        one_line_error(r, expected)
+        assert_exit_2(r, expected)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import write_jsonl
+from helpers.files import write_jsonl
 
 FAST = ("--num-generations", "2", "--prompts-per-step", "2", "--max-new-tokens", "8", "--lr", "1e-3")
 

@@ -10,8 +10,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
-from fake_apis import FakeDeepSeek, RecordingProxy
+from helpers.files import manifest, write_jsonl
+from helpers.fake_apis import FakeDeepSeek, RecordingProxy
 
 import chainforge.providers.http as http
 from chainforge.providers.chat import ChatAPI, Counters
@@ -19,12 +19,9 @@ from chainforge.providers.http import Endpoint, HttpClient, TransportError
 
 
 @pytest.fixture
-def fast(monkeypatch):
+def fast(monkeypatch, fast_backoff):
     """Quick backoff and short limits, so stalls and trickles fail in seconds. The fake trickles a
     byte every 0.05 s, twenty times inside the idle timeout, so a trickle can only hit the deadline."""
-    import chainforge.providers.retry as retry
-
-    monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
     monkeypatch.setattr(http, "IDLE_TIMEOUT_S", 1.0)
     monkeypatch.setattr(http, "DEADLINE_S", 3.0)
     monkeypatch.setattr(http, "MAX_RESPONSE_BYTES", 256 * 1024)
@@ -34,11 +31,9 @@ def fast(monkeypatch):
 
 
 @pytest.fixture
-def deepseek(monkeypatch, fast):
-    with FakeDeepSeek(latency=0.01) as server:
-        monkeypatch.setenv("DEEPSEEK_API_KEY", server.api_key)
-        monkeypatch.setenv("DEEPSEEK_BASE_URL", server.url)
-        yield server
+def deepseek(deepseek, fast):
+    """The fake DeepSeek of conftest.py, with this file's short limits."""
+    return deepseek
 
 
 def prompts(tmp_path: Path, n: int) -> Path:
@@ -51,7 +46,7 @@ def q(i: int) -> str:
 
 
 def metrics(out: Path) -> dict:
-    return json.loads((out / "chainforge.json").read_text())["metrics"]
+    return manifest(out)["metrics"]
 
 
 def failed(out: Path) -> list[dict]:
@@ -304,11 +299,8 @@ def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(fast):
     assert failure.status_code == 307 and elsewhere.requests == []
 
 
-def test_the_http_limits_are_options(cli, tmp_path, monkeypatch):
+def test_the_http_limits_are_options(cli, tmp_path, monkeypatch, fast_backoff):
     """--idle-timeout and --max-response-mb reach the client (no monkeypatched defaults here)."""
-    import chainforge.providers.retry as retry
-
-    monkeypatch.setattr(retry, "BACKOFF_BASE_S", 0.01)
     with FakeDeepSeek(latency=0.01) as server:
         monkeypatch.setenv("DEEPSEEK_API_KEY", server.api_key)
         monkeypatch.setenv("DEEPSEEK_BASE_URL", server.url)

@@ -11,7 +11,7 @@ import pytest
 from chainforge import rollouts
 from chainforge.formats import write_super_cot
 from chainforge.rewards import get_reward
-from conftest import write_jsonl
+from helpers.files import write_jsonl
 
 FAST = ("--num-generations", "2", "--prompts-per-step", "2", "--max-new-tokens", "8", "--lr", "1e-3")
 # Tests that need the policy to MOVE need groups with different rewards: about 13 % of the tiny random
@@ -97,7 +97,7 @@ def test_grpo_warns_when_kl_jumps(cli, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(rollouts, "KL_WARN", 1e-9)  # any movement away from the reference counts
     data = write_jsonl(tmp_path / "p.jsonl", arithmetic(6))
     r = cli("grpo", "--model", tiny_model, "--data", data, "--output", tmp_path / "rl", "--max-steps", "3",
-            "--rewards", "grpo_rewards:close_to_19", "--save-steps", "100", *GROUPS_OF_8)
+            "--rewards", "helpers.rewards:close_to_19", "--save-steps", "100", *GROUPS_OF_8)
     assert r.exit_code == 0, r.stderr
     warnings = [x for x in r.stderr.splitlines() if x.startswith("warning: grpo step")]
     assert len(warnings) == 1 and ": KL to the reference" in warnings[0], r.stderr
@@ -106,8 +106,8 @@ def test_grpo_warns_when_kl_jumps(cli, tiny_model, tmp_path, monkeypatch):
 # ---- the direction of the GRPO effect (slow) -----------------------------------------------------------
 
 def away_from_19(completions, **kw) -> list[float]:
-    """The negation of grpo_rewards.close_to_19: a policy that follows it must move AWAY from "19"."""
-    from grpo_rewards import close_to_19
+    """The negation of helpers.rewards.close_to_19: a policy that follows it must move AWAY from "19"."""
+    from helpers.rewards import close_to_19
 
     return [1.0 - v for v in close_to_19(completions, **kw)]
 
@@ -115,7 +115,7 @@ def away_from_19(completions, **kw) -> list[float]:
 def held_out_closeness(model_dir: Path, prompts: list[str]) -> float:
     """Mean close_to_19 of 8 sampled completions per HELD-OUT prompt (seeded), with the chat the
     trainer used (Super CoT system turn)."""
-    from grpo_rewards import close_to_19
+    from helpers.rewards import close_to_19
 
     from chainforge.models import load_model, load_tokenizer, resolve_model
     from chainforge.sampling import generate, resolve_system_prompt
@@ -148,7 +148,7 @@ def test_grpo_moves_held_out_behaviour_the_rewarded_way(cli, tiny_model, tmp_pat
     reward, a loss that ignores the completion mask, or an optimizer that does not step all break
     the expected order  flipped ≤ start < rewarded."""
     before = held_out_closeness(tiny_model, HELD_OUT)
-    toward = held_out_closeness(_grpo(cli, tiny_model, tmp_path, "toward", "grpo_rewards:close_to_19",
+    toward = held_out_closeness(_grpo(cli, tiny_model, tmp_path, "toward", "helpers.rewards:close_to_19",
                                       "--lr", "5e-3"), HELD_OUT)
     away = held_out_closeness(_grpo(cli, tiny_model, tmp_path, "away", "test_learning:away_from_19",
                                     "--lr", "5e-3"), HELD_OUT)
@@ -167,7 +167,7 @@ def test_grpo_with_lora_trains_and_merges_the_adapters(cli, tiny_model, tmp_path
     data = write_jsonl(tmp_path / "p.jsonl", arithmetic(6))
     out = tmp_path / "lora"
     r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out, "--max-steps", "3", "--rewards",
-            "grpo_rewards:close_to_19", "--lora", "--lora-r", "8", "--lora-alpha", "16", "--save-steps", "100",
+            "helpers.rewards:close_to_19", "--lora", "--lora-r", "8", "--lora-alpha", "16", "--save-steps", "100",
             "--warmup-ratio", "0", *GROUPS_OF_8[:-2], "--lr", "3e-2")
     assert r.exit_code == 0, r.stderr
     start, trained = load_file(str(tiny_model / "model.safetensors")), load_file(str(out / "model.safetensors"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chainforge.outputs import read_manifest
-from conftest import write_jsonl
+from helpers.files import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"]
@@ -24,7 +24,7 @@ def test_shell_scripts_are_shellcheck_clean():
 def test_pipeline_runs_every_stage_on_the_tiny_model(tmp_path, tiny_model):
     from transformers import AutoTokenizer
 
-    from tiny import build_tiny_model
+    from helpers.tiny import build_tiny_model
 
     student = build_tiny_model(tmp_path / "student", layers=1, hidden=32,
                                tokenizer=AutoTokenizer.from_pretrained(str(tiny_model)))

@@ -5,21 +5,14 @@ import datasets
 import pytest
 
 from chainforge.metrics import select_candidates
-from conftest import write_jsonl
+from helpers.cli import assert_exit_2
+from helpers.files import write_jsonl
+from helpers.rewards import vowel_share
 
 DOCUMENTED_COLUMNS = {"id", "prompt", "reference", "text", "messages", "reward", "candidates", "kept_rank"}
 
 
-def vowel_share(completions, **_):
-    """A test reward that only some candidates of the tiny model pass: the share of vowels, x10."""
-    out = []
-    for c in completions:
-        letters = [ch for ch in c.lower() if ch.isalpha()]
-        out.append(10 * sum(ch in "aeiou" for ch in letters) / len(letters) if letters else 0.0)
-    return out
-
-
-REWARD = "test_reject:vowel_share"
+REWARD = "helpers.rewards:vowel_share"  # a reward only some candidates pass
 
 
 def test_select_candidates_dedupes_ranks_and_filters():
@@ -138,7 +131,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, promp
     cases = [
         ((bad_prompt,), "--data row 1: column 'prompt' must be a non-empty string"),
         ((bad_answer,), "--data row 0: column 'answer' must hold the reference answer"),
-        ((data, "--rewards", "test_reject:vowel_share", "--no-custom-rewards"), "custom rewards are turned off"),
+        ((data, "--rewards", "helpers.rewards:vowel_share", "--no-custom-rewards"), "custom rewards are turned off"),
         ((data, "--num-samples", 0), "--num-samples"),
         ((no_answer, "--rewards", "accuracy,format"), "--rewards accuracy needs reference answers"),
         ((data, "--backend", "vllm"), "pip install 'chainforge[vllm]'"),
@@ -149,9 +142,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, promp
     for i, ((path, *extra), message) in enumerate(cases):
         out = tmp_path / f"out{i}"
         r = cli("reject", "--model", tiny_model, "--data", path, "--output", out, *extra)
-        assert r.exit_code == 2, (extra, r.stderr)
-        assert message in r.stderr, (extra, r.stderr)
-        assert not out.exists()
+        assert_exit_2(r, message, output=out)
     # a reward that needs no answer works on data without one
     r = cli("reject", "--model", tiny_model, "--data", no_answer, "--output", tmp_path / "fmt",
             "--rewards", REWARD, "--min-reward", 0, "--num-samples", 2, "--max-new-tokens", 4)

@@ -8,16 +8,8 @@ import pytest
 import yaml
 
 from chainforge.outputs import read_manifest
-from conftest import write_jsonl
-
-ROWS = [{"id": f"q{i}", "prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(4)]
-
-
-def write_recipe(path, run_dir, model, prompts, stages, **extra):
-    recipe = {"run_dir": str(run_dir), "model": str(model), "prompts": str(prompts), "stages": stages, **extra}
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    return path
-
+from helpers.files import write_jsonl
+from helpers.rows import RECIPE_ROWS, write_recipe
 
 def stages_for(model, sft_steps=1):
     return [
@@ -33,10 +25,10 @@ def stages_for(model, sft_steps=1):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model):
     """One real run of collect → sft → grpo, shared by the tests below."""
-    from conftest import CLI
+    from helpers.cli import CLI
 
     base = tmp_path_factory.mktemp("run")
-    prompts = write_jsonl(base / "train.jsonl", ROWS)
+    prompts = write_jsonl(base / "train.jsonl", RECIPE_ROWS)
     recipe = write_recipe(base / "recipe.yaml", base / "run", tiny_model, prompts, stages_for(tiny_model))
     result = CLI()("run", recipe)
     return base, recipe, result
@@ -104,7 +96,7 @@ def test_from_and_until(finished_run, cli):
 
 
 def test_from_a_stage_whose_inputs_were_never_made(tmp_path, cli, tiny_model):
-    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    prompts = write_jsonl(tmp_path / "p.jsonl", RECIPE_ROWS)
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "run", tiny_model, prompts, stages_for(tiny_model))
     r = cli("run", recipe, "--from", "rl")
     assert r.exit_code == 2 and "earlier stage 'collect' has no complete output" in r.stderr
@@ -127,7 +119,7 @@ def test_from_a_stage_whose_inputs_were_never_made(tmp_path, cli, tiny_model):
     (lambda r: r.update(eval_every_stage="yes"), "`eval_every_stage` must be true or false"),
 ])
 def test_bad_recipes_are_refused_before_anything_runs(tmp_path, cli, tiny_model, mutate, needle):
-    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    prompts = write_jsonl(tmp_path / "p.jsonl", RECIPE_ROWS)
     recipe = {"run_dir": str(tmp_path / "run"), "model": str(tiny_model), "prompts": str(prompts),
               "stages": stages_for(tiny_model)}
     mutate(recipe)
@@ -188,7 +180,7 @@ def test_resumable_option_changes_skip_and_a_removed_option_redoes(finished_run,
 def test_recipe_values_are_typed_as_the_stage_records_them(tmp_path, tiny_model):
     from chainforge.stages.run import load_recipe
 
-    prompts = write_jsonl(tmp_path / "p.jsonl", ROWS)
+    prompts = write_jsonl(tmp_path / "p.jsonl", RECIPE_ROWS)
     stages = stages_for(tiny_model)
     stages[1]["learning_rate"] = "1e-5"  # what YAML makes of `learning_rate: 1e-5`
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tmp_path / "run", tiny_model, prompts, stages))

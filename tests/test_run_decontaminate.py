@@ -4,8 +4,8 @@ first stage that reads them (recipe key `decontaminate`), on the tiny model with
 import json
 
 from chainforge.outputs import read_manifest
-from conftest import write_jsonl
-from test_run import ROWS, write_recipe
+from helpers.files import write_jsonl
+from helpers.rows import RECIPE_ROWS, write_recipe
 
 EVAL_ROWS = [{"id": "e0", "prompt": "A train leaves the station at 3 pm going 60 miles per hour; when does it arrive?",
               "answer": "5"},
@@ -14,7 +14,7 @@ EVAL_ROWS = [{"id": "e0", "prompt": "A train leaves the station at 3 pm going 60
 
 def contaminated_prompts(base):
     """Four clean rows, an exact copy of an eval question and a near copy (case and punctuation)."""
-    rows = ROWS + [{"id": "copy", "prompt": EVAL_ROWS[0]["prompt"], "answer": "5"},
+    rows = RECIPE_ROWS + [{"id": "copy", "prompt": EVAL_ROWS[0]["prompt"], "answer": "5"},
                    {"id": "near", "prompt": "HOW many positive divisors does the number 3600 have, in total??",
                     "answer": "45"}]
     return write_jsonl(base / "train.jsonl", rows), write_jsonl(base / "eval.jsonl", EVAL_ROWS)

@@ -25,8 +25,8 @@ import pytest
 from chainforge.config import Options
 from chainforge.outputs import LOCK, MANIFEST, plan_output, read_manifest
 from chainforge.errors import UsageError
-from conftest import write_jsonl
-from fake_apis import FakeDeepSeek
+from helpers.files import write_jsonl
+from helpers.fake_apis import FakeDeepSeek
 
 ROOT = Path(__file__).parent.parent
 
@@ -360,7 +360,7 @@ def test_sft_resumes_from_the_older_checkpoint_when_the_newest_is_torn(tiny_mode
     from safetensors.torch import load_file
     from transformers import TrainerCallback
 
-    from test_sft import collect_rows
+    from helpers.rows import collect_rows
 
     class CtrlCAtStep5(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

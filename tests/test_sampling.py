@@ -54,6 +54,7 @@ from chainforge.errors import UsageError
 from chainforge.sampling import (
     VLLMModel, auto_batch_size, bytes_per_row, engine_spec, generate_journaled, stop_token_ids,
 )
+from helpers.vllm_stand_ins import StandInLLM
 
 
 def test_samples_do_not_depend_on_batch_size_or_position(loaded):
@@ -110,22 +111,6 @@ def test_auto_batch_size_fits_the_budget(loaded):
     assert auto_batch_size(model, 100, budget_bytes=per_row * 5, ceiling=64) == 5
     assert auto_batch_size(model, 100, budget_bytes=1, ceiling=64) == 1
     assert auto_batch_size(model, 100, budget_bytes=per_row * 1000, ceiling=64) == 64
-
-
-class StandInLLM:
-    """vLLM's `LLM.generate(prompts, sampling_params)` interface: scripted completions per request."""
-
-    def __init__(self):
-        self.calls = []
-
-    def generate(self, prompts, sampling_params):
-        self.calls.append((prompts, sampling_params))
-        outs = []
-        for p, sp in zip(prompts, sampling_params):
-            outs.append(SimpleNamespace(outputs=[
-                SimpleNamespace(text=f"len{len(p['prompt_token_ids'])}-s{j}", token_ids=[1] * (j + 2),
-                                finish_reason="stop" if j % 2 == 0 else "length") for j in range(sp.n)]))
-        return outs
 
 
 def test_vllm_adapter_with_a_stand_in(loaded):

@@ -8,20 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
-from test_grpo import arithmetic, one_line_error
-from test_sft import collect_rows
+
+from helpers.cli import assert_exit_2
+from helpers.files import write_jsonl
+from helpers.rows import arithmetic, collect_rows
 
 REPO = Path(__file__).resolve().parent.parent
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 SFT_FAST = ["--max-steps", "2", "--max-length", "256", "--no-packing", "--save-steps", "1", "--max-new-tokens", "4"]
-
-
-def machine_error(r, start: str, *fragments: str) -> None:
-    """Exit 2 on what the machine lacks: one `Error:` line last, after the data-loading messages."""
-    assert r.exit_code == 2 and "Traceback" not in r.stderr, r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith(start) and all(f in last for f in fragments), last
 
 
 # ---- --attn-implementation ---------------------------------------------------------------------
@@ -48,7 +42,9 @@ def test_flash_attention_2_on_a_machine_without_it_is_exit_2(cli, tiny_model, tm
     r = cli("sft", "--model", tiny_model, "--data", data, "--output", out, "--attn-implementation",
             "flash_attention_2", *SFT_FAST)
     # refused once the data is read (a recipe naming it still validates on a machine without it)
-    machine_error(r, "Error: --attn-implementation flash_attention_2 needs", "sdpa")
+    # exit 2 on what the machine lacks: one `Error:` line last, after the data-loading messages
+    line = assert_exit_2(r, "sdpa", alone=False)
+    assert line.startswith("Error: --attn-implementation flash_attention_2 needs"), line
     assert not out.exists()
 
 
@@ -126,7 +122,8 @@ def test_auto_batch_size_under_a_launcher_is_refused(cli, tiny_model, tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "2")
     r = cli("sft", "--model", tiny_model, "--data", data, "--output", tmp_path / "out", "--auto-batch-size",
             *SFT_FAST)
-    machine_error(r, "Error: --auto-batch-size works in one process")
+    line = assert_exit_2(r, alone=False)  # after the data-loading messages
+    assert line.startswith("Error: --auto-batch-size works in one process"), line
     assert not (tmp_path / "out").exists()
 
 
@@ -164,7 +161,7 @@ def test_vllm_mode_without_vllm_names_the_extra(cli, tiny_model, tmp_path, extra
     data = write_jsonl(tmp_path / "p.jsonl", arithmetic())
     out = tmp_path / "out"
     r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out, *extra)
-    one_line_error(r, "pip install 'chainforge[vllm]'", f"--vllm-mode {extra[1]}")
+    assert_exit_2(r, "pip install 'chainforge[vllm]'", f"--vllm-mode {extra[1]}")
     assert not out.exists()
 
 
@@ -176,7 +173,7 @@ def test_vllm_mode_without_vllm_names_the_extra(cli, tiny_model, tmp_path, extra
 def test_bad_vllm_server_options_are_exit_2(cli, tiny_model, tmp_path, extra, fragment):
     out = tmp_path / "out"
     r = cli("grpo", "--model", tiny_model, "--data", "p.jsonl", "--output", out, *extra)
-    one_line_error(r, fragment)
+    assert_exit_2(r, fragment)
     assert "hunter2" not in r.stderr + r.stdout
     assert not out.exists()
 
@@ -187,7 +184,7 @@ def test_distill_backend_vllm_without_vllm_names_the_extra(cli, tiny_model, tmp_
     out = tmp_path / "out"
     r = cli("distill", "--teacher", tiny_model, "--student", tiny_model, "--data", data, "--output", out,
             "--backend", "vllm")
-    one_line_error(r, "pip install 'chainforge[vllm]'", "--backend hf")
+    assert_exit_2(r, "pip install 'chainforge[vllm]'", "--backend hf")
     assert not out.exists()
 
 

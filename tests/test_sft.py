@@ -6,15 +6,14 @@ resume test compares against.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from helpers.cli import assert_exit_2
+from helpers.files import manifest, write_jsonl
+from helpers.launch import torchrun
+from helpers.rows import collect_rows, super_cot
 
 FAST = ["--max-steps", "4", "--save-steps", "2", "--batch-size", "4", "--max-new-tokens", "8"]
 
@@ -24,29 +23,6 @@ SMOLLM2_TEMPLATE = (  # SmolLM2-135M-Instruct's own template (from its GGUF): no
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def super_cot(i: int, steps: int = 2) -> str:
-    from chainforge.formats import write_super_cot
-
-    thoughts = [f"Add the ones of {i} and 7: x < 3 and a > b hold." for _ in range(steps)]
-    return write_super_cot(thoughts, [None] * (steps - 1) + [f"No carry is needed because {i} < 10 here."],
-                           str(i + 7))
-
-
-def collect_rows(n: int = 12) -> list[dict]:
-    """Rows shaped like a collect output (the columns the contract lists)."""
-    rows = []
-    for i in range(n):
-        text = super_cot(i, steps=1 + i % 3)
-        rows.append({
-            "id": f"q{i}", "prompt": f"What is {i} + 7?", "reference": str(i + 7), "reasoning": "r",
-            "teacher_answer": str(i + 7), "steps": ["s"], "uncertain": [False], "expansions": [None],
-            "text": text, "messages": [{"role": "user", "content": f"What is {i} + 7?"},
-                                       {"role": "assistant", "content": text}],
-            "correct": i != 3, "usage": {"cost_usd": 0.0},
-        })
-    return rows
 
 
 def reject_rows(n: int = 8) -> list[dict]:
@@ -59,17 +35,13 @@ def reject_rows(n: int = 8) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     """One `chainforge sft` run on a collect-shaped dataset (4 steps, checkpoints every 2)."""
-    from conftest import CLI
+    from helpers.cli import CLI
 
     tmp = tmp_path_factory.mktemp("sft")
     data = write_jsonl(tmp / "collect.jsonl", collect_rows())
     out = tmp / "out"
     result = CLI()("sft", "--model", tiny_model, "--data", data, "--output", out, *FAST)
     return {"result": result, "out": out, "data": data}
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "chainforge.json").read_text())
 
 
 def weights(folder: Path) -> dict:
@@ -292,11 +264,7 @@ def test_bad_input_is_exit_2_and_creates_nothing(case, tiny_model, tmp_path, cli
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     out = tmp_path / "out"
     res = cli("sft", "--model", tiny_model, "--data", data, "--output", out, *extra)
-    assert res.exit_code == 2, res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1 and expected in lines[0], res.stderr
-    assert "Traceback" not in res.stderr
-    assert not out.exists()
+    assert_exit_2(res, expected, output=out, alone=False)
 
 
 def test_all_rows_keeps_rows_marked_incorrect(tiny_model, tmp_path):
@@ -327,11 +295,7 @@ def test_torchrun_two_processes_write_one_checkpoint(tiny_model, tmp_path):
     """`torchrun --nproc_per_node 2 -m chainforge sft` on CPU (gloo): world size 2, one checkpoint."""
     data = write_jsonl(tmp_path / "collect.jsonl", collect_rows())
     out = tmp_path / "out"
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "chainforge", "sft", "--model",
-                           str(tiny_model), "--data", str(data), "--output", str(out), *FAST],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = torchrun(["sft", "--model", tiny_model, "--data", data, "--output", out, *FAST], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = manifest(out)
     assert m["status"] == "complete" and m["metrics"]["world_size"] == 2 and m["metrics"]["steps"] == 4

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from chainforge.outputs import read_manifest
-from conftest import sigint_default, write_jsonl
+from helpers.cli import sigint_default
+from helpers.files import write_jsonl
 
 ROWS = [{"id": f"q{i}", "prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(4)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def _recipe(tmp_path, stages, **extra):
 
 
 def test_sigint_during_a_recipe_stage_exits_130_and_the_same_command_resumes(tmp_path):
-    from fake_apis import FakeDeepSeek
+    from helpers.fake_apis import FakeDeepSeek
 
     n = 30
     prompts = write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"P{i}: 6 x 7?", "answer": "42"} for i in range(n)])
@@ -175,13 +176,13 @@ def test_a_recipe_can_forbid_custom_rewards_for_every_stage(tmp_path, tiny_model
     from chainforge.stages.run import load_recipe, plan_stages
 
     stages = [{"name": "rl", "command": "grpo"}, {"name": "pick", "command": "reject"},
-              {"name": "own", "command": "reject", "custom_rewards": True, "rewards": "grpo_rewards:close_to_19"}]
+              {"name": "own", "command": "reject", "custom_rewards": True, "rewards": "helpers.rewards:close_to_19"}]
     recipe = _recipe(tmp_path, stages, model=str(tiny_model), custom_rewards=False)
     plan = {s.name: s.config for s in plan_stages(load_recipe(recipe))}
     assert plan["rl"].custom_rewards is False and plan["pick"].custom_rewards is False
     assert plan["own"].custom_rewards is True  # a stage's own key wins
 
-    stages[0]["rewards"] = "accuracy,grpo_rewards:close_to_19"
+    stages[0]["rewards"] = "accuracy,helpers.rewards:close_to_19"
     recipe = _recipe(tmp_path, stages, model=str(tiny_model), custom_rewards=False)
     with pytest.raises(UsageError, match="stage 'rl' .*custom rewards are turned off"):
         run_stage.run(str(recipe))

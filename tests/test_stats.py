@@ -8,7 +8,7 @@ import pytest
 
 from chainforge.metrics import (bootstrap_ci, compare_metrics, format_interval, paired_bootstrap_ci, paired_by_id,
                                 verdict)
-from conftest import write_jsonl
+from helpers.files import write_jsonl
 
 
 # ---- the maths --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Custom reward functions for the grpo tests, loaded by dotted path (`--rewards grpo_rewards:fn`;
+"""Custom reward functions for the tests, loaded by dotted path (`--rewards helpers.rewards:fn`;
 conftest puts tests/ on sys.path), exactly as a user's own reward module would be."""
 
 from __future__ import annotations
@@ -23,3 +23,12 @@ def crashes_after_step_2(completions, trainer_state=None, **kw) -> list[float]:
     if os.environ.get("CHAINFORGE_TEST_CRASH") and trainer_state is not None and trainer_state.global_step >= 2:
         raise RuntimeError("injected crash")
     return close_to_19(completions, **kw)
+
+
+def vowel_share(completions, **_):
+    """A reward that only some candidates of the tiny model pass: the share of vowels, x10."""
+    out = []
+    for c in completions:
+        letters = [ch for ch in c.lower() if ch.isalpha()]
+        out.append(10 * sum(ch in "aeiou" for ch in letters) / len(letters) if letters else 0.0)
+    return out

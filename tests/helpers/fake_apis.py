@@ -25,8 +25,8 @@ reset to None.
 DeepSeek plans match the last user turn exactly; Anthropic plans match when their key is a
 substring of the request's text (the expander prompt embeds the step).
 
-`python tests/fake_apis.py deepseek --latency 0.2` serves one in the foreground (for the benchmark,
-so the server does not share a GIL with the client) and prints `PORT <n>`.
+`python tests/helpers/fake_apis.py deepseek --latency 0.2` serves one in the foreground (for the
+benchmark, so the server does not share a GIL with the client) and prints `PORT <n>`.
 
 `RecordingProxy` is a plain HTTP forward proxy on 127.0.0.1 that records each request it relays.
 """

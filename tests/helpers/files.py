@@ -1,0 +1,20 @@
+"""Files the tests write and read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def manifest(out: Path) -> dict:
+    """The manifest of an output folder, read by the package's own reader (one must be there)."""
+    from chainforge.outputs import read_manifest
+
+    m = read_manifest(out)
+    assert m is not None, f"no readable chainforge.json in {out}"
+    return m
