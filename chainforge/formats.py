@@ -211,10 +211,19 @@ _MAX_MATH_CHARS = 2000
 # A numeric reference is matched only by a candidate that states ONE value. math-verify evaluates
 # expressions, so "6 - 5" used to match the reference 1: a GRPO policy at lr 3e-5 learned to restate
 # the question in its <summary> (73 of 200 eval summaries), and pass@1 read 0.725 where the stated
-# numbers were right 0.36 of the time. What may surround the value: LaTeX math delimiters, "the
-# answer is", a left-hand side ("x = 7"), currency, thousands commas, percent/degree signs and unit
-# words ("12 cm", "12\\text{ cm}").
-_MATH_DELIMS = ((r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"))
+# numbers were right 0.36 of the time.
+#
+# How a candidate is read: wrappers that do not change a value are peeled off, one at a time and in
+# any order, until none is left (`_peel`): the last \boxed{}, math delimiters ($…$, $$…$$, \(…\),
+# \[…\]), brackets around the whole text ((…), [[…]], {…}, with or without \left/\right), "the
+# answer is"/"Answer:", leading words ("Answer \[ 9 \]"), a left-hand side ("x = 7", "6 - 5 = 1")
+# and end punctuation. What is left must be one number, with only currency, thousands commas,
+# percent/degree signs and unit words around it ("12 cm", "12\\text{ cm}"). Peeling never drops an
+# operator between two numbers, so "6 - 5", "(6) - (5)" and "\left(6 - 5\right)" still state no value.
+_MATH_DELIMS = ((r"\(", r"\)"), (r"\[", r"\]"), ("$$", "$$"), ("$", "$"))
+_BRACKETS = {"(": ")", "[": "]", "{": "}"}
+# \left( … \right), \bigl[ … \bigr]: sizing commands change how a bracket looks, not what it means
+_SIZED = re.compile(r"\\(?:left|right|[bB]igg?[lr]?)\s*(?=[()\[\]])|\\(?:left|right)\s*\.")
 _LATEX_WRAPPERS = re.compile(r"\\(?:text|mathrm|textbf|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _LATEX_SPACES = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
 _CURRENCY = re.compile(r"\A(-?)\s*(?:\\\$|\$|€|£|¥|usd\b|eur\b|gbp\b)\s*", re.I)
@@ -222,6 +231,7 @@ _DEGREES = re.compile(r"\^\s*\{?\\circ\}?|°|\\%|%|\\degree")
 # unit words after the number; whitespace between words keeps the split unambiguous (no backtracking blow-up)
 _UNIT = r"[A-Za-z]+\.?(?:\^\{?-?\d\}?|[²³])?(?:\s*/\s*[A-Za-z]+(?:\^\{?-?\d\}?|[²³])?)?"
 _UNITS = re.compile(rf"(?:\s*{_UNIT}(?:\s+{_UNIT})*)?\s*")
+_ANSWER_IS = re.compile(r"\A(?:the\s+)?(?:final\s+)?answer\s*(?:is|:)\s*", re.I)
 _LEAD_WORDS = re.compile(r"\A(?:[A-Za-z][A-Za-z']*[\s,:]+)+")
 _NEGATING = re.compile(r"\b(?:minus|negative|not|no|than|except|between|from|of)\b", re.I)
 _DECIMAL = re.compile(r"\A([+-]?)(\d{1,3}(?:,\d{3})+|\d+)?(?:\.(\d+))?")
@@ -229,18 +239,55 @@ _FRACTION = re.compile(r"\A([+-]?)\s*(?:\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d
                        r"|(\d+)\s*/\s*(\d+))")
 
 
-def _strip_math_text(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).replace("\u2212", "-").strip()
+def _enclosed(text: str, left: str, right: str) -> Optional[str]:
+    """The inside of `text` when `left … right` encloses all of it (the opener's own closer is the
+    last character: "(6) - (5)" is not enclosed); else None."""
+    if len(text) < len(left) + len(right) or not (text.startswith(left) and text.endswith(right)):
+        return None
+    inner = text[len(left):len(text) - len(right)]
+    if left in _BRACKETS:
+        depth = 0
+        for ch in inner:
+            depth += 1 if ch == left else -1 if ch == right else 0
+            if depth < 0:
+                return None
+        return inner if depth == 0 else None
+    # math delimiters do not nest: enclosed only when no other delimiter is inside
+    return None if left in inner or right in inner else inner
+
+
+def _peel_once(text: str) -> Optional[str]:
+    """`text` with one value-preserving wrapper taken off; `text` itself when there is none; None
+    when leading words change the value ("minus 5", "not 5")."""
     boxed = last_boxed(text)
-    if boxed is not None:
-        text = boxed.strip()
-    for left, right in _MATH_DELIMS:
-        if text.startswith(left) and text.endswith(right) and len(text) >= len(left) + len(right):
-            text = text[len(left):-len(right)].strip()
-    if len(text) >= 2 and text[0] == "$" and text[-1] == "$" and text.count("$") == 2:
-        text = text[1:-1].strip()
-    text = re.sub(r"^(the\s+)?(final\s+)?answer\s*(is|:)\s*", "", text, flags=re.I)
-    text = text.rstrip(" .;!")
+    if boxed is not None and boxed.strip() != text:
+        return boxed.strip()
+    for left, right in (*_MATH_DELIMS, *_BRACKETS.items()):
+        inner = _enclosed(text, left, right)
+        if inner is not None:
+            return inner.strip()
+    m = _ANSWER_IS.match(text)
+    if m and m.end() < len(text):
+        return text[m.end():]
+    if "=" in text:  # "x = 7", "6 - 5 = 1": the value is what follows the last "="
+        return text.rsplit("=", 1)[1].strip()
+    lead = _LEAD_WORDS.match(text)  # "The result is 1", "so the total is $5", "Answer \[ 9 \]"
+    if lead and lead.end() < len(text):
+        if _NEGATING.search(lead.group(0)):
+            return None
+        return text[lead.end():]
+    return text.rstrip(" .;!")
+
+
+def _peel(text: str) -> Optional[str]:
+    """What `text` states once every wrapper is off (see above); None when words negate it."""
+    text = unicodedata.normalize("NFKC", text).replace("\u2212", "-")
+    text = _SIZED.sub("", text).strip()
+    for _ in range(len(text) + 1):  # each step shortens the text, so this ends
+        peeled = _peel_once(text)
+        if peeled is None or peeled == text:
+            return peeled
+        text = peeled.strip()
     return text
 
 
@@ -248,20 +295,14 @@ def numeric_value(text) -> Optional[Fraction]:
     """The one number `text` states, as an exact Fraction; None when it is not a single value.
 
     Accepted: integers, decimals, thousands commas (1,000), fractions in lowest terms (1/2,
-    \\frac{1}{2}) and the wrappers above. Refused: anything with an operator between numbers
-    ("6 - 5", "2 + 3 = 5 - 1"), lists ("1, 2"), and fractions not in lowest terms ("6/3" is a
-    division restated, not an answer)."""
+    \\frac{1}{2}) and the wrappers above ("Answer \\[ 9 \\]", "$\\left( \\frac{1}{3} \\right)$").
+    Refused: anything with an operator between numbers ("6 - 5", "2 + 3 = 5 - 1"), lists ("1, 2"),
+    and fractions not in lowest terms ("6/3" is a division restated, not an answer)."""
     if text is None:
         return None
-    s = _strip_math_text(str(text))
-    if "=" in s:  # "x = 7", "6 - 5 = 1": the value is what follows the last "="
-        s = s.rsplit("=", 1)[1].strip()
-    # leading words ("The result is 1", "so the total is $5"): the value must still be all that follows
-    lead = _LEAD_WORDS.match(s)
-    if lead and lead.end() < len(s):
-        if _NEGATING.search(lead.group(0)):
-            return None  # "minus 5", "not 5": the words change the value
-        s = s[lead.end():]
+    s = _peel(str(text))
+    if s is None:
+        return None
     s = s.replace("{,}", ",")
     s = _LATEX_SPACES.sub(" ", s)
     s = _LATEX_WRAPPERS.sub(lambda m: f" {m.group(1)} ", s)
