@@ -90,11 +90,12 @@ def _cli_annotation(f: dataclasses.Field, hint: Any) -> Any:
               if meta.get(key) is not None]
     text = (meta.get("help") or "") + (f" [{', '.join(bounds)}]" if bounds else "")
     # Fixed choices are validated by the config too (one message for the command line, YAML and
-    # Python); here they are listed in --help and offered by shell completion.
+    # Python); here they are shown beside the option's name in --help (`--backend [hf|vllm]`, where
+    # click puts an enum's choices) and offered by shell completion.
     choices = literal_choices(hint) or meta.get("choices")
     extra: dict = {}
     if choices:
-        text += f" [{'|'.join(choices)}]"
+        extra["metavar"] = f"[{'|'.join(choices)}]"
         extra["autocompletion"] = lambda: list(choices)
         hint = Optional[list[str]] if base_type(hint) is list else Optional[str]
     return Annotated[hint, typer.Option(*flags, help=text or None, **extra)]

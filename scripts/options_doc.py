@@ -36,7 +36,10 @@ def render() -> str:
             flags = cli_flags(f)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kind = literal_choices(hints[f.name])
-            kind = " \\| ".join(kind) if kind else getattr(base_type(hints[f.name]), "__name__", "str")
+            items = f.metadata.get("choices")  # a repeatable option whose items are fixed choices
+            bar = " \\| "
+            kind = (bar.join(kind) if kind else "list of " + bar.join(items) if items
+                    else getattr(base_type(hints[f.name]), "__name__", "str"))
             bounds = [f"{sign} {f.metadata[k]:g}" for k, sign in (("min", "≥"), ("above", ">"), ("max", "≤"))
                       if f.metadata.get(k) is not None]
             help_text = f.metadata.get("help", "").replace("|", "\\|") + (f" ({', '.join(bounds)})" if bounds else "")

@@ -55,3 +55,41 @@ def test_a_long_log_line_stays_one_line_in_a_pipe():
     r = subprocess.run([sys.executable, "-c", f"from chainforge.log import info; info({line!r})"],
                        capture_output=True, text=True, check=True)
     assert r.stderr.splitlines() == [line]
+
+
+def _option_line(help_text: str, flag: str) -> str:
+    """The help line that names `flag` (as click writes it: the flags, then the metavar)."""
+    import re
+
+    lines = [ln.strip() for ln in help_text.splitlines()]
+    found = [ln for ln in lines if re.match(rf"(?:-\w, )?{re.escape(flag)}(?:[ ,/]|$)", ln)]
+    assert len(found) == 1, (flag, found)
+    return found[0]
+
+
+def test_every_fixed_choice_is_shown_beside_its_option_name(cli):
+    # `--backend [hf|vllm]`, where a reader looks (and where click shows an enum's choices), for every
+    # Literal option and every list option with fixed item choices, in every command
+    import dataclasses
+
+    from chainforge.config import cli_flags, field_types, literal_choices
+    from chainforge.stages import STAGE_MODULES, stage_module
+
+    checked = set()
+    for command in STAGE_MODULES:
+        cls = stage_module(command).CONFIG
+        hints = field_types(cls)
+        r = cli(command, "--help", env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.output
+        for f in dataclasses.fields(cls):
+            choices = literal_choices(hints[f.name]) or f.metadata.get("choices")
+            if not choices or not f.metadata.get("cli", True):
+                continue
+            flag = cli_flags(f)[0].split("/")[0]
+            line = _option_line(r.stdout, flag)
+            assert line.startswith(f"{flag} [{'|'.join(choices)}]"), (command, line)
+            assert "<str>" not in line, (command, line)
+            checked.add(f.name)
+    # the options named where choices were missing: all of them are Literal options that were checked
+    assert {"backend", "precision", "method", "keep", "loss_type", "teacher", "expander",
+            "rollout_sampler", "attn_implementation", "marker_domain"} <= checked, checked
