@@ -399,7 +399,7 @@ class EngineOptions(StageConfig):
     num_samples: int = option(4, "Completions drawn per prompt.", min=1)
     top_p: float = option(1.0, "Nucleus sampling mass (0 < p <= 1).", above=0.0, max=1.0)
     backend: Literal["hf", "vllm"] = option(
-        "hf", "hf (in-process, any device) or vllm (needs `pip install 'chainforge[vllm]'` and a GPU).")
+        "hf", "hf (in-process, any device) or vllm (needs `pip install 'chainforge-r1[vllm]'` and a GPU).")
     batch_size: str = option("auto", "Candidates decoded together, or auto (sized from free memory).")
     precision: Precision = option("auto", "Sampling precision. " + PRECISION_HELP)
 

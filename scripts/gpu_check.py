@@ -230,7 +230,7 @@ def grpo(out: Path, vllm: bool) -> dict:
 
         if importlib.util.find_spec("vllm") is None:
             return {"status": "skipped", "metric": "generation_time_share", "value": None,
-                    "detail": {"why": "vllm is not installed (pip install 'chainforge[vllm]')"}}
+                    "detail": {"why": "vllm is not installed (pip install 'chainforge-r1[vllm]')"}}
         cmd += ["--vllm-mode", "colocate", "--vllm-gpu-memory", "0.3"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def reject(out: Path) -> dict:
     detail = {"prompts": len(prompts), "samples": kwargs["n"], "max_new_tokens": kwargs["max_new_tokens"], "hf": hf}
     if importlib.util.find_spec("vllm") is None:
         return {"status": "skipped", "metric": "vllm_speedup", "value": None,
-                "detail": {**detail, "why": "vllm is not installed (pip install 'chainforge[vllm]')"}}
+                "detail": {**detail, "why": "vllm is not installed (pip install 'chainforge-r1[vllm]')"}}
     vllm = timed(load_vllm(str(folder), seed=0), tok)
     detail["vllm"] = vllm
     return {"metric": "vllm_speedup", "value": vllm["tokens_per_s"] / hf["tokens_per_s"], "detail": detail}

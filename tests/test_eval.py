@@ -152,7 +152,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, toy, 
         ((), "no answer column"),
         (("--compare", not_eval), "is not an eval output"),
         (("--compare", tmp_path / "missing"), "is not an eval output"),
-        (("--backend", "vllm"), "pip install 'chainforge[vllm]'"),
+        (("--backend", "vllm"), "pip install 'chainforge-r1[vllm]'"),
         (("--rewards", "accuracy,brevity"), "unknown reward 'brevity'"),
     ]
     for i, (extra, message) in enumerate(cases):

@@ -209,7 +209,7 @@ def test_missing_prompt_column_and_empty_prompt(cli, tiny_model, tmp_path):
 def test_use_vllm_without_vllm_names_the_extra(cli, tiny_model, prompts, tmp_path):
     out = tmp_path / "rl"
     r = cli("grpo", "--model", tiny_model, "--data", prompts, "--output", out, "--use-vllm")
-    assert_exit_2(r, "pip install 'chainforge[vllm]'")
+    assert_exit_2(r, "pip install 'chainforge-r1[vllm]'")
     assert not out.exists()
 
 

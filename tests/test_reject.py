@@ -134,7 +134,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_created(cli, tiny_model, promp
         ((data, "--rewards", "helpers.rewards:vowel_share", "--no-custom-rewards"), "custom rewards are turned off"),
         ((data, "--num-samples", 0), "--num-samples"),
         ((no_answer, "--rewards", "accuracy,format"), "--rewards accuracy needs reference answers"),
-        ((data, "--backend", "vllm"), "pip install 'chainforge[vllm]'"),
+        ((data, "--backend", "vllm"), "pip install 'chainforge-r1[vllm]'"),
         ((data, "--keep", "some"), "--keep 'some' is not one of best, all-passing"),
         ((data, "--rewards", "brevity"), "unknown reward 'brevity'"),
         ((data, "--rewards", "format=heavy"), "is not a number"),

@@ -142,7 +142,7 @@ def test_vllm_backend_without_vllm_names_the_extra(monkeypatch, tiny_model):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(UsageError) as err:
         engine_spec(EvalConfig(model=str(tiny_model), data="d", output="o", backend="vllm"))
-    assert "pip install 'chainforge[vllm]'" in err.value.message
+    assert "pip install 'chainforge-r1[vllm]'" in err.value.message
     # the config refuses bad sampling options itself, before any engine is considered
     for bad, what in (({"backend": "tpu"}, "--backend"), ({"batch_size": "lots"}, "--batch-size"),
                       ({"num_samples": 0}, "--num-samples"), ({"top_p": 0.0}, "--top-p")):

@@ -161,7 +161,7 @@ def test_vllm_mode_without_vllm_names_the_extra(cli, tiny_model, tmp_path, extra
     data = write_jsonl(tmp_path / "p.jsonl", arithmetic())
     out = tmp_path / "out"
     r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out, *extra)
-    assert_exit_2(r, "pip install 'chainforge[vllm]'", f"--vllm-mode {extra[1]}")
+    assert_exit_2(r, "pip install 'chainforge-r1[vllm]'", f"--vllm-mode {extra[1]}")
     assert not out.exists()
 
 
@@ -184,7 +184,7 @@ def test_distill_backend_vllm_without_vllm_names_the_extra(cli, tiny_model, tmp_
     out = tmp_path / "out"
     r = cli("distill", "--teacher", tiny_model, "--student", tiny_model, "--data", data, "--output", out,
             "--backend", "vllm")
-    assert_exit_2(r, "pip install 'chainforge[vllm]'", "--backend hf")
+    assert_exit_2(r, "pip install 'chainforge-r1[vllm]'", "--backend hf")
     assert not out.exists()
 
 

@@ -20,7 +20,7 @@ a row landed in, or how a long run was split into chunks (up to float round-off 
 batches). A prompt's key is its position in `prompts` unless `keys=` says otherwise.
 `temperature=0` is greedy: the prompt is decoded once and the completion repeated n times.
 
-A vLLM backend (`load_vllm`, the optional extra `chainforge[vllm]`) serves the same call: pass the
+A vLLM backend (`load_vllm`, the optional extra `chainforge-r1[vllm]`) serves the same call: pass the
 `VLLMModel` it returns as `model`.
 """
 

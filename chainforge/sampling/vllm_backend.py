@@ -1,4 +1,4 @@
-"""The vLLM backend (the optional extra `chainforge[vllm]`): the same call as the HF loop."""
+"""The vLLM backend (the optional extra `chainforge-r1[vllm]`): the same call as the HF loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 from chainforge.sampling.core import Completion, row_seed, stop_token_ids
 from chainforge.sampling.prompts import render_prompt
 
-VLLM_INSTALL = "pip install 'chainforge[vllm]'"
+VLLM_INSTALL = "pip install 'chainforge-r1[vllm]'"
 
 
 class VLLMModel:

@@ -87,7 +87,7 @@ class DistillConfig(ExpanderOptions, DataOptions, AnswerOptions, OutputOptions, 
     # logit distillation
     backend: Literal["hf", "vllm"] = option(
         "hf", "traces: the teacher samples with hf (in-process, any device) or vllm (its offline engine; "
-              "needs `pip install 'chainforge[vllm]'` and a GPU).")
+              "needs `pip install 'chainforge-r1[vllm]'` and a GPU).")
     lmbda: float = option(0.5, "logits: on-policy fraction (batches the student samples itself).",
                           flags=("--lambda", "--lmbda"), min=0.0, max=1.0)
     beta: float = option(0.5, "logits: generalized JSD interpolation (0 = forward KL, 1 = reverse KL).",
