@@ -31,7 +31,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
+
+from chainforge.errors import UsageError
 
 # Letters and digits; `_` is excluded so that fill-in blanks ("___") are not words.
 _WORD = re.compile(r"[^\W_]+")
@@ -142,3 +145,73 @@ def build_index(eval_sets: Iterable[Iterable[str]], n: int = 8) -> EvalIndex:
 def find_matches(train_texts: Iterable[str], index: EvalIndex) -> list[Optional[Match]]:
     """The first match (or None) of every training prompt text, in order."""
     return [index.first_match(normalise(text)) for text in train_texts]
+
+
+# ---- eval sets: `--against PATH[:column=NAME][:subset=NAME][:split=NAME]` ----------------------------
+# Each eval set names its own prompt column, subset and split, because eval sets rarely share them
+# with the training data (GSM8K: column `question`, subset `main`, split `test`). The settings trail
+# the path as `:key=value`: no quoting in a shell, a plain scalar in YAML (flow lists too), and a
+# hub id or a path never ends in `:split=…`. Parsed from the right, so a path may hold colons.
+
+EVAL_SET_KEYS = ("column", "subset", "split")
+EVAL_SET_FORM = "PATH[:column=NAME][:subset=NAME][:split=NAME]"
+EVAL_SET_EXAMPLE = "openai/gsm8k:subset=main:split=test:column=question"
+_SETTING = re.compile(r"\A([A-Za-z_][\w-]*)=(.*)\Z", re.S)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One `--against` value: where the eval prompts are and how to read them (None: the default
+    --prompt-column for `column`; the loader's default for `subset` and `split`)."""
+
+    given: str
+    path: str
+    column: Optional[str] = None
+    subset: Optional[str] = None
+    split: Optional[str] = None
+
+
+def parse_eval_set(value: str, flag: str = "--against") -> EvalSet:
+    """`openai/gsm8k:subset=main:split=test:column=question` → EvalSet; a malformed value is a
+    UsageError (exit 2) that shows the form and an example."""
+    text = str(value).strip()
+    parts = text.split(":")
+    settings: dict[str, str] = {}
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f"{flag} {text}: {why}; an eval set is {EVAL_SET_FORM}, e.g. {flag} {EVAL_SET_EXAMPLE}")
+
+    while len(parts) > 1:
+        m = _SETTING.match(parts[-1])
+        if not m:
+            break
+        key, val = m.group(1).replace("-", "_"), m.group(2).strip()
+        if key not in EVAL_SET_KEYS:
+            raise bad(f"unknown setting '{m.group(1)}' (known: {', '.join(EVAL_SET_KEYS)})")
+        if key in settings:
+            raise bad(f"'{key}' is given twice")
+        if not val:
+            raise bad(f"'{key}=' has no value")
+        settings[key] = val
+        parts.pop()
+    path = ":".join(parts).strip()
+    if not path:
+        raise bad("no path or hub id before the settings")
+    if len(parts) > 1 and not Path(path).expanduser().exists():  # `openai/gsm8k:main:test`
+        raise bad(f"'{parts[-1]}' is not a key=value setting")
+    return EvalSet(given=text, path=path, **settings)
+
+
+def eval_set_path(value: Any) -> Any:
+    """The path part of an `--against` value (the value itself when it is not a well-formed one)."""
+    try:
+        return parse_eval_set(value).path if isinstance(value, str) else value
+    except UsageError:
+        return value
+
+
+def format_eval_set(path: str, column: Optional[str] = None, subset: Optional[str] = None,
+                    split: Optional[str] = None) -> str:
+    """The `--against` value for these settings (the inverse of parse_eval_set)."""
+    settings = {"column": column, "subset": subset, "split": split}
+    return path + "".join(f":{k}={v}" for k, v in settings.items() if v is not None)

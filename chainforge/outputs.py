@@ -125,10 +125,14 @@ def _input_paths(config) -> list[tuple[str, str, Path]]:
     """(flag, value as given, resolved path) for every input option that names an existing path.
     Read with getattr only, so any options object works (a dict with attributes or a dataclass);
     hub ids and model names that are not paths on this machine are not inputs on disk."""
+    from chainforge.decontam import eval_set_path
+
     found = []
     for name in INPUT_OPTIONS:
         value = getattr(config, name, None)
         values = value if isinstance(value, (list, tuple)) else [value]
+        if name == "against":  # eval sets: PATH[:column=…][:subset=…][:split=…]
+            values = [eval_set_path(v) for v in values]
         for v in values:
             if not isinstance(v, (str, os.PathLike)) or not str(v).strip():
                 continue

@@ -173,6 +173,11 @@ def plan_run(recipe: dict) -> tuple[list[Stage], Optional[Stage]]:
             value = sources.get(source) or (sources["prompts"] if source == "eval_data" else None)
             if key not in options and value is not None:
                 options[key] = value
+                if source == "prompts" and clean is not None:
+                    # the subset and split picked the rows the decontamination read; its kept rows
+                    # are one dataset
+                    options.pop("subset", None)
+                    options.pop("split", None)
         if recipe.get("custom_rewards") is not None and "custom_rewards" in module.CONFIG.option_names():
             options.setdefault("custom_rewards", recipe["custom_rewards"])
         out = run_dir / f"{i:02d}-{raw['name']}"
@@ -193,31 +198,60 @@ DECONTAMINATED = "decontaminate"  # run_dir/decontaminate: the recipe's prompts 
 
 
 def decontamination_step(recipe: dict, run_dir: Path) -> Optional[Stage]:
-    """The automatic `decontaminate` of the recipe's `prompts` against its `eval_data`, run before
-    the first stage that reads `prompts` (so nothing trains on, or collects traces for, an eval
-    question). On by default when `eval_data` is set; `decontaminate: false` turns it off. A recipe
-    with its own `command: decontaminate` stage is left to it."""
+    """The automatic `decontaminate` of the recipe's `prompts` against every eval set it evaluates
+    on, run before the first stage that reads `prompts` (so nothing trains on, or collects traces
+    for, an eval question). On by default when `eval_data` is set; `decontaminate: false` turns it
+    off. A recipe with its own `command: decontaminate` stage is left to it.
+
+    Each eval set is read as its evaluation reads it (`eval_sets`); the prompts as the first stage
+    that reads them would (its prompt column, subset and split), and the stages after it read the
+    kept rows, a dataset of one split."""
     wanted = recipe.get("decontaminate")
     if wanted is None:
         wanted = bool(recipe.get("eval_data"))
     if not wanted:
         return None
-    if not recipe.get("eval_data"):
-        raise UsageError("recipe: `decontaminate: true` needs `eval_data` (the eval prompts that must not be "
-                         "trained on)")
+    against = eval_sets(recipe)
+    if not against:
+        raise UsageError("recipe: `decontaminate: true` needs `eval_data` or an eval stage with its own `data` "
+                         "(the eval prompts that must not be trained on)")
     if not recipe.get("prompts") or any(st["command"] == "decontaminate" for st in recipe["stages"]):
         return None
-    readers = [st for st in recipe["stages"]
-               if any(src == "prompts" and key not in st for key, src in stage_module(st["command"]).SPEC.inputs.items())]
+    readers = prompt_readers(recipe)
     if not readers:
         return None
-    options = {"data": str(_path(recipe["prompts"])), "against": [str(_path(recipe["eval_data"]))],
-               "prompt_column": readers[0].get("prompt_column", "prompt")}
+    first = readers[0]
+    options = {"data": _data(recipe["prompts"]), "against": against,
+               "prompt_column": first.get("prompt_column", "prompt"),
+               "subset": first.get("subset"), "split": first.get("split")}
     out = run_dir / DECONTAMINATED
     stage = Stage(-1, DECONTAMINATED, "decontaminate", options, out)
     stage.config = stage_module("decontaminate").CONFIG(**options, output=str(out))
-    stage.before = readers[0]["name"]
+    stage.before = first["name"]
     return stage
+
+
+def prompt_readers(recipe: dict) -> list[dict]:
+    """The recipe's stages that read its `prompts` (no data of their own), in order."""
+    return [st for st in recipe["stages"]
+            if any(src == "prompts" and key not in st for key, src in stage_module(st["command"]).SPEC.inputs.items())]
+
+
+def eval_sets(recipe: dict) -> list[str]:
+    """Every eval set the recipe evaluates on, as `decontaminate --against` values, each read as
+    its evaluation reads it: `eval_data` with the recipe's `eval` options (the evaluation after
+    every training stage), and each eval stage's own data, prompt column, subset and split."""
+    from chainforge.decontam import format_eval_set
+
+    readings = []
+    if recipe.get("eval_data"):
+        readings.append({**(recipe.get("eval") or {}), "data": recipe["eval_data"]})
+    for st in recipe["stages"]:
+        if st["command"] == "eval" and (st.get("data") or recipe.get("eval_data")):
+            readings.append({**st, "data": st.get("data") or recipe["eval_data"]})
+    sets = [format_eval_set(_data(r["data"]), r.get("prompt_column") or "prompt", r.get("subset"), r.get("split"))
+            for r in readings]
+    return list(dict.fromkeys(sets))  # once each, in recipe order
 
 
 def run_decontamination(stage: Stage, redone: set[str], state_path: Path, state: dict) -> None:
