@@ -379,12 +379,29 @@ class RewardOptions(StageConfig):
         True, "Allow --rewards entries that are dotted paths (they import and run that code); "
               "--no-custom-rewards allows only the registered rewards.",
         flags=("--custom-rewards/--no-custom-rewards",))
+    language: Optional[str] = option(
+        None, "Target language of the `language` reward (R1's language consistency), a code: en, zh, ja, ko, "
+              "ru, … (words are told apart by Unicode script). Default: each prompt's own language.")
 
     def check(self) -> None:
+        from chainforge.language import scripts_of
         from chainforge.rewards import resolve_rewards
 
-        resolve_rewards(self.rewards, custom=self.custom_rewards)  # names, weights, and the custom-code rule
+        names, _ = resolve_rewards(self.rewards, custom=self.custom_rewards)  # names, weights, custom-code rule
+        if self.language is not None:
+            try:
+                scripts_of(self.language)
+            except ValueError as exc:
+                raise UsageError(f"--language: {exc}") from None
+            if "language" not in names:
+                raise UsageError(f"--language {self.language} sets the target of the `language` reward, which "
+                                 f"--rewards does not include; add it (e.g. --rewards accuracy,format,language=0.5) "
+                                 f"or drop --language")
         super().check()
+
+    def reward_params(self) -> dict[str, dict]:
+        """Options of the rewards by name, for `rewards.get_reward(name, **params)`."""
+        return {"language": {"language": self.language}} if self.language else {}
 
 
 Precision = Literal["auto", "fp32", "bf16"]  # chainforge.models.use_bf16

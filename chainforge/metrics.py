@@ -77,13 +77,13 @@ def evaluate_model(model, tokenizer, rows: Iterable[dict], *, prompt_column: str
                    top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0,
                    system_prompt: Optional[str] = SUPER_COT_SYSTEM_PROMPT,
                    rewards: Any = EVAL_REWARDS, batch_size: Any = "auto", progress: bool = False,
-                   journal: Optional[str] = None) -> tuple[dict, list[dict]]:
+                   journal: Optional[str] = None, reward_params: Optional[dict] = None) -> tuple[dict, list[dict]]:
     """Sample `num_samples` completions per row and score them: (metrics, results).
 
     `temperature` 0 is greedy; every sample would be identical, so one is drawn and k is 1.
     A row without a reference (answer None) counts as not correct. `rewards` is a spec like
-    "accuracy,format=0.5" or (names); `journal` makes the sampling resumable (see
-    `sampling.generate_journaled`)."""
+    "accuracy,format=0.5" or (names), `reward_params` their options by name (`rewards.score`);
+    `journal` makes the sampling resumable (see `sampling.generate_journaled`)."""
     rows = [dict(r) for r in rows]
     if not rows:
         raise ValueError("evaluate_model needs at least one row")
@@ -103,7 +103,8 @@ def evaluate_model(model, tokenizer, rows: Iterable[dict], *, prompt_column: str
         drawn = generate(model, tokenizer, prompts, progress=progress, **kwargs)
 
     refs = [r.get(answer_column) if answer_column else None for r in rows]
-    totals = score_rows(rows, [[c.text for c in comps] for comps in drawn], refs, names, weights)
+    totals = score_rows(rows, [[c.text for c in comps] for comps in drawn], refs, names, weights, prompts=prompts,
+                        params=reward_params)
     results, correct_counts, fmt, tokens = [], [], 0, 0
     for row, prompt, ref, comps, rewards_row in zip(rows, prompts, refs, drawn, totals):
         texts = [c.text for c in comps]
@@ -138,11 +139,13 @@ def evaluate_model(model, tokenizer, rows: Iterable[dict], *, prompt_column: str
 
 
 def score_rows(rows: Sequence[dict], texts: Sequence[Sequence[str]], refs: Sequence[Any],
-               names: Sequence[str], weights: Sequence[float]) -> list[list[float]]:
+               names: Sequence[str], weights: Sequence[float], prompts: Optional[Sequence[Any]] = None,
+               params: Optional[dict] = None) -> list[list[float]]:
     """Total reward of every completion of every row, in one `rewards.score` call.
 
     Each row's columns go to the reward functions (repeated once per completion); the reference
-    goes in as `answer`, whatever the column was called."""
+    goes in as `answer` and the prompt as `prompts` (as TRL passes them), whatever the columns were
+    called. `params`: the rewards' options by name."""
     flat = [t for ts in texts for t in ts]
     if not flat:
         return [[] for _ in rows]
@@ -152,8 +155,9 @@ def score_rows(rows: Sequence[dict], texts: Sequence[Sequence[str]], refs: Seque
         columns[key] = [r.get(key) for r, ts in zip(rows, texts) for _ in ts]
     columns["answer"] = [ref for ref, ts in zip(refs, texts) for _ in ts]
     columns.pop("completions", None)
-    columns["prompts"] = columns.pop("prompt", [None] * len(flat))
-    totals, _ = score(flat, columns, names, weights)
+    given = columns.pop("prompt", [None] * len(flat))
+    columns["prompts"] = given if prompts is None else [p for p, ts in zip(prompts, texts) for _ in ts]
+    totals, _ = score(flat, columns, names, weights, params)
     out, pos = [], 0
     for ts in texts:
         out.append(totals[pos:pos + len(ts)])

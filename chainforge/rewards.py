@@ -17,7 +17,10 @@ Values (docs/reference.md):
   nothing.
 - off by default: `length` (cosine-scaled, after "Demystifying Long Chain-of-Thought Reasoning",
   Yeo et al. 2025: short correct answers earn most, short wrong answers are punished most),
-  `repetition` (n-gram repetition penalty, ≤ 0), `overlong` (DAPO's soft overlong punishment, ≤ 0).
+  `repetition` (n-gram repetition penalty, ≤ 0), `overlong` (DAPO's soft overlong punishment, ≤ 0),
+  `language` (DeepSeek-R1's language consistency: the share of the reasoning's words written in
+  the target language, 0..1; `get_reward("language", language="zh")`, default each prompt's own
+  language; words are told apart by Unicode script, see `chainforge.language`).
 
 `get_reward("module.path:function")` (or `module.path.function`) loads a user's own function.
 """
@@ -26,8 +29,10 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from typing import Any, Callable, Optional, Sequence
 
+from chainforge import language as lang
 from chainforge.formats import answers_match, completion_text, extract_final_answer, parse_super_cot
 
 RewardFn = Callable[..., list[Optional[float]]]
@@ -152,6 +157,42 @@ def make_overlong(max_len: int = 1024, cache: int = 256) -> RewardFn:
     return overlong
 
 
+_THINK = re.compile(r"<think>(.*?)</think>", re.S)
+
+
+def reasoning_text(text: str) -> str:
+    """The reasoning of a completion: a Super CoT completion's steps and explanations, else the
+    first `<think>…</think>` (R1's own format), else the whole text."""
+    try:
+        parsed = parse_super_cot(text)
+        return "\n".join([*parsed.steps, *(e for e in parsed.expansions if e)])
+    except ValueError:
+        pass
+    m = _THINK.search(text)
+    return m.group(1) if m else text
+
+
+def make_language(language: Optional[str] = None) -> RewardFn:
+    """DeepSeek-R1's language-consistency reward: the share of the reasoning's words written in
+    the target language (0..1). `language` is a code (en, zh, ja, …; `chainforge.language`); None
+    takes each prompt's own language, from the script of most of its words (None reward when the
+    prompt has no words). Numbers, LaTeX, the Super CoT tags and one-letter variables are neutral;
+    reasoning with no words at all scores 1.0 (nothing in another language)."""
+    fixed = lang.scripts_of(language) if language else None
+
+    def language_reward(completions, prompts=None, **_) -> list[Optional[float]]:
+        texts = _texts(completions)
+        given = list(prompts) if prompts is not None else [None] * len(texts)
+        out: list[Optional[float]] = []
+        for text, prompt in zip(texts, given):
+            scripts = fixed or (lang.prompt_language(prompt) if prompt is not None else None)
+            out.append(None if scripts is None else lang.target_share(reasoning_text(text), scripts))
+        return out
+
+    language_reward.__name__ = "language"
+    return language_reward
+
+
 # name -> factory(**params) -> reward function
 _FACTORIES: dict[str, Callable[..., RewardFn]] = {
     "accuracy": lambda: accuracy,
@@ -160,6 +201,7 @@ _FACTORIES: dict[str, Callable[..., RewardFn]] = {
     "length": make_length,
     "repetition": make_repetition,
     "overlong": make_overlong,
+    "language": make_language,
 }
 DEFAULT_REWARDS = ("accuracy", "format", "expansion")
 NEEDS_ANSWER = {"accuracy", "expansion", "length"}
@@ -229,9 +271,12 @@ def weighted_total(values: Sequence[Optional[float]], weights: Sequence[float]) 
 
 
 def score(completions: Sequence[Any], columns: dict[str, Sequence[Any]], names: Sequence[str],
-          weights: Sequence[float]) -> tuple[list[float], dict[str, list[Optional[float]]]]:
-    """Score completions with several rewards: (total per completion, values per reward name)."""
-    per_name = {name: get_reward(name)(list(completions), **columns) for name in names}
+          weights: Sequence[float], params: Optional[dict[str, dict]] = None
+          ) -> tuple[list[float], dict[str, list[Optional[float]]]]:
+    """Score completions with several rewards: (total per completion, values per reward name).
+    `params` gives a reward its options by name (`{"language": {"language": "zh"}}`)."""
+    params = params or {}
+    per_name = {name: get_reward(name, **params.get(name, {}))(list(completions), **columns) for name in names}
     totals = [weighted_total([per_name[n][i] for n in names], weights) for i in range(len(completions))]
     return totals, per_name
 

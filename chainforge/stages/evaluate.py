@@ -83,7 +83,7 @@ def run(config: EvalConfig) -> None:
         model, tokenizer, rows, prompt_column=config.prompt_column, answer_column=answers,
         num_samples=k, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
         seed=config.seed, system_prompt=resolve_system_prompt(config.system_prompt, config.model), rewards=rewards,
-        batch_size=engine.batch_size, progress=True, journal=str(out.path / JOURNAL))
+        reward_params=config.reward_params(), batch_size=engine.batch_size, progress=True, journal=str(out.path / JOURNAL))
     if not distributed.is_main():
         return  # each rank drew its share of the samples; rank 0 writes the results once
 

@@ -108,7 +108,8 @@ def run(config: GrpoConfig) -> None:
         raise UsageError(f"{flag} needs vLLM, which is not installed: {VLLM_INSTALL} "
                          f"(or drop {flag} to generate with transformers)")
     reward_names, reward_weights = resolve_rewards(config.rewards, custom=config.custom_rewards)
-    reward_fns = [get_reward(name) for name in reward_names]
+    params = config.reward_params()
+    reward_fns = [get_reward(name, **params.get(name, {})) for name in reward_names]
     batch_size, grad_accum = resolve_batch(config)
     ref = resolve_model(config.model)
     plan = plan_output(config.output, STAGE, config, overwrite=config.overwrite)

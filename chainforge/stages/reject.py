@@ -94,7 +94,7 @@ def run(config: RejectConfig) -> None:
     if not distributed.is_main():
         return  # each rank drew its share of the candidates; rank 0 filters and writes once
     texts = [[c.text for c in comps] for comps in drawn]
-    rewards = score_rows(rows, texts, refs, names, weights)
+    rewards = score_rows(rows, texts, refs, names, weights, prompts=prompts, params=config.reward_params())
 
     # ---- filter
     kept: list[dict] = []
