@@ -179,9 +179,11 @@ def test_packaged_recipe_paths_anchor_to_the_shipped_copies(tmp_path, monkeypatc
     spec["decontaminate"] = True  # the shipped toy recipes turn it off (their splits are disjoint by construction)
     plan, clean = plan_run(spec)
     assert plan[0].output == tmp_path / "runs" / "demo" / "00-eval-base"
-    # the packaged prompts are decontaminated against the packaged eval set before collect reads them
+    # the packaged prompts are decontaminated against the packaged eval set, and the eval stage's own
+    # data, before collect reads them
     assert clean.config.data == str(ROOT / "data" / "toy" / "train.jsonl")
-    assert clean.config.against == [str(ROOT / "data" / "toy" / "test.jsonl")]
+    assert clean.config.against == [str(ROOT / "data" / "toy" / "test.jsonl") + ":column=prompt",
+                                    "openai/gsm8k:column=prompt"]
     assert plan[1].config.prompts == str(clean.output) and clean.output.parent == tmp_path / "runs" / "demo"
     # a file of that name in the cwd wins over the packaged recipe
     (tmp_path / "demo").write_text("run_dir: x\n")

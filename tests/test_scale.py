@@ -200,7 +200,9 @@ def test_the_7b_recipe_reads_public_math_data_by_hub_id_with_its_column_mapping(
     assert list(plan)[0] == "decontaminate"  # before any stage reads the training prompts
     assert (clean.config.data, clean.config.subset, clean.config.split) == ("open-r1/OpenR1-Math-220k", "default",
                                                                             "train")
-    assert clean.config.against == ["HuggingFaceH4/MATH-500"] and clean.config.prompt_column == "problem"
+    assert clean.config.against == ["HuggingFaceH4/MATH-500:column=problem:split=test",
+                                    "openai/gsm8k:subset=main:split=test:column=question"]
+    assert clean.config.prompt_column == "problem"
     for name in ("collect", "rl", "reject", "rl-final", "distill"):
         config = plan[name].config
         source = config.prompts if name == "collect" else config.data
