@@ -9,6 +9,7 @@ from chainforge.formats import answers_match, write_super_cot
 from chainforge.metrics import evaluate_model
 from chainforge.rewards import get_reward
 from chainforge.sampling import VLLMModel
+from helpers.vllm_stand_ins import StandInLLM
 
 # (reference, candidate, states the reference's value)
 CASES = [
@@ -57,17 +58,6 @@ def test_answers_match_reads_one_stated_value(ref, cand, expected):
     assert answers_match(ref, cand) is expected
 
 
-class ScriptedLLM:
-    """vLLM's LLM.generate interface: request i is answered with completions[i]."""
-
-    def __init__(self, completions):
-        self.completions = list(completions)
-
-    def generate(self, prompts, sampling_params):
-        return [SimpleNamespace(outputs=[SimpleNamespace(text=self.completions.pop(0), token_ids=[0],
-                                                         finish_reason="stop")]) for _ in prompts]
-
-
 def test_accuracy_reward_and_eval_agree_on_every_form(tiny_model):
     from chainforge.models import load_tokenizer, resolve_model
 
@@ -79,7 +69,7 @@ def test_accuracy_reward_and_eval_agree_on_every_form(tiny_model):
 
     tok = load_tokenizer(resolve_model(str(tiny_model)))
     rows = [{"id": str(i), "prompt": f"question {i}", "answer": ref} for i, ref in enumerate(refs)]
-    model = VLLMModel(ScriptedLLM(completions), sampling_params=SimpleNamespace)
+    model = VLLMModel(StandInLLM([[c] for c in completions]), sampling_params=SimpleNamespace)
     _, results = evaluate_model(model, tok, rows, num_samples=1, temperature=0.6, rewards="accuracy")
     assert [r["correct"] for r in results] == [[ok] for ok in expected]
     assert [r["majority_correct"] for r in results] == expected

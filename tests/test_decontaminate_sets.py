@@ -11,10 +11,12 @@ import datasets
 import pytest
 import yaml
 
-from chainforge.data import read_manifest
+from chainforge.outputs import read_manifest
 from chainforge.decontam import EvalSet, format_eval_set, parse_eval_set
 from chainforge.errors import UsageError
 from chainforge.stages.decontaminate import REMOVED, DecontaminateConfig, run
+from helpers.cli import assert_exit_2
+from helpers.files import write_jsonl
 
 README = """---
 configs:
@@ -42,12 +44,6 @@ QUESTIONS = {
 MATH = "Convert the point (0, 3) in rectangular coordinates to polar coordinates and give r and theta."
 
 
-def jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def gsm8k_like(root: Path) -> Path:
     """A dataset repository folder with GSM8K's layout and its `question` column."""
     root.mkdir(parents=True)
@@ -62,12 +58,12 @@ def gsm8k_like(root: Path) -> Path:
 def sets(tmp_path):
     """Training prompts (column `problem`) holding a copy of every eval-like question, a MATH-like
     eval file (column `problem`) and the GSM8K-like repository (column `question`)."""
-    train = jsonl(tmp_path / "train.jsonl", [
+    train = write_jsonl(tmp_path / "train.jsonl", [
         {"id": "clean", "problem": "What is the sum of the interior angles of a hexagon in degrees?"},
         {"id": "math", "problem": MATH},
         *({"id": f"{subset}-{split}", "problem": f"Question: {q}"} for (subset, split), q in QUESTIONS.items()),
     ])
-    math = jsonl(tmp_path / "math500.jsonl", [{"problem": MATH, "answer": "(3, pi/2)"}])
+    math = write_jsonl(tmp_path / "math500.jsonl", [{"problem": MATH, "answer": "(3, pi/2)"}])
     return {"train": train, "math": math, "repo": gsm8k_like(tmp_path / "gsm8k")}
 
 
@@ -89,7 +85,7 @@ def test_an_eval_set_is_a_path_with_optional_settings(value, expected):
 
 
 def test_a_path_may_hold_colons_when_it_exists(tmp_path):
-    odd = jsonl(tmp_path / "a:b.jsonl", [{"prompt": "x"}])
+    odd = write_jsonl(tmp_path / "a:b.jsonl", [{"prompt": "x"}])
     assert parse_eval_set(f"{odd}:column=q") == EvalSet(f"{odd}:column=q", str(odd), column="q")
 
 
@@ -168,10 +164,7 @@ def test_a_wrong_eval_set_is_one_error_line_with_the_fix_and_exit_2(sets, tmp_pa
     out = tmp_path / "out"
     r = cli("decontaminate", "--data", sets["train"], "--prompt-column", "problem", "--against", against,
             "--output", out)
-    assert r.exit_code == 2, r.output
-    error = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1 and message in error[0], r.stderr
-    assert "Traceback" not in r.stderr and not out.exists()
+    assert_exit_2(r, message, output=out, alone=False)
 
 
 def test_output_inside_an_eval_set_with_settings_is_refused(sets, tmp_path):

@@ -10,7 +10,8 @@ from chainforge import language as lang
 from chainforge.errors import UsageError
 from chainforge.formats import write_super_cot
 from chainforge.rewards import REWARDS, get_reward, reasoning_text
-from conftest import write_jsonl
+from helpers.cli import assert_exit_2
+from helpers.files import write_jsonl
 
 EN_PROMPT = "What is 2 + 3?"
 ZH_PROMPT = "2 加 3 等于多少？"
@@ -92,8 +93,7 @@ def test_bad_language_is_one_line_exit_2(cli, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": EN_PROMPT, "answer": "5"}])
     r = cli("reject", "--model", tiny_model, "--data", data, "--output", tmp_path / "out", "--rewards", "language",
             "--language", "xx")
-    assert r.exit_code == 2 and r.stderr.startswith("Error: --language: unknown language 'xx'")
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert assert_exit_2(r, output=tmp_path / "out").startswith("Error: --language: unknown language 'xx'; known: ")
 
 
 def test_grpo_trains_with_the_language_reward(cli, tiny_model, tmp_path):
