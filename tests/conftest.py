@@ -34,6 +34,15 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def scripted_teacher(tmp_path_factory) -> Path:
+    """A tiny Qwen2 that answers every prompt with the same Super CoT, answer \\boxed{7}
+    (helpers.tiny.SEVEN): right on the prompts whose reference is 7, wrong on the others."""
+    from helpers.tiny import SEVEN_PIECES, build_scripted_model
+
+    return build_scripted_model(tmp_path_factory.mktemp("models") / "seven", SEVEN_PIECES)
+
+
+@pytest.fixture(scope="session")
 def chainforge_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("chainforge-home")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.checkpoints import assistant_loss
 from helpers.cli import assert_exit_2
 from helpers.files import manifest, write_jsonl
 
@@ -47,28 +48,6 @@ def traces_run(tiny_model, student_model, prompts_file, tmp_path_factory):
               "--output", out, "--num-samples", "2", "--temperature", "1.0", "--max-steps", "12",
               "--learning-rate", "3e-3", "--warmup-ratio", "0", *FAST)
     return r, out
-
-
-def assistant_loss(model_dir: Path, conversations: list[list[dict]]) -> float:
-    """Mean next-token loss of a checkpoint on the assistant turns of `conversations`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
-    total, count = 0.0, 0
-    for messages in conversations:
-        prompt = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = tok.apply_chat_template(messages, tokenize=False)
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        ids = tok(full, add_special_tokens=False)["input_ids"]
-        labels = [-100] * len(p_ids) + ids[len(p_ids):]
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-        n = sum(1 for t in labels[1:] if t != -100)
-        total += out.loss.item() * n
-        count += n
-    return total / count
 
 
 # ---- --method traces --------------------------------------------------------------------------------

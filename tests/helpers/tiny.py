@@ -61,3 +61,57 @@ def build_tiny_model(out: Path, layers: int = 2, hidden: int = 64, seed: int = 0
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
     return out
+
+
+# What the scripted teacher writes for every prompt: a well-formed Super CoT whose answer is 7, so
+# it is right exactly on the prompts whose reference is 7.
+SEVEN_PIECES = ["<reasoning_process>\n<think>", "Add 3 and 4 to get 7.", "</think>\n</reasoning_process>\n<summary>\n",
+                "\\boxed{7}", "\n</summary>"]
+SEVEN = "".join(SEVEN_PIECES)
+
+
+def build_scripted_model(out: Path, pieces: list[str], hidden: int = 32) -> Path:
+    """A tiny Qwen2 that writes "".join(pieces) and stops (<|im_end|>), whatever the chat prompt,
+    greedy or sampled: each piece becomes one added token, and the weights make the model a
+    bigram chain (the end of the generation prompt → piece 0 → piece 1 → … → <|im_end|>).
+
+    How: the one layer writes nothing (zero output projections), so the last hidden state is the
+    token's own embedding; chain tokens get one-hot embeddings and the untied LM head maps each to
+    its successor with a logit of about 300 (every other logit is 0). Pieces must be distinct."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if len(set(pieces)) != len(pieces) or len(pieces) + 1 > hidden:
+        raise ValueError("pieces must be distinct and fewer than `hidden`")
+    tok = build_tokenizer()
+    tok.add_tokens(list(pieces))
+    start = tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=True,
+                                    add_generation_prompt=True)
+    start = start["input_ids"] if isinstance(start, dict) or hasattr(start, "keys") else start
+    chain = [start[-1]] + [tok.convert_tokens_to_ids(p) for p in pieces] + [tok.eos_token_id]
+    if len(set(chain[:-1])) != len(chain) - 1:
+        raise ValueError("a piece is the token that opens the assistant turn")
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.zero_()
+        model.model.norm.weight.fill_(1.0)
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+        for k, (here, after) in enumerate(zip(chain, chain[1:])):
+            model.model.embed_tokens.weight[here, k] = 1.0
+            # RMSNorm scales a one-hot vector to sqrt(hidden): the successor's logit is 50 * sqrt(hidden)
+            model.lm_head.weight[after, k] = 50.0
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    out = Path(out)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
