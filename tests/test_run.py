@@ -23,14 +23,26 @@ def stages_for(model, sft_steps=1):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_model):
-    """One real run of collect → sft → grpo, shared by the tests below."""
+def _pristine_run(tmp_path_factory, tiny_model):
+    """One real run of collect → sft → grpo, made once; `finished_run` hands each test its own copy."""
     from helpers.cli import CLI
 
     base = tmp_path_factory.mktemp("run")
     prompts = write_jsonl(base / "train.jsonl", RECIPE_ROWS)
     recipe = write_recipe(base / "recipe.yaml", base / "run", tiny_model, prompts, stages_for(tiny_model))
     result = CLI()("run", recipe)
+    snapshot = tmp_path_factory.mktemp("run-snapshot") / "base"
+    shutil.copytree(base, snapshot, symlinks=True)
+    return base, snapshot, recipe, result
+
+
+@pytest.fixture
+def finished_run(_pristine_run):
+    """The finished run as it was made, whatever earlier tests did to it: restored in place from
+    the snapshot (the manifests record absolute paths, so the run cannot move)."""
+    base, snapshot, recipe, result = _pristine_run
+    shutil.rmtree(base)
+    shutil.copytree(snapshot, base, symlinks=True)
     return base, recipe, result
 
 
@@ -163,7 +175,7 @@ def test_an_unfinished_stage_whose_input_was_redone_is_redone_not_resumed(finish
 def test_resumable_option_changes_skip_and_a_removed_option_redoes(finished_run, cli, tiny_model):
     base, recipe, _ = finished_run
     run_dir = base / "run"
-    stages = stages_for(tiny_model, sft_steps=3)  # as the previous test left the run
+    stages = stages_for(tiny_model)  # the recipe the run was made with
     stages[0]["max_cost"] = 5.0  # collect lets its budget change on resume: never a reason to pay again
     write_recipe(recipe, run_dir, tiny_model, base / "train.jsonl", stages)
     r = cli("run", recipe)
