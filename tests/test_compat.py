@@ -86,8 +86,9 @@ def test_a_missing_package_is_refused_even_when_untested_is_allowed(monkeypatch)
 
 
 def test_pyproject_pins_are_the_tested_ranges():
-    tomllib = pytest.importorskip("tomllib")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    from helpers.files import read_toml
+
+    project = read_toml(ROOT / "pyproject.toml")["project"]
     pins = {Requirement(d).name: Requirement(d).specifier for d in project["dependencies"]}
     for package, spec in TESTED.items():
         assert pins[package] == SpecifierSet(spec), f"pyproject pins {package}{pins[package]}, compat {spec}"

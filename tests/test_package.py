@@ -10,11 +10,12 @@ import shutil
 import site
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+from helpers.files import read_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -155,7 +156,7 @@ def test_installed_demo_first_stage_reads_the_packaged_task(installed):
 def test_package_list_covers_every_code_package():
     """pyproject lists the packages by hand (the share/ mapping needs it): a new subpackage must be
     added there, or the wheel would lack it."""
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    listed = set(read_toml(ROOT / "pyproject.toml")["tool"]["setuptools"]["packages"])
     code = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "chainforge").rglob("__init__.py")}
     assert code <= listed, f"add to pyproject.toml [tool.setuptools] packages: {sorted(code - listed)}"
 

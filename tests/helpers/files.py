@@ -18,3 +18,12 @@ def manifest(out: Path) -> dict:
     m = read_manifest(out)
     assert m is not None, f"no readable chainforge.json in {out}"
     return m
+
+
+def read_toml(path: Path) -> dict:
+    """A TOML file as a dict: tomllib from Python 3.11, tomli on 3.10 (pytest itself requires it there)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib.loads(Path(path).read_text(encoding="utf-8"))
