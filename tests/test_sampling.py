@@ -15,12 +15,21 @@ PROMPTS = ["What is 1 + 1?", "Hi", [{"role": "user", "content": "A longer prompt
 
 def test_n_completions_per_prompt_in_order(loaded):
     model, tok = loaded
+    from chainforge.sampling.core import stop_token_ids
+
+    stops = stop_token_ids(tok, model)
     out = generate(model, tok, PROMPTS, n=3, temperature=0.8, max_new_tokens=10, seed=1, batch_size=4)
     assert [len(c) for c in out] == [3, 3, 3]
     for comps in out:
         for c in comps:
-            assert 1 <= c.tokens <= 10
-            assert c.finished == (c.tokens < 10) or c.finished
+            # `tokens` counts the generated ids, a stop token included; `finished` says the last one is
+            # a stop token, and only the last one can be; otherwise the budget ran out
+            assert c.tokens == len(c.ids) and 1 <= c.tokens <= 10
+            assert not any(t in stops for t in c.ids[:-1])
+            assert c.finished == (c.ids[-1] in stops)
+            assert c.finished or c.tokens == 10
+            assert c.text == tok.decode([t for t in c.ids if t not in stops], skip_special_tokens=True)
+    # (the scripted model of test_scripted_teacher.py stops at EOS: finished, 6 tokens)
 
 
 def test_deterministic_under_a_seed(loaded):
