@@ -88,9 +88,9 @@ def test_auto_batch_size_halves_on_out_of_memory_keeping_the_effective_batch(cli
     assert m["status"] == "complete"
     assert (m["metrics"]["batch_size"], m["metrics"]["grad_accum"]) == (2, 4)  # 8 x 1 = 2 x 4
     assert "out of memory at --batch-size 8" in r.stderr and "retrying with 4 x grad-accum 2" in r.stderr
-    from transformers import AutoModelForCausalLM
+    from helpers.checkpoints import load_checkpoint
 
-    AutoModelForCausalLM.from_pretrained(str(out))
+    load_checkpoint(out, tiny_model)  # whole, and trained by the retried steps
 
 
 def test_out_of_memory_without_auto_batch_size_stops_with_exit_1(cli, tiny_model, tmp_path, oom_above_two_rows):
