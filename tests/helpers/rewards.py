@@ -32,3 +32,14 @@ def vowel_share(completions, **_):
         letters = [ch for ch in c.lower() if ch.isalpha()]
         out.append(10 * sum(ch in "aeiou" for ch in letters) / len(letters) if letters else 0.0)
     return out
+
+
+def close_to_19_logged(completions, **kw) -> list[float]:
+    """close_to_19, and one line per call appended to $CHAINFORGE_TEST_REWARD_LOG: the calling
+    process's RANK and the completions it scored (to see what each rank of a launch did)."""
+    import json
+
+    with open(os.environ["CHAINFORGE_TEST_REWARD_LOG"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"rank": int(os.environ.get("RANK", "0")),
+                            "completions": [completion_text(c) for c in completions]}) + "\n")
+    return close_to_19(completions, **kw)
