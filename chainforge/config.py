@@ -486,7 +486,7 @@ class ExpanderOptions(StageConfig):
         None, "anthropic (ANTHROPIC_API_KEY), openai (OPENAI_BASE_URL), local or none. Default: anthropic when "
               "ANTHROPIC_API_KEY is set, else none.")
     expander_model: Optional[str] = option(
-        None, "Default claude-sonnet-4-6 (anthropic); the teacher's model (local).")
+        None, "Default claude-sonnet-5-5 (anthropic); the teacher's model (local).")
     max_expansions: int = option(3, "Uncertain steps grounded per trace, at most (bounds the cost).", min=0)
     uncertain_marker: Optional[list[str]] = option(None, "Extra hedging phrase that flags a step (repeatable).")
     marker_domain: Optional[list[str]] = option(
@@ -504,6 +504,9 @@ class ExpanderOptions(StageConfig):
         flags=("--expander-batch",))
     poll_interval: float = option(30.0, "--expander-batch: seconds between two status checks of a batch.",
                                   above=0.0)
+    preflight: bool = option(
+        True, "Before a paid run, list each API's models (GET /models, no tokens): a refused key stops at once "
+              "(exit 1), an unknown model is exit 2; --no-preflight skips the look-up.")
 
     def check(self) -> None:
         if self.expander_batch and self.expander not in (None, "anthropic"):

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.cli import CLI  # noqa: E402  (tests/ is on sys.path from here)
-from helpers.fake_apis import FakeAnthropic, FakeAnthropicBatches, FakeDeepSeek  # noqa: E402
+from helpers.fake_apis import FakeAnthropic, FakeAnthropicBatches, FakeDeepSeek, FakeOpenAI  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -75,6 +75,14 @@ def deepseek(monkeypatch, fast_backoff):
     with FakeDeepSeek(latency=0.01) as server:
         monkeypatch.setenv("DEEPSEEK_API_KEY", server.api_key)
         monkeypatch.setenv("DEEPSEEK_BASE_URL", server.url)
+        yield server
+
+
+@pytest.fixture
+def openai_server(fast_backoff):
+    """A fake OpenAI-compatible server (vLLM-like) on loopback serving `r1` and `r1-distill`; pass
+    its url as --teacher-base-url."""
+    with FakeOpenAI(latency=0.01) as server:
         yield server
 
 

@@ -169,7 +169,12 @@ def test_a_refused_batch_submission_stops_with_exit_1_and_keeps_the_rows(cli, tm
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-wrong-key")
     out = tmp_path / "out"
     data = prompts(tmp_path)
+    # the preflight finds the refused key before anything is paid or created
     r = cli(*collect_args(data, out, "--expander-batch", "--poll-interval", "0.01"))
+    assert r.exit_code == 1 and "HTTP 401" in r.stderr and "ANTHROPIC_API_KEY" in r.stderr
+    assert not out.exists() and not ds.requests and not an.created
+    # without it, the refused batch submission stops the run once the teacher's rows are in
+    r = cli(*collect_args(data, out, "--expander-batch", "--poll-interval", "0.01", "--no-preflight"))
     assert r.exit_code == 1 and "HTTP 401" in r.stderr and "sk-wrong-key" not in r.stderr
     assert json.loads((out / "chainforge.json").read_text())["status"] == "incomplete"
     assert (out / "journal.jsonl").read_text().count("\n") == N and not an.created

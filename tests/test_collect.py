@@ -75,13 +75,21 @@ def test_uncertain_steps_are_expanded_and_rows_follow_the_contract(cli, tmp_path
         assert req["headers"]["authorization"] == f"Bearer {deepseek.api_key}"
         assert [m["role"] for m in body["messages"]] == ["user"]
         assert "reasoning_content" not in json.dumps(body)
-        assert "logprobs" not in body and body["model"] == "deepseek-reasoner" and body["max_tokens"] == 2048
-    # the expander: the SDK's Messages API, the current Sonnet, max_tokens <= 512, one per uncertain step
+        assert "logprobs" not in body and body["model"] == "deepseek-flash" and body["max_tokens"] == 2048
+        assert body["thinking"] == {"type": "enabled"} and "reasoning_effort" not in body
+    # the expander: the SDK's Messages API, the current Sonnet, thinking off as Sonnet 5.5 allows it
+    # (its Models API capabilities say `between_tools`), max_tokens 512, one per uncertain step
     assert len(anthropic_api.requests) == 3
     for req in anthropic_api.requests:
         assert req["path"] == "/v1/messages"
-        assert req["json"]["model"] == "claude-sonnet-4-6" and req["json"]["max_tokens"] <= 512
+        assert req["json"]["model"] == "claude-sonnet-5-5" and req["json"]["max_tokens"] == 512
+        assert req["json"]["thinking"] == {"type": "between_tools"}
+        assert not {"temperature", "top_p", "top_k"} & set(req["json"])
         assert "Maybe the result is 6 times 7" in req["json"]["messages"][0]["content"]
+    # the preflight: one model look-up per API, before the first paid request
+    assert [q["path"] for q in deepseek.lookups] == ["/models"]
+    assert [q["path"] for q in anthropic_api.lookups] == ["/v1/models/claude-sonnet-5-5"]
+    assert deepseek.lookups[0]["t"] < deepseek.requests[0]["t"]
     assert_no_secret(out, deepseek.api_key, anthropic_api.api_key)
 
 
@@ -200,7 +208,7 @@ def test_401_stops_the_run_naming_the_key(cli, tmp_path, deepseek, monkeypatch):
 
 def test_max_cost_stops_sending_and_a_higher_budget_resumes(cli, tmp_path, deepseek):
     # 1 USD per 1k output tokens makes a row cost a few cents; the budget stops after a few rows.
-    price = ["--price", "deepseek-reasoner=0,0,1000"]
+    price = ["--price", "deepseek-flash=0,0,1000"]
     out = tmp_path / "out"
     base = ["collect", "--prompts", prompts_file(tmp_path, 10), "--output", out, "--concurrency", 1, *price,
             "--max-new-tokens", 50]
@@ -242,17 +250,17 @@ def test_drop_incorrect_keeps_only_matching_rows(cli, tmp_path, deepseek):
     assert [row["correct"] for row in rows_of(out2)] == [False, True, True]
 
 
-def test_openai_teacher_reads_a_leading_think_block(cli, tmp_path, deepseek, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", deepseek.api_key)
-    deepseek.answer = lambda p: ("", "<think>Six sevens.\n\nI think that is 42.</think>\nThe answer is 42.")
+def test_openai_teacher_reads_a_leading_think_block(cli, tmp_path, openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", openai_server.api_key)
+    openai_server.answer = lambda p: ("", "<think>Six sevens.\n\nI think that is 42.</think>\nThe answer is 42.")
     out = tmp_path / "out"
     r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, "--teacher", "openai",
-            "--teacher-model", "r1-distill", "--teacher-base-url", deepseek.url)
+            "--teacher-model", "r1-distill", "--teacher-base-url", openai_server.url)
     assert r.exit_code == 0, r.stderr
     row = rows_of(out)[0]
     assert row["steps"] == ["Six sevens.", "I think that is 42."] and row["uncertain"] == [False, True]
     assert row["teacher_answer"] == "The answer is 42." and row["correct"] is True
-    assert_no_secret(out, deepseek.api_key)
+    assert_no_secret(out, openai_server.api_key)
 
 
 def test_changed_options_refuse_to_resume(cli, tmp_path, deepseek):
@@ -266,7 +274,7 @@ def test_changed_options_refuse_to_resume(cli, tmp_path, deepseek):
 
 def test_config_file_gives_prices_and_concurrency(cli, tmp_path, deepseek):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("concurrency: 2\nprice: ['deepseek-reasoner=1000,0,0']\n")
+    cfg.write_text("concurrency: 2\nprice: ['deepseek-flash=1000,0,0']\n")
     out = tmp_path / "out"
     r = cli("collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, "--config", cfg)
     assert r.exit_code == 0, r.stderr
@@ -285,8 +293,8 @@ BAD = [
     ([], {"DEEPSEEK_BASE_URL": "api.deepseek.com"}, "DEEPSEEK_BASE_URL"),
     (["--concurrency", "0"], {}, "--concurrency must be at least 1"),
     (["--concurrency", "-3"], {}, "--concurrency must be at least 1"),
-    (["--price", "deepseek-reasoner=0.28,cheap,0.42"], {}, "CACHE_HIT must be a non-negative number"),
-    (["--price", "deepseek-reasoner"], {}, "MODEL=INPUT,CACHE_HIT,OUTPUT"),
+    (["--price", "deepseek-flash=0.30,cheap,1.20"], {}, "CACHE_HIT must be a non-negative number"),
+    (["--price", "deepseek-flash"], {}, "MODEL=INPUT,CACHE_HIT,OUTPUT"),
     (["--teacher", "gpt"], {}, "--teacher 'gpt'"),
     (["--expander", "gemini"], {}, "--expander 'gemini'"),
     (["--teacher", "openai"], {"OPENAI_BASE_URL": None}, "--teacher-base-url"),
@@ -360,25 +368,25 @@ def test_rows_come_out_in_input_order_whatever_order_they_finished_in(cli, tmp_p
 
 # ---- secrets ------------------------------------------------------------------------------------------
 
-def test_url_credentials_are_sent_as_basic_auth_and_never_shown_or_recorded(cli, tmp_path, deepseek, monkeypatch):
+def test_url_credentials_are_sent_as_basic_auth_and_never_shown_or_recorded(cli, tmp_path, openai_server, monkeypatch):
     import base64
 
     from chainforge.providers.resolve import resolve_teacher
     from chainforge.config import Options
 
-    deepseek.basic_auth = ("bob", "s3cret-pw")
+    openai_server.basic_auth = ("bob", "s3cret-pw")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    url = f"http://bob:s3cret-pw@127.0.0.1:{deepseek.port}/v1"
+    url = f"http://bob:s3cret-pw@127.0.0.1:{openai_server.port}/v1"
     out = tmp_path / "out"
     args = ["collect", "--prompts", prompts_file(tmp_path, 2), "--output", out, "--teacher", "openai",
             "--teacher-model", "r1", "--teacher-base-url", url]
     r = cli(*args)
     assert r.exit_code == 0, r.stderr
     token = base64.b64encode(b"bob:s3cret-pw").decode()
-    assert {req["headers"]["authorization"] for req in deepseek.requests} == {f"Basic {token}"}
+    assert {req["headers"]["authorization"] for req in openai_server.requests} == {f"Basic {token}"}
     assert "s3cret-pw" not in r.stderr + r.stdout and "bob:***@" in r.stderr
     assert "warning" not in r.stderr  # loopback: nothing crosses a network
-    assert manifest(out)["config"]["teacher_base_url"] == f"http://bob:***@127.0.0.1:{deepseek.port}/v1"
+    assert manifest(out)["config"]["teacher_base_url"] == f"http://bob:***@127.0.0.1:{openai_server.port}/v1"
     assert_no_secret(out, "s3cret-pw", token)
     source = resolve_teacher(Options(teacher="openai", teacher_model="r1", teacher_base_url=url))
     assert "s3cret-pw" not in repr(source) and "s3cret-pw" not in source.describe()
@@ -441,7 +449,7 @@ def test_a_key_over_plain_http_to_another_host_gets_a_warning(cli, tmp_path, mon
 # ---- a local expander behind 32 requests in flight --------------------------------------------------
 
 def test_local_expander_at_concurrency_32_loads_one_model_and_decodes_on_it_one_call_at_a_time(
-        cli, tmp_path, deepseek, tiny_model, monkeypatch):
+        cli, tmp_path, openai_server, tiny_model, monkeypatch):
     import threading
 
     import chainforge.models as models
@@ -469,10 +477,10 @@ def test_local_expander_at_concurrency_32_loads_one_model_and_decodes_on_it_one_
 
     monkeypatch.setattr(models, "load_model", counting_load)
     monkeypatch.setattr(sampling, "generate", counting_generate)
-    monkeypatch.setenv("OPENAI_API_KEY", deepseek.api_key)
+    monkeypatch.setenv("OPENAI_API_KEY", openai_server.api_key)
     out = tmp_path / "out"
     r = cli("collect", "--prompts", prompts_file(tmp_path, 40), "--output", out, "--teacher", "openai",
-            "--teacher-model", "r1", "--teacher-base-url", deepseek.url, "--expander", "local",
+            "--teacher-model", "r1", "--teacher-base-url", openai_server.url, "--expander", "local",
             "--expander-model", tiny_model, "--concurrency", 32, "--max-new-tokens", 8)
     assert r.exit_code == 0, r.stderr
     rows = rows_of(out)
@@ -483,7 +491,7 @@ def test_local_expander_at_concurrency_32_loads_one_model_and_decodes_on_it_one_
     assert all(row["uncertain"] == [False, True, False] for row in rows)
 
 
-def test_url_password_never_reaches_run_json_or_a_config_repr_and_the_rerun_skips(cli, tmp_path, deepseek,
+def test_url_password_never_reaches_run_json_or_a_config_repr_and_the_rerun_skips(cli, tmp_path, openai_server,
                                                                                  monkeypatch):
     import json
 
@@ -491,12 +499,12 @@ def test_url_password_never_reaches_run_json_or_a_config_repr_and_the_rerun_skip
 
     from chainforge.stages.collect import CollectConfig
 
-    deepseek.basic_auth = ("bob", "s3cret-pw")
+    openai_server.basic_auth = ("bob", "s3cret-pw")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    url = f"http://bob:s3cret-pw@127.0.0.1:{deepseek.port}/v1"
+    url = f"http://bob:s3cret-pw@127.0.0.1:{openai_server.port}/v1"
     config = CollectConfig(prompts="p.jsonl", output="o", teacher="openai", teacher_base_url=url)
     assert "s3cret-pw" not in repr(config) and "bob:***@" in repr(config)
-    assert config.redacted()["teacher_base_url"] == f"http://bob:***@127.0.0.1:{deepseek.port}/v1"
+    assert config.redacted()["teacher_base_url"] == f"http://bob:***@127.0.0.1:{openai_server.port}/v1"
 
     run_dir = tmp_path / "run"
     recipe = tmp_path / "recipe.yaml"
@@ -507,9 +515,9 @@ def test_url_password_never_reaches_run_json_or_a_config_repr_and_the_rerun_skip
     assert r.exit_code == 0, r.stderr
     assert "s3cret-pw" not in (run_dir / "run.json").read_text() + r.stderr + r.stdout
     assert_no_secret(run_dir, "s3cret-pw")
-    sent = len(deepseek.requests)
+    sent = len(openai_server.requests)
     r = cli("run", recipe)  # the manifest's masked URL is the same option: nothing is redone or re-paid
     assert r.exit_code == 0, r.stderr
-    assert len(deepseek.requests) == sent
+    assert len(openai_server.requests) == sent
     state = json.loads((run_dir / "run.json").read_text())
     assert state["stages"]["collect"]["status"] == "skipped (complete)"

@@ -58,10 +58,11 @@ def test_prices():
     for bad in ("m=1,x,2", "m=1,2", "=1,2,3", "m=-1,0,0", "m=nan,0,0"):
         with pytest.raises(UsageError):
             parse_price(bad)
-    table = price_table(["deepseek-reasoner=1,0.5,2"])
-    assert table["deepseek-reasoner"].cost({"prompt": 1_000_000, "cache_hit": 400_000, "completion": 1_000_000}) \
+    table = price_table(["deepseek-flash=1,0.5,2"])
+    assert table["deepseek-flash"].cost({"prompt": 1_000_000, "cache_hit": 400_000, "completion": 1_000_000}) \
         == pytest.approx(0.6 + 0.2 + 2)
-    assert price_for(table, "claude-sonnet-4-5-20250929") == table["claude-sonnet-4-5"]
+    assert price_for(table, "claude-haiku-4-5-20251001") == table["claude-haiku-4-5"]
+    assert price_for(table, "claude-sonnet-5-6") is None  # another model, not a dated snapshot of Sonnet 5
     assert price_for(table, "unknown") is None
 
 

@@ -164,7 +164,7 @@ def test_reject_with_expander_batch_sends_one_batch_at_half_price(cli, tiny_mode
     grounded = assert_grounded_only_where_uncertain(datasets.load_from_disk(str(out)))
     m = json.loads((out / "chainforge.json").read_text())["metrics"]
     assert grounded > 0 and m["expanded_steps"] == grounded and m["expansion_batches"] == 1
-    full = (m["expansion_input_tokens"] * 3.0 + m["expansion_output_tokens"] * 15.0) / 1e6  # claude-sonnet-4-6
+    full = (m["expansion_input_tokens"] * 2.0 + m["expansion_output_tokens"] * 10.0) / 1e6  # claude-sonnet-5-5
     assert m["expansion_cost_usd"] == pytest.approx(full / 2, abs=1e-6)  # the manifest keeps 6 decimals
 
 

@@ -56,7 +56,7 @@ def failed(out: Path) -> list[dict]:
 
 def chat(url: str, key: str, stream: bool = True) -> ChatAPI:
     client = HttpClient(url, {"Authorization": f"Bearer {key}"}, limit=4)
-    return ChatAPI(client, "deepseek-reasoner", "DeepSeek", "DEEPSEEK_API_KEY", 0, Counters(), stream=stream)
+    return ChatAPI(client, "deepseek-flash", "DeepSeek", "DEEPSEEK_API_KEY", 0, Counters(), stream=stream)
 
 
 def complete(api: ChatAPI, prompt: str):
@@ -146,14 +146,15 @@ def test_an_ipv6_literal_base_url_gets_a_bracketed_host_header(cli, tmp_path, mo
         assert {req["headers"]["host"] for req in server.requests} == {f"[::1]:{server.port}"}
 
 
-def test_a_base_url_with_a_path_and_a_query_keeps_both(deepseek, cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", deepseek.api_key)
+def test_a_base_url_with_a_path_and_a_query_keeps_both(openai_server, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", openai_server.api_key)
     out = tmp_path / "out"
     r = cli("collect", "--prompts", prompts(tmp_path, 2), "--output", out, "--expander", "none",
             "--teacher", "openai", "--teacher-model", "r1", "--teacher-base-url",
-            f"{deepseek.url}/openai/v1?api-version=2025-01-01")
+            f"{openai_server.url}/openai/v1?api-version=2025-01-01")
     assert r.exit_code == 0, r.stderr
-    assert {req["path"] for req in deepseek.requests} == {"/openai/v1/chat/completions?api-version=2025-01-01"}
+    assert {req["path"] for req in openai_server.requests} == {"/openai/v1/chat/completions?api-version=2025-01-01"}
+    assert [q["path"] for q in openai_server.lookups] == ["/openai/v1/models?api-version=2025-01-01"]
 
 
 def test_endpoint_parts_and_masking():
@@ -183,7 +184,8 @@ def test_http_proxy_relays_every_teacher_request(deepseek, cli, tmp_path, monkey
         r = cli("collect", "--prompts", prompts(tmp_path, 3), "--output", out, "--expander", "none")
         assert r.exit_code == 0, r.stderr
     assert metrics(out)["rows"] == 3 and len(deepseek.requests) == 3
-    assert proxy.requests == [f"POST http://127.0.0.1:{deepseek.port}/chat/completions"] * 3
+    assert proxy.requests == ([f"GET http://127.0.0.1:{deepseek.port}/models"]  # the preflight
+                              + [f"POST http://127.0.0.1:{deepseek.port}/chat/completions"] * 3)
     assert f"via proxy {proxy.url}" in r.stderr.splitlines()[0]
 
 

@@ -206,6 +206,8 @@ class GatedDeepSeek(FakeDeepSeek):
         self.free, self.gate = free, threading.Event()
 
     async def _respond(self, *args):
+        if args[0] == "GET":  # the preflight's model list is never held
+            return await super()._respond(*args)
         if self.free > 0:
             self.free -= 1
         else:

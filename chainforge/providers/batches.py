@@ -68,8 +68,8 @@ def _stop(exc, what: str) -> Exception:
 def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
     import anthropic
 
-    from chainforge.providers.expander import (EXPANDER_MAX_TOKENS, PROMPT, Expansion, Grounded, expansion_from_message,
-                                               zero_usage)
+    from chainforge.providers.expander import (Expansion, Grounded, anthropic_request, expansion_from_message,
+                                               thinking_fields, zero_usage)
     from chainforge.journal import Journal
 
     config = grounder.config
@@ -80,10 +80,10 @@ def run_batches(grounder, todo, folder: Path, stats, finish: Callable) -> None:
     stats.batches = len(submitted)
     covered = {cid for _, ids in submitted for cid in ids}
     pending = {bid: ids for bid, ids in submitted if any(cid in wanted for cid in ids)}
-    fresh = [{"custom_id": cid, "params": {
-        "model": grounder.source.model, "max_tokens": EXPANDER_MAX_TOKENS,
-        "messages": [{"role": "user", "content": PROMPT.format(question=t.question, step=t.steps[i])}]}}
-        for cid, (t, i) in wanted.items() if cid not in covered]
+    model = grounder.source.model
+    fields = thinking_fields(model, grounder.source.capabilities)  # as the live expander sends them
+    fresh = [{"custom_id": cid, "params": anthropic_request(model, fields, t.question, t.steps[i])}
+             for cid, (t, i) in wanted.items() if cid not in covered]
     if fresh and config.max_cost is not None and stats.cost_usd >= config.max_cost:
         raise RunFailed(f"--max-cost ${config.max_cost:g} reached (expansions spent ${stats.cost_usd:.4f}); raise "
                         f"--max-cost and rerun the same command")

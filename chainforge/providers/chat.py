@@ -1,9 +1,10 @@
 """One OpenAI-compatible chat-completions call (DeepSeek, vLLM, SGLang, Ollama), with retries.
 
 Each prompt is its own conversation: the messages sent are the optional system prompt and one
-user turn. The reasoner's `reasoning_content` is read from the reply and never sent back (DeepSeek
-answers 400 to a request that carries it). Nothing the reasoner rejects is sent: no `logprobs`,
-and `temperature` only when asked for (deepseek-reasoner ignores it).
+user turn. The reasoner's `reasoning_content` is read from the reply and never sent back. Nothing
+the reasoner rejects is sent: no `logprobs`, and `temperature` only when asked for (DeepSeek
+ignores it in thinking mode). The fields that pick thinking and its effort (`thinking`,
+`reasoning_effort`) come from `resolve.teacher_extra`.
 
 Replies are streamed (`stream: true`, `stream_options: {include_usage: true}`): the reasoning and
 the answer arrive as `reasoning_content` / `content` deltas and the token counts in the last event,
@@ -147,10 +148,12 @@ class ChatAPI:
 
     def __init__(self, client, model: str, name: str, key_env: str, max_retries: int,
                  counters: Counters, max_tokens: Optional[int] = None,
-                 temperature: Optional[float] = None, limiter=None, stream: bool = True):
+                 temperature: Optional[float] = None, limiter=None, stream: bool = True,
+                 extra: Optional[dict] = None):
         self.client, self.model, self.name, self.key_env = client, model, name, key_env
         self.max_retries, self.counters, self.limiter = max_retries, counters, limiter
         self.max_tokens, self.temperature, self.stream = max_tokens, temperature, stream
+        self.extra = dict(extra or {})  # further body fields: thinking, reasoning_effort
 
     def payload(self, messages: list[dict]) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream}
@@ -160,6 +163,7 @@ class ChatAPI:
             body["max_tokens"] = self.max_tokens  # for the reasoner it counts the reasoning too
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        body.update(self.extra)
         return body
 
     async def complete(self, messages: list[dict], token_estimate: int = 0) -> ChatReply:

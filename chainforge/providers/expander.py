@@ -3,6 +3,12 @@
 - `anthropic` (default when ANTHROPIC_API_KEY is set): the official SDK's Messages API. The SDK
   retries by itself (408/409/429/5xx, connection errors, `retry-after`); its `max_retries` is set
   once to --max-retries and no second loop is wrapped around it. It reads ANTHROPIC_BASE_URL.
+  The request (`anthropic_request`, the same for Message Batches) carries no sampling parameter
+  (Claude 5.x answers 400 to a non-default temperature, top_p or top_k) and keeps thinking out of
+  the way of the grounding (`thinking_fields`): off where the model allows it, else at the lowest
+  effort with room for it in `max_tokens`, since thinking blocks come first and count against it.
+  A reply whose text is empty because it stopped at `max_tokens`, or a `refusal`, is a failed
+  grounding whose tokens are still paid for and counted.
 - `openai`: any OpenAI-compatible chat-completions server (OPENAI_BASE_URL, OPENAI_API_KEY).
 - `local`: an in-process model through `chainforge.sampling.generate`.
 - `none`: nothing is grounded; uncertain steps are still flagged.
@@ -21,8 +27,11 @@ from typing import Optional
 
 from chainforge.providers.chat import ChatAPI, Counters, PromptFailed, RunStopped
 
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-6"  # current Sonnet in the installed SDK, no end-of-life date
-EXPANDER_MAX_TOKENS = 512
+# The current Sonnet (platform.claude.com models overview, read 2026-12-06): $2/$10 per 1M tokens,
+# half Opus 5.5's price; Claude Sonnet 4.6, the previous default, is a legacy model.
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
+EXPANDER_MAX_TOKENS = 512  # the grounding's text (three sentences, MAX_EXPANSION_WORDS at most)
+THINKING_ROOM = 1536  # added to max_tokens when the model may think before it answers
 MAX_EXPANSION_WORDS = 150
 
 PROMPT = """A solver is working on this question:
@@ -83,13 +92,78 @@ def _zero() -> dict:
     return {"prompt": 0, "completion": 0, "reasoning": 0, "cache_hit": 0}
 
 
+# What keeps a model's thinking out of a grounding, from the models' pages (docs/grounding.md),
+# for when the preflight did not read the model's capabilities: longest matching name wins.
+THINKING_OFF = {"type": "disabled"}
+THINKING_TABLE = {
+    "claude-sonnet-5-5": {"thinking": {"type": "between_tools"}},  # `disabled` is a 400 here
+    "claude-opus-5-5": {"output_config": {"effort": "low"}},  # thinking cannot be turned off
+    "claude-fable": {"output_config": {"effort": "low"}},  # adaptive, always on
+    "claude-mythos": {"output_config": {"effort": "low"}},
+    "claude-haiku-5-5": {"output_config": {"effort": "low"}},
+    "claude-sonnet-5": {"thinking": THINKING_OFF},
+    "claude-opus-5": {"thinking": THINKING_OFF},  # allowed at effort high (its default) or lower
+    "claude-opus-4": {"thinking": THINKING_OFF},
+    "claude-sonnet-4": {"thinking": THINKING_OFF},
+    "claude-haiku-4": {"thinking": THINKING_OFF},
+}
+
+
+def thinking_fields(model: str, capabilities: Optional[dict] = None) -> dict:
+    """The request fields that keep thinking off, or as short as `model` allows.
+
+    `capabilities`: the model's `capabilities` from the Models API (the preflight reads them),
+    whose `thinking.types.X.supported` is false exactly when a request sending type X gets a 400.
+    Without them, `THINKING_TABLE`; a model in neither gets no field (its default) and the
+    room for thinking in `max_tokens`."""
+    if capabilities:
+        thinking = capabilities.get("thinking") or {}
+        types = thinking.get("types") or {}
+        if not thinking.get("supported", True) or (types.get("disabled") or {}).get("supported"):
+            return {"thinking": THINKING_OFF}
+        if (types.get("between_tools") or {}).get("supported"):
+            return {"thinking": {"type": "between_tools"}}
+        effort = capabilities.get("effort") or {}
+        if effort.get("supported") and (effort.get("low") or {}).get("supported"):
+            return {"output_config": {"effort": "low"}}
+        return {}
+    names = [name for name in THINKING_TABLE if model == name or model.startswith(name + "-")]
+    return dict(THINKING_TABLE[max(names, key=len)]) if names else {}
+
+
+def max_tokens_for(fields: dict) -> int:
+    """Thinking turned off: the grounding's own budget; otherwise room for thinking too."""
+    off = (fields.get("thinking") or {}).get("type") in ("disabled", "between_tools")
+    return EXPANDER_MAX_TOKENS if off else EXPANDER_MAX_TOKENS + THINKING_ROOM
+
+
+def anthropic_request(model: str, fields: dict, question: str, step: str) -> dict:
+    """The Messages API request of one grounding (a Message Batches item's `params` as well)."""
+    return {"model": model, "max_tokens": max_tokens_for(fields),
+            "messages": [{"role": "user", "content": PROMPT.format(question=question, step=step)}], **fields}
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
 def expansion_from_message(msg) -> Expansion:
     """An Anthropic Messages reply (synchronous, or one succeeded Message Batches item) as an
-    Expansion: its text checked by `validate_expansion`, its token counts."""
-    text = "".join(b.text for b in msg.content if getattr(b, "type", "") == "text")
+    Expansion: the text of its text blocks (thinking blocks come first and are skipped), checked by
+    `validate_expansion`, and its token counts. Cut at `max_tokens`: an empty text fails, a partial
+    one keeps its whole sentences; a `refusal` fails. A failed one keeps its usage: it was paid for."""
+    text = "".join(getattr(b, "text", "") or "" for b in msg.content if getattr(b, "type", "") == "text")
     u = msg.usage
-    usage = {"prompt": u.input_tokens or 0, "completion": u.output_tokens or 0, "reasoning": 0,
-             "cache_hit": getattr(u, "cache_read_input_tokens", 0) or 0}
+    cached = getattr(u, "cache_read_input_tokens", 0) or 0
+    written = getattr(u, "cache_creation_input_tokens", 0) or 0
+    # input_tokens leaves out the cached part of the prompt; `prompt` counts all of it
+    usage = {"prompt": (u.input_tokens or 0) + cached + written, "completion": u.output_tokens or 0,
+             "reasoning": 0, "cache_hit": cached}
+    stop = getattr(msg, "stop_reason", None)
+    if stop == "refusal":
+        return Expansion(None, usage, failed=True)
+    if stop in ("max_tokens", "model_context_window_exceeded"):
+        ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+        text = text[:ends[-1]] if ends else ""
     kept = validate_expansion(text)
     return Expansion(kept, usage, failed=kept is None)
 
@@ -107,7 +181,8 @@ class NoExpander:
 class AnthropicExpander:
     name = "anthropic"
 
-    def __init__(self, api_key: str, model: str, max_retries: int, counters: Counters):
+    def __init__(self, api_key: str, model: str, max_retries: int, counters: Counters,
+                 capabilities: Optional[dict] = None):
         import anthropic
 
         async def count(_request) -> None:  # every attempt, the SDK's own retries included
@@ -115,6 +190,7 @@ class AnthropicExpander:
 
         # The SDK retries inside one call, so retries = attempts seen by the hook - calls made.
         self.model, self.counters, self.calls = model, counters, 0
+        self.fields = thinking_fields(model, capabilities)
         self._anthropic = anthropic
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key, max_retries=max_retries,
@@ -124,9 +200,10 @@ class AnthropicExpander:
         a = self._anthropic
         self.calls += 1
         try:
-            msg = await self._client.messages.create(
-                model=self.model, max_tokens=EXPANDER_MAX_TOKENS,
-                messages=[{"role": "user", "content": PROMPT.format(question=question, step=step)}])
+            request = anthropic_request(self.model, self.fields, question, step)
+            # thinking / output_config go as plain body fields: older SDKs lack the keyword arguments
+            extra = {k: request.pop(k) for k in list(request) if k not in ("model", "max_tokens", "messages")}
+            msg = await self._client.messages.create(**request, extra_body=extra or None)
         except a.APIStatusError as exc:
             if exc.status_code in (401, 402):
                 raise RunStopped(f"the Anthropic API refused the expander request (HTTP {exc.status_code}); "

@@ -150,6 +150,29 @@ class Grounder:
             price = discounted(price)
         return cls(config, source, rule, price, stage)
 
+    def preflight(self, teacher=None):
+        """The preflight (`providers.preflight`) of the expander and of `teacher` (a remote Source,
+        collect's), unless --no-preflight: exit 1 for a refused key, 2 for an unknown model, before
+        anything is created. The expander's Anthropic capabilities are kept for its requests.
+        Returns the teacher Source."""
+        from dataclasses import replace
+
+        from chainforge.providers.preflight import Preflight, preflight, remote
+        from chainforge.providers.resolve import DEEPSEEK_LEGACY
+
+        if not getattr(self.config, "preflight", True):
+            return teacher
+        checks = []
+        if remote(teacher):
+            checks.append(Preflight(self.stage, "teacher", teacher, "--teacher-model",
+                                    DEEPSEEK_LEGACY if teacher.kind == "deepseek" else None))
+        if remote(self.source):
+            checks.append(Preflight(self.stage, "expander", self.source, "--expander-model"))
+        infos = preflight(self.stage, checks)
+        if remote(self.source) and self.source.kind == "anthropic" and infos and isinstance(infos[-1], dict):
+            self.source = replace(self.source, capabilities=infos[-1].get("capabilities") or None)
+        return teacher
+
     @property
     def active(self) -> bool:
         return self.source.kind != "none"
@@ -168,9 +191,7 @@ class Grounder:
 
 
 def discounted(price):
-    from chainforge.providers.pricing import Price
-
-    return Price(price.input * BATCH_DISCOUNT, price.cache_hit * BATCH_DISCOUNT, price.output * BATCH_DISCOUNT)
+    return price.scaled(BATCH_DISCOUNT)
 
 
 class _ClientOptions:
@@ -284,9 +305,10 @@ async def _live(grounder: Grounder, todo: Sequence[Target], counters, budget, fi
 
 def _bound(grounder: Grounder) -> float:
     """A pessimistic cost of one grounding before any has told us better."""
-    from chainforge.providers.expander import EXPANDER_MAX_TOKENS
+    from chainforge.providers.expander import EXPANDER_MAX_TOKENS, THINKING_ROOM
 
-    return grounder.price.cost({"prompt": 1000, "completion": EXPANDER_MAX_TOKENS}) if grounder.price else 0.0
+    return grounder.price.bound({"prompt": 1000, "completion": EXPANDER_MAX_TOKENS + THINKING_ROOM}) \
+        if grounder.price else 0.0
 
 
 def _record(key: str, g: Grounded) -> dict:

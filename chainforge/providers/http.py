@@ -195,6 +195,14 @@ class HttpClient:
 
     async def post(self, path: str, body: bytes, on_event: Optional[Callable[[str], None]] = None) -> Response:
         """POST `body`; a 2xx `text/event-stream` reply goes to `on_event` (each event's data)."""
+        return await self.request("POST", path, body, on_event)
+
+    async def get(self, path: str) -> Response:
+        """GET `path` (the preflight's model list); the body is read whole, within the same limits."""
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: Optional[bytes] = None,
+                      on_event: Optional[Callable[[str], None]] = None) -> Response:
         session = self._session or self._open()
         url = self._urls.get(path)
         if url is None:  # parsed once: yarl would otherwise parse the string on every request
@@ -204,8 +212,8 @@ class HttpClient:
         a = self._aiohttp
         try:
             # No redirects: a POST would come back as a GET, and the key would follow it elsewhere.
-            async with session.post(url, data=body, auth=self._auth, proxy=self.proxy,
-                                    proxy_auth=self._proxy_basic, allow_redirects=False) as resp:
+            async with session.request(method, url, data=body, auth=self._auth, proxy=self.proxy,
+                                       proxy_auth=self._proxy_basic, allow_redirects=False) as resp:
                 headers = {k.lower(): v for k, v in resp.headers.items()}
                 streamed = (on_event is not None and 200 <= resp.status < 300
                             and headers.get("content-type", "").startswith("text/event-stream"))

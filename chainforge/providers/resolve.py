@@ -23,7 +23,15 @@ from chainforge.errors import UsageError
 TEACHERS = ("deepseek", "openai", "local")
 EXPANDERS = ("anthropic", "openai", "local", "none")
 DEEPSEEK_URL = "https://api.deepseek.com"
-DEEPSEEK_MODEL = "deepseek-reasoner"
+# deepseek-flash: the model DeepSeek's pricing page names (DeepSeek-V4.1-Flash). The retired
+# deepseek-reasoner was V4-Flash with thinking on; Flash is also the one with 4x the concurrency
+# limit (2500 vs 500) at about a quarter of deepseek-v4-pro's price per token.
+DEEPSEEK_MODEL = "deepseek-flash"
+# Names DeepSeek no longer serves (inaccessible since 2026-07-24 15:59 UTC) → what replaces them.
+DEEPSEEK_RETIRED = {"deepseek-reasoner": "deepseek-flash (thinking is on by default)",
+                    "deepseek-chat": "deepseek-flash with --no-thinking"}
+# Names DeepSeek still accepts, served by another model: name → the model that answers.
+DEEPSEEK_LEGACY = {"deepseek-v4-flash": "deepseek-flash", "deepseek-v4-flash-vision-exp": "deepseek-flash"}
 LOCAL_MODEL = "smollm2"
 LOCAL_MAX_NEW_TOKENS = 512
 LOCAL_TEMPERATURE = 0.6  # the R1 paper's sampling temperature
@@ -51,6 +59,7 @@ class Source:
     model_ref: object = None  # chainforge.models.ModelRef for local
     endpoint: Optional[Endpoint] = field(default=None, repr=False)  # with the credentials, if any
     proxy: Optional[str] = None  # from HTTP(S)_PROXY, credentials left out
+    capabilities: Optional[dict] = field(default=None, repr=False)  # Anthropic's, read by the preflight
 
     def describe(self) -> str:
         if self.kind == "none":
@@ -123,9 +132,18 @@ def resolve_teacher(opts) -> Source:
         if not key:
             raise UsageError("DEEPSEEK_API_KEY is not set: export your DeepSeek API key, or use "
                              "--teacher local (an in-process model, no key, no network)")
+        model = opts.teacher_model or DEEPSEEK_MODEL
+        if model in DEEPSEEK_RETIRED:
+            raise UsageError(f"--teacher-model {model} was retired by DeepSeek on 2026-07-24 and is no longer "
+                             f"served; use --teacher-model {DEEPSEEK_RETIRED[model]}")
+        if model in DEEPSEEK_LEGACY:
+            from chainforge.log import info
+
+            info(f"collect: note: {model} is a legacy DeepSeek name, answered and billed as "
+                 f"{DEEPSEEK_LEGACY[model]}; --teacher-model {DEEPSEEK_LEGACY[model]} is the current name")
         what = "--teacher-base-url" if opts.teacher_base_url else "DEEPSEEK_BASE_URL"
         endpoint = _check_url(opts.teacher_base_url or os.environ.get("DEEPSEEK_BASE_URL") or DEEPSEEK_URL, what)
-        source = _remote("deepseek", opts.teacher_model or DEEPSEEK_MODEL, endpoint, what, key, "DEEPSEEK_API_KEY")
+        source = _remote("deepseek", model, endpoint, what, key, "DEEPSEEK_API_KEY")
     else:
         raw = opts.teacher_base_url or os.environ.get("OPENAI_BASE_URL")
         if not raw:
@@ -180,8 +198,25 @@ def resolve_expander(opts, teacher: Source) -> Source:
                    "OPENAI_API_KEY")
 
 
+def teacher_extra(ep: Source, opts) -> dict:
+    """The request fields that choose thinking and its effort, as DeepSeek's chat completions take
+    them: `thinking: {type: enabled|disabled}` (DeepSeek: always sent, on unless --no-thinking) and
+    `reasoning_effort` when given. An openai server gets them only when given: its names are its own."""
+    thinking = getattr(opts, "thinking", None)
+    effort = getattr(opts, "reasoning_effort", None)
+    if thinking is None and ep.kind == "deepseek":
+        thinking = True
+    extra: dict = {}
+    if thinking is not None:
+        extra["thinking"] = {"type": "enabled" if thinking else "disabled"}
+    if effort:
+        extra["reasoning_effort"] = effort
+    return extra
+
+
 def _chat(ep: Source, name: str, opts, counters: Counters, limiter=None, max_tokens=None,
-          temperature=None, http: Optional[HttpOptions] = None, per_row: int = 1) -> ChatAPI:
+          temperature=None, http: Optional[HttpOptions] = None, per_row: int = 1,
+          extra: Optional[dict] = None) -> ChatAPI:
     headers = {"Authorization": f"Bearer {ep.key}"} if ep.key else {}
     http = http or HttpOptions()
     # One connection per request the engine lets through (`per_row` for the expander, which grounds
@@ -190,7 +225,8 @@ def _chat(ep: Source, name: str, opts, counters: Counters, limiter=None, max_tok
                          idle_timeout=http.idle_timeout, deadline=http.deadline,
                          max_response_bytes=http.max_response_bytes)
     return ChatAPI(client, ep.model, name, ep.key_env or "", opts.max_retries,
-                   counters, max_tokens=max_tokens, temperature=temperature, limiter=limiter, stream=http.stream)
+                   counters, max_tokens=max_tokens, temperature=temperature, limiter=limiter, stream=http.stream,
+                   extra=extra)
 
 
 def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[HttpOptions] = None):
@@ -201,8 +237,9 @@ def build_teacher(ep: Source, opts, counters: Counters, limiter, http: Optional[
                             LOCAL_TEMPERATURE if opts.temperature is None else opts.temperature,
                             opts.seed, opts.system_prompt)
     name = "DeepSeek" if ep.kind == "deepseek" else "OpenAI-compatible"
-    # deepseek-reasoner ignores temperature; send it only when the user asked for one.
-    chat = _chat(ep, name, opts, counters, limiter, opts.max_new_tokens, opts.temperature, http)
+    # DeepSeek ignores temperature in thinking mode; it is sent only when the user asked for one.
+    chat = _chat(ep, name, opts, counters, limiter, opts.max_new_tokens, opts.temperature, http,
+                 extra=teacher_extra(ep, opts))
     return ApiTeacher(chat, opts.system_prompt)
 
 
@@ -212,7 +249,7 @@ def build_expander(ep: Source, opts, counters: Counters, teacher, http: Optional
     if ep.kind == "none":
         return ex.NoExpander()
     if ep.kind == "anthropic":
-        return ex.AnthropicExpander(ep.key, ep.model, opts.max_retries, counters)
+        return ex.AnthropicExpander(ep.key, ep.model, opts.max_retries, counters, ep.capabilities)
     if ep.kind == "openai":
         return ex.ChatExpander(_chat(ep, "OpenAI-compatible expander", opts, counters,
                                      max_tokens=ex.EXPANDER_MAX_TOKENS, http=http,

@@ -51,8 +51,13 @@ class CollectConfig(AnswerOptions, OutputOptions, ExpanderOptions):
                     "<think>...</think> is the reasoning, the rest the answer; with no <think> block the whole "
                     "completion is the reasoning and its last \\boxed{} (else last line) the answer.")
     teacher_model: Optional[str] = option(
-        None, "deepseek-reasoner (deepseek), the served model name (openai), or a checkpoint folder / hub id / "
-              ".gguf / `smollm2` (local; the default).")
+        None, "deepseek-flash (deepseek; or deepseek-v4-pro), the served model name (openai), or a checkpoint "
+              "folder / hub id / .gguf / `smollm2` (local; the default).")
+    thinking: Optional[bool] = option(
+        None, "Ask the teacher for its chain of thought, sent as `thinking: {type: enabled|disabled}` (deepseek: "
+              "on unless --no-thinking; openai: sent only when given).", flags=("--thinking/--no-thinking",))
+    reasoning_effort: Optional[Literal["high", "max"]] = option(
+        None, "How long the teacher thinks, sent as `reasoning_effort` (DeepSeek's default: high).")
     teacher_base_url: Optional[str] = option(
         None, "API base URL (default DEEPSEEK_BASE_URL or https://api.deepseek.com; OPENAI_BASE_URL for openai).")
     system_prompt: Optional[str] = option(None, "A system turn sent before each prompt (default: none).")
@@ -68,6 +73,9 @@ class CollectConfig(AnswerOptions, OutputOptions, ExpanderOptions):
         None, "Pace requests to at most this many (estimated) tokens per minute.", min=1)
     max_retries: int = option(6, "Retries per request (backoff capped at 30 s; Retry-After honoured up to 60 s).",
                               min=0)
+    fail_fast: int = option(
+        8, "Stop the run (exit 1, nothing lost, resumable) when its first N replies are all the same 4xx error "
+           "(an unknown model, a refused parameter); 0: never.", min=0)
     retry_failed: bool = option(
         False, "On an existing output: try again the prompts listed in failed.jsonl.", flags=("--retry-failed",))
     # how the HTTP client treats slow, huge or non-streaming replies (chainforge.providers.http)
@@ -82,6 +90,17 @@ class CollectConfig(AnswerOptions, OutputOptions, ExpanderOptions):
               "(default 32).", above=0.0)
     stream: bool = option(True, "Stream teacher replies; --no-stream for a server that rejects stream_options.")
 
+    def check(self) -> None:
+        given = [flag for flag, value in (("--thinking/--no-thinking", self.thinking is not None),
+                                          ("--reasoning-effort", self.reasoning_effort is not None)) if value]
+        if self.teacher == "local" and given:
+            raise UsageError(f"{' and '.join(given)}: sent to an API teacher; --teacher local has no such "
+                             f"setting: drop it")
+        if self.thinking is False and self.reasoning_effort is not None:
+            raise UsageError("--reasoning-effort sets how long the teacher thinks, and --no-thinking turns thinking "
+                             "off: drop one of them")
+        super().check()
+
 
 CONFIG = CollectConfig
 # Options that may change when a run is resumed: they change how fast or how far it goes, not
@@ -89,7 +108,7 @@ CONFIG = CollectConfig
 SPEC = StageSpec("collect", produces="dataset", inputs={"prompts": "prompts"},
                  resumable=("concurrency", "max_retries", "max_cost", "poll_interval", "requests_per_minute",
                             "tokens_per_minute", "retry_failed", "idle_timeout", "request_timeout",
-                            "max_response_mb", "stream"))
+                            "max_response_mb", "stream", "fail_fast", "preflight"))
 RESUMABLE_CHANGES = SPEC.resumable
 
 
@@ -123,6 +142,9 @@ def _collect(config: CollectConfig) -> None:
     require_columns(ds, [config.prompt_column], what="--prompts")
     ref_col = answer_column(ds, config.answer_column, required=False, what="--prompts")
     ids = _prompt_ids(ds, config.prompt_column)
+    # one look-up per API (no tokens): a refused key (exit 1) or an unknown model (exit 2) stops here
+    teacher_src = grounder.preflight(teacher_src)
+    expander_src = grounder.source
 
     # ---- output, journal ---------------------------------------------------------------------------
     out = plan.create(inputs=[config.prompts])
@@ -172,7 +194,7 @@ def _collect(config: CollectConfig) -> None:
         concurrency = 1 if teacher_src.kind == "local" else config.concurrency
         collector = Collector(teacher, expander_obj, rule, config.max_expansions, journal, failed, budget, tally,
                               concurrency, price_for(prices, teacher_src.model),
-                              exp_price, defer=defer)
+                              exp_price, defer=defer, fail_fast=config.fail_fast)
         try:
             return await collector.run(_pending_items(ds, config.prompt_column, ref_col, ids, skip))
         finally:

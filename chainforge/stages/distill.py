@@ -102,7 +102,7 @@ class DistillConfig(ExpanderOptions, DataOptions, AnswerOptions, OutputOptions, 
 
 CONFIG = DistillConfig
 SPEC = StageSpec("distill", produces="checkpoint", inputs={"teacher": "checkpoint", "data": "prompts"},
-                 trains=True, resumable=("max_cost", "poll_interval"))
+                 trains=True, resumable=("max_cost", "poll_interval", "preflight"))
 
 
 def run(config: DistillConfig) -> None:
@@ -470,7 +470,10 @@ def expansion_setup(config: DistillConfig):
         raise UsageError(f"--expander grounds the teacher traces of --method traces; --method {config.method} "
                          f"trains on no traces: drop --expander or use --method traces")
     grounder = Grounder.setup(config, "distill")
-    return grounder if grounder.active else None
+    if not grounder.active:
+        return None
+    grounder.preflight()  # a refused key or an unknown model, before the sampling
+    return grounder
 
 
 def ground_traces(grounder, kept: list[dict], out) -> list[dict]:

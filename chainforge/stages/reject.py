@@ -61,7 +61,7 @@ class RejectConfig(ExpanderOptions, ModelOptions, DataOptions, AnswerOptions, Ou
 CONFIG = RejectConfig
 # The drawn candidates are kept, so a new filter (or batch size) reuses them on resume.
 SPEC = StageSpec("reject", produces="dataset", inputs={"model": "checkpoint", "data": "prompts"},
-                 resumable=("min_reward", "keep", "batch_size", "max_cost", "poll_interval"))
+                 resumable=("min_reward", "keep", "batch_size", "max_cost", "poll_interval", "preflight"))
 RESUMABLE_CHANGES = SPEC.resumable
 
 
@@ -138,7 +138,10 @@ def expansion_setup(config: RejectConfig):
     from chainforge.providers.grounding import Grounder
 
     grounder = Grounder.setup(config, "reject")
-    return grounder if grounder.active else None
+    if not grounder.active:
+        return None
+    grounder.preflight()  # a refused key or an unknown model, before the sampling
+    return grounder
 
 
 def ground_kept(grounder, kept: list[dict], out, metrics: dict) -> dict:

@@ -1,4 +1,12 @@
-"""Real HTTP servers on 127.0.0.1 standing in for DeepSeek chat completions and Anthropic messages.
+"""Real HTTP servers on 127.0.0.1 standing in for DeepSeek chat completions and Anthropic messages,
+answering as those APIs do today (2026-12-06; docs/collect-http.md and docs/grounding.md cite the
+pages): DeepSeek V4 (`deepseek-flash`, `deepseek-v4-pro`; the `thinking` and `reasoning_effort`
+fields; 400 "Model Not Exist" for the retired `deepseek-chat` / `deepseek-reasoner`; `GET /models`)
+and Claude 5.x (adaptive thinking on by default, a thinking block before the text that counts
+against `max_tokens`; 400 for a non-default temperature/top_p/top_k, for thinking budgets, and for
+`thinking: disabled` where the model refuses it; 404 for an unknown model; `GET /v1/models` with
+each model's capabilities). `FakeOpenAI` is an OpenAI-compatible server (vLLM-like) whose model
+names are its own.
 
 The real clients (collect's aiohttp client, the anthropic SDK) are pointed at them by base URL.
 Each server runs an asyncio HTTP/1.1 loop on raw sockets (keep-alive, Content-Length or chunked
@@ -64,7 +72,9 @@ class FakeServer:
         self.latency, self.record, self._port, self.host = latency, record, port, host
         self.basic_auth: Optional[tuple[str, str]] = None  # (user, password) accepted besides the key
         self.ignore_stream = False  # answer `"stream": true` with one JSON body, as some servers do
-        self.requests: list[dict] = []  # {path, headers, json, t}
+        self.requests: list[dict] = []  # {path, headers, json, t}: the POSTs (chat, messages)
+        self.lookups: list[dict] = []  # {path, headers}: the GETs (model lists, batch polls)
+        self.models_status: Optional[int] = None  # e.g. 404/405: a server without a models endpoint
         self.attempts: collections.Counter = collections.Counter()
         self.plans: dict[str, list[str]] = {}
         self.always: Optional[str] = None
@@ -144,7 +154,32 @@ class FakeServer:
                 return True
         return headers.get("authorization") == f"Bearer {self.api_key}"
 
+    def error(self, status: int, message: str, kind: str = "invalid_request_error") -> dict:
+        """An error body as this API shapes it."""
+        return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+
+    def refuse(self, payload: dict) -> Optional[tuple[int, dict]]:
+        """(status, body) for a request this API refuses (a model it does not serve, a parameter it
+        rejects), else None."""
+        return None
+
+    def models(self) -> list[dict]:
+        """The entries of the model list."""
+        return []
+
+    async def _lookup(self, path: str, headers: dict, writer) -> bool:
+        """GET: the model list (`…/models`), as the API lists it."""
+        self.lookups.append({"path": path, "headers": headers, "t": time.monotonic()})
+        if not self.authorised(headers):
+            return await self._send(writer, 401, self.error(401, "invalid api key", "authentication_error"))
+        if self.models_status is not None or not path.split("?")[0].endswith("/models"):
+            status = self.models_status or 404
+            return await self._send(writer, status, self.error(status, "not found", "not_found_error"))
+        return await self._send(writer, 200, {"object": "list", "data": self.models()})
+
     async def _respond(self, method: str, path: str, headers: dict, body: bytes, writer, reader) -> bool:
+        if method == "GET":
+            return await self._lookup(path, headers, writer)
         try:
             payload = json.loads(body or b"{}")
         except ValueError:
@@ -152,7 +187,10 @@ class FakeServer:
         if self.record:
             self.requests.append({"path": path, "headers": headers, "json": payload, "t": time.monotonic()})
         if not self.authorised(headers):
-            return await self._send(writer, 401, {"error": {"message": "invalid api key", "type": "auth"}})
+            return await self._send(writer, 401, self.error(401, "invalid api key", "authentication_error"))
+        refused = self.refuse(payload)
+        if refused is not None:
+            return await self._send(writer, *refused)
         key = self.match(payload)
         fault = self.always
         if fault is None:
@@ -199,8 +237,7 @@ class FakeServer:
         headers_out = {}
         if extra.startswith("retry-after="):
             headers_out["Retry-After"] = extra.split("=", 1)[1]
-        return await self._send(writer, int(status), {"error": {"message": f"fake {status}", "type": "fake"}},
-                                headers_out)
+        return await self._send(writer, int(status), self.error(int(status), f"fake {status}", "fake"), headers_out)
 
     async def _send_events(self, writer, events: list[bytes], keepalives: int = 0) -> bool:
         """A streamed reply, chunked as SSE servers send it; `keepalives` comment lines first."""
@@ -343,41 +380,190 @@ HOSTILE = {"stall": _stall, "trickle": _trickle, "badlength": _bad_length, "badc
 
 
 class FakeDeepSeek(FakeServer):
-    """POST /chat/completions → a deepseek-reasoner reply (reasoning_content, content, usage)."""
+    """DeepSeek's chat completions as of 2026-12-06 (api-docs.deepseek.com): POST /chat/completions
+    and GET /models.
+
+    - models: `deepseek-flash` and `deepseek-v4-pro` are listed; the legacy `deepseek-v4-flash` and
+      `deepseek-v4-flash-vision-exp` are accepted (answered by Flash) but not listed; any other name,
+      the retired `deepseek-chat` / `deepseek-reasoner` included, is 400 "Model Not Exist";
+    - `thinking: {type: enabled|disabled}` (enabled by default): enabled, the chain of thought comes
+      as `reasoning_content` (streamed as `delta.reasoning_content`); disabled, only `content`;
+      another type is a 400. `reasoning_effort` takes low/high/max (and the names DeepSeek maps onto
+      them); `max` thinks longer. temperature and the penalties are accepted and ignored in thinking mode;
+    - usage: prompt_tokens, completion_tokens (reasoning included), total_tokens,
+      prompt_cache_hit_tokens, prompt_cache_miss_tokens, completion_tokens_details.reasoning_tokens.
+    """
+
+    MODELS = ("deepseek-flash", "deepseek-v4-pro")
+    LEGACY = ("deepseek-v4-flash", "deepseek-v4-flash-vision-exp")
+    EFFORTS = ("minimal", "low", "medium", "high", "xhigh", "max", "ultra")
 
     def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0,
                  answer: Callable[[str], tuple[str, str]] = default_deepseek_answer, host: str = "127.0.0.1"):
         super().__init__(latency, record, port, host)
         self.answer = answer
 
+    def models(self) -> list[dict]:
+        return [{"id": m, "object": "model", "owned_by": "deepseek"} for m in self.MODELS]
+
+    def refuse(self, payload: dict) -> Optional[tuple[int, dict]]:
+        if payload.get("model") not in self.MODELS + self.LEGACY:
+            return 400, self.error(400, "Model Not Exist")
+        thinking = payload.get("thinking")
+        if thinking is not None and (not isinstance(thinking, dict) or thinking.get("type") not in ("enabled",
+                                                                                                     "disabled")):
+            return 400, self.error(400, f"invalid thinking type: {thinking!r}")
+        effort = payload.get("reasoning_effort")
+        if effort is not None and effort not in self.EFFORTS:
+            return 400, self.error(400, f"invalid reasoning_effort: {effort!r}")
+        return None
+
     def match(self, payload: dict) -> str:
         users = [m.get("content", "") for m in payload.get("messages", []) if m.get("role") == "user"]
         return users[-1] if users else ""
 
+    def thinks(self, payload: dict) -> bool:
+        return (payload.get("thinking") or {}).get("type", "enabled") == "enabled"
+
     def success(self, payload: dict, prompt: str) -> dict:
         reasoning, content = self.answer(prompt)
-        p, r, c = len(prompt.split()) + 8, len(reasoning.split()), len(content.split())
+        if self.thinks(payload):
+            if payload.get("reasoning_effort") in ("max", "ultra"):
+                reasoning += "\n\nChecking once more: 7 * 6 = 42 as well."
+            message = {"role": "assistant", "content": content, "reasoning_content": reasoning}
+        else:  # no chain of thought: the working, if any, is in the answer
+            reasoning, message = "", {"role": "assistant", "content": f"{content}"}
+        p, r, c = len(prompt.split()) + 8, len(reasoning.split()), len(message["content"].split())
         return {
             "id": f"fake-{self.served}", "object": "chat.completion", "model": payload.get("model"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content, "reasoning_content": reasoning}}],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": message}],
             "usage": {"prompt_tokens": p, "completion_tokens": r + c, "total_tokens": p + r + c,
                       "prompt_cache_hit_tokens": 4, "prompt_cache_miss_tokens": p - 4,
                       "completion_tokens_details": {"reasoning_tokens": r}},
         }
 
 
+class FakeOpenAI(FakeDeepSeek):
+    """An OpenAI-compatible server (vLLM-like) whose model names are its own (`served`): GET /models
+    lists them, another name is a 404 as vLLM answers it. It takes no `thinking` field of its own:
+    the fields are ignored, the chain of thought comes as `reasoning_content`."""
+
+    def __init__(self, served: tuple = ("r1", "r1-distill"), **kw):
+        super().__init__(**kw)
+        self.served_models = tuple(served)
+
+    def models(self) -> list[dict]:
+        return [{"id": m, "object": "model", "owned_by": "vllm"} for m in self.served_models]
+
+    def refuse(self, payload: dict) -> Optional[tuple[int, dict]]:
+        if payload.get("model") not in self.served_models:
+            return 404, {"error": {"message": f"The model `{payload.get('model')}` does not exist.",
+                                   "type": "NotFoundError", "param": "model", "code": 404}}
+        return None
+
+    def thinks(self, payload: dict) -> bool:
+        return True
+
+
+# Claude models as platform.claude.com describes them (2026-12-06) and as the Models API reports
+# their capabilities: thinking "adaptive" (on by default, `effort` sets its depth; "always" = cannot
+# be turned off), the thinking types a request may send (any other is a 400), whether the effort
+# parameter is taken, whether a non-default temperature/top_p/top_k is a 400, the default effort.
+CLAUDE = {
+    "claude-sonnet-5-5": dict(name="Claude Sonnet 5.5", adaptive=True, types=("adaptive", "between_tools"),
+                              effort=True, sampling=False, default_effort="high"),
+    "claude-opus-5-5": dict(name="Claude Opus 5.5", adaptive=True, types=("adaptive",), effort=True,
+                            sampling=False, default_effort="medium"),
+    "claude-haiku-5-5": dict(name="Claude Haiku 5.5", adaptive=True, types=("adaptive",), effort=True,
+                             sampling=False, default_effort="medium"),
+    "claude-fable-5-1": dict(name="Claude Fable 5.1", adaptive=True, types=("adaptive",), effort=True,
+                             sampling=False, default_effort="high"),
+    "claude-sonnet-5": dict(name="Claude Sonnet 5", adaptive=True, types=("adaptive", "disabled"), effort=True,
+                            sampling=False, default_effort="high", lifecycle="active"),
+    "claude-opus-5": dict(name="Claude Opus 5", adaptive=True, types=("adaptive", "disabled"), effort=True,
+                          sampling=False, default_effort="high"),
+    "claude-haiku-4-5-20251001": dict(name="Claude Haiku 4.5", adaptive=False, types=("enabled", "disabled"),
+                                      effort=False, sampling=True, default_effort=None, alias="claude-haiku-4-5"),
+    "claude-sonnet-4-6": dict(name="Claude Sonnet 4.6", adaptive=False, types=("adaptive", "enabled", "disabled"),
+                              effort=True, sampling=True, default_effort="high"),
+}
+# Output tokens a thinking block takes at each effort (what the fake spends before the text).
+THINKING_TOKENS = {"low": 60, "medium": 350, "high": 800, "xhigh": 1100, "max": 1500}
+
+
+def _capabilities(spec: dict) -> dict:
+    yes, no = {"supported": True}, {"supported": False}
+    types = {t: (yes if t in spec["types"] else no) for t in ("adaptive", "between_tools", "disabled", "enabled")}
+    effort = {level: (yes if spec["effort"] else no) for level in ("low", "medium", "high", "xhigh", "max")}
+    return {"batch": yes, "thinking": {"supported": True, "types": types},
+            "effort": {"supported": spec["effort"], **effort}}
+
+
 class FakeAnthropic(FakeServer):
-    """POST /v1/messages → a Messages API reply. Accepts `x-api-key` or `Authorization: Bearer`
-    (the installed SDK 2.x sends the key as a Bearer token)."""
+    """The Messages API (POST /v1/messages) and the Models API (GET /v1/models, GET
+    /v1/models/{id}) as Claude 5.x answers them; see `CLAUDE`. Accepts `x-api-key` or
+    `Authorization: Bearer` (the installed SDK 2.x sends the key as a Bearer token).
+
+    A model that thinks (adaptive by default, or `thinking` sent) answers with a thinking block
+    first, `THINKING_TOKENS[effort]` long, then the text; both count against `max_tokens`. When
+    thinking uses it all up, the reply is the thinking block alone with `stop_reason: max_tokens`.
+    `models_listed` limits what GET /v1/models shows; `claude` maps more ids to specs."""
 
     def __init__(self, latency: float = 0.0, record: bool = True, port: int = 0,
                  answer: Callable[[str], str] = default_anthropic_answer):
         super().__init__(latency, record, port)
         self.answer = answer
+        self.claude = dict(CLAUDE)
+
+    def error(self, status: int, message: str, kind: str = "invalid_request_error") -> dict:
+        return {"type": "error", "error": {"type": kind, "message": message}}
 
     def authorised(self, headers: dict) -> bool:
         return super().authorised(headers) or headers.get("x-api-key") == self.api_key
+
+    def spec(self, model: str) -> Optional[tuple[str, dict]]:
+        for mid, spec in self.claude.items():
+            if model in (mid, spec.get("alias")):
+                return mid, spec
+        return None
+
+    def info(self, mid: str, spec: dict) -> dict:
+        return {"type": "model", "id": mid, "display_name": spec["name"], "created_at": "2026-06-30T00:00:00Z",
+                "lifecycle": spec.get("lifecycle", "active"), "capabilities": _capabilities(spec),
+                "max_input_tokens": 1_000_000, "max_tokens": 128_000}
+
+    async def _lookup(self, path: str, headers: dict, writer) -> bool:
+        parts = path.split("?")[0].rstrip("/").split("/")
+        if parts[:3] != ["", "v1", "models"] or self.models_status is not None or not self.authorised(headers):
+            return await super()._lookup(path, headers, writer)
+        self.lookups.append({"path": path, "headers": headers, "t": time.monotonic()})
+        if len(parts) == 4:
+            found = self.spec(parts[3])
+            if found is None:
+                return await self._send(writer, 404, self.error(404, f"model: {parts[3]}", "not_found_error"))
+            return await self._send(writer, 200, self.info(*found))
+        data = [self.info(mid, spec) for mid, spec in self.claude.items()]
+        return await self._send(writer, 200, {"data": data, "has_more": False, "first_id": data[0]["id"],
+                                              "last_id": data[-1]["id"]})
+
+    def refuse(self, payload: dict) -> Optional[tuple[int, dict]]:
+        model = payload.get("model")
+        found = self.spec(str(model))
+        if found is None:
+            return 404, self.error(404, f"model: {model}", "not_found_error")
+        _, spec = found
+        if not spec["sampling"]:
+            for name, default in (("temperature", 1.0), ("top_p", 1.0), ("top_k", None)):
+                if name in payload and payload[name] != default:
+                    return 400, self.error(400, f"`{name}` is not supported for this model; remove it")
+        kind = (payload.get("thinking") or {}).get("type")
+        if kind is not None and kind not in spec["types"]:
+            return 400, self.error(400, f'"thinking.type.{kind}" is not supported for this model. Use '
+                                        f'"thinking.type.adaptive" and "output_config.effort" to control thinking '
+                                        f'behavior.')
+        if (payload.get("output_config") or {}).get("effort") is not None and not spec["effort"]:
+            return 400, self.error(400, "effort is not supported for this model")
+        return None
 
     def match(self, payload: dict) -> str:
         msgs = payload.get("messages", [])
@@ -389,12 +575,34 @@ class FakeAnthropic(FakeServer):
     def plan_key(self, text: str) -> str:
         return next((k for k in self.plans if k in text), text)
 
+    def thinking_tokens(self, payload: dict) -> int:
+        found = self.spec(str(payload.get("model")))
+        spec = found[1] if found else {"adaptive": False}
+        kind = (payload.get("thinking") or {}).get("type")
+        if kind in ("disabled", "between_tools") or (kind is None and not spec["adaptive"]):
+            return 0
+        if kind == "enabled":
+            return int(payload["thinking"].get("budget_tokens", 1024))
+        effort = (payload.get("output_config") or {}).get("effort") or spec.get("default_effort") or "high"
+        return THINKING_TOKENS[effort]
+
     def success(self, payload: dict, text: str) -> dict:
         reply = self.answer(text)
+        limit = int(payload.get("max_tokens", 0))
+        thought, words = self.thinking_tokens(payload), reply.split()
+        content, stop = [], "end_turn"
+        if thought:
+            content.append({"type": "thinking", "thinking": "Let me check the step against the question.",
+                            "signature": f"sig-fake-{self.served}"})
+        if thought >= limit:
+            thought, words, stop = limit, [], "max_tokens"
+        elif thought + len(words) > limit:
+            words, stop = words[:limit - thought], "max_tokens"
+        if words:
+            content.append({"type": "text", "text": " ".join(words)})
         return {"id": f"msg_fake{self.served}", "type": "message", "role": "assistant",
-                "model": payload.get("model"), "content": [{"type": "text", "text": reply}],
-                "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": len(text.split()), "output_tokens": len(reply.split()),
+                "model": payload.get("model"), "content": content, "stop_reason": stop, "stop_sequence": None,
+                "usage": {"input_tokens": len(text.split()), "output_tokens": thought + len(words),
                           "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}}
 
 
@@ -429,7 +637,7 @@ class FakeAnthropicBatches(FakeAnthropic):
             self.requests.append({"path": path, "headers": headers, "json": payload, "t": time.monotonic(),
                                   "method": method})
         if not self.authorised(headers):
-            return await self._send(writer, 401, {"error": {"message": "invalid api key", "type": "auth"}})
+            return await self._send(writer, 401, self.error(401, "invalid api key", "authentication_error"))
         if method == "POST" and len(parts) == 4:
             bid = f"msgbatch_fake{len(self.created)}"
             self.batches[bid] = {"n": len(self.created), "requests": payload.get("requests", []), "polls": 0,
@@ -449,21 +657,24 @@ class FakeAnthropicBatches(FakeAnthropic):
             return await self._send_raw(writer, 200, lines, "application/binary")
         return await self._send(writer, 404, {"error": {"message": "not found", "type": "not_found"}})
 
-    def _outcome(self, batch: dict, text: str) -> str:
+    def _outcome(self, batch: dict, text: str, params: Optional[dict] = None) -> str:
         if batch["n"] in self.expire:
             return "expired"
+        if params is not None and self.refuse(params) is not None:
+            return "errored"  # the API checks each item's params as it would a /v1/messages request
         return next((f for k, f in self.item_faults.items() if k in text), "succeeded")
 
     def _result(self, batch: dict, request: dict) -> dict:
         text = self.match(request.get("params", {}))
-        kind = self._outcome(batch, text)
+        kind = self._outcome(batch, text, request.get("params", {}))
         if kind == "succeeded":
             self.served += 1
             return {"custom_id": request["custom_id"],
                     "result": {"type": "succeeded", "message": self.success(request["params"], text)}}
         if kind == "errored":
-            return {"custom_id": request["custom_id"], "result": {"type": "errored", "error": {
-                "type": "error", "error": {"type": "invalid_request_error", "message": "fake error"}}}}
+            refused = self.refuse(request.get("params", {}))
+            error = refused[1] if refused else self.error(400, "fake error")
+            return {"custom_id": request["custom_id"], "result": {"type": "errored", "error": error}}
         return {"custom_id": request["custom_id"], "result": {"type": kind}}
 
     def _batch(self, bid: str) -> dict:
@@ -471,7 +682,7 @@ class FakeAnthropicBatches(FakeAnthropic):
         counts = dict.fromkeys(("processing", "succeeded", "errored", "canceled", "expired"), 0)
         if batch["ended"]:
             for r in batch["requests"]:
-                counts[self._outcome(batch, self.match(r.get("params", {})))] += 1
+                counts[self._outcome(batch, self.match(r.get("params", {})), r.get("params", {}))] += 1
         else:
             counts["processing"] = len(batch["requests"])
         return {"id": bid, "type": "message_batch", "processing_status": "ended" if batch["ended"] else "in_progress",
