@@ -79,10 +79,11 @@ def deepseek(monkeypatch, fast_backoff):
 
 
 @pytest.fixture
-def openai_server(fast_backoff):
-    """A fake OpenAI-compatible server (vLLM-like) on loopback serving `r1` and `r1-distill`; pass
-    its url as --teacher-base-url."""
+def openai_server(monkeypatch, fast_backoff):
+    """A fake OpenAI-compatible server (vLLM-like) on loopback serving `r1` and `r1-distill`;
+    OPENAI_API_KEY is its key; pass its url as --teacher-base-url."""
     with FakeOpenAI(latency=0.01) as server:
+        monkeypatch.setenv("OPENAI_API_KEY", server.api_key)
         yield server
 
 
