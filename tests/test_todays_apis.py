@@ -387,14 +387,17 @@ def test_an_unknown_model_without_the_preflight_stops_after_the_first_replies(cl
     assert len(deepseek.requests) <= 5 + 2 and failed_lines(out) == []
 
 
-def test_a_few_4xx_among_answers_fail_only_their_prompts(cli, tmp_path, deepseek):
-    deepseek.plan("Q0: what is 6 times 7?", "400")
-    deepseek.plan("Q3: what is 6 times 7?", "422")
+def test_4xx_replies_after_an_answer_fail_only_their_prompts(cli, tmp_path, deepseek):
+    """The watch covers the start of a run: once one reply was an answer, the same 400 three
+    times (as many as --fail-fast) fails those prompts and nothing more."""
+    for i in (0, 2, 3):
+        deepseek.plan(f"Q{i}: what is 6 times 7?", "400")
+    deepseek.plan("Q4: what is 6 times 7?", "422")
     out = tmp_path / "out"
     r = cli("collect", "--prompts", prompts_file(tmp_path, 6), "--output", out, "--expander", "none",
-            "--concurrency", 1)
+            "--concurrency", 1, "--fail-fast", 3)
     assert r.exit_code == 0, r.stderr
-    assert sorted(f["status_code"] for f in failed_lines(out)) == [400, 422] and len(rows_of(out)) == 4
+    assert sorted(f["status_code"] for f in failed_lines(out)) == [400, 400, 400, 422] and len(rows_of(out)) == 2
 
 
 def test_fail_fast_0_fails_each_prompt_as_before(cli, tmp_path, openai_server):
@@ -404,3 +407,22 @@ def test_fail_fast_0_fails_each_prompt_as_before(cli, tmp_path, openai_server):
             "--teacher-model", "r1", "--teacher-base-url", openai_server.url, "--expander", "none", "--fail-fast", 0)
     assert r.exit_code == 1 and "all 10 prompts failed" in r.stderr
     assert len(failed_lines(out)) == 10
+
+
+def test_a_grounding_cut_at_max_tokens_keeps_its_whole_sentences_and_a_refusal_fails():
+    from anthropic.types import Message
+
+    from chainforge.providers.expander import expansion_from_message
+
+    def reply(text: str, stop: str) -> Message:
+        return Message.model_validate({
+            "id": "m", "type": "message", "role": "assistant", "model": "claude-sonnet-5-5", "stop_sequence": None,
+            "content": [{"type": "thinking", "thinking": "…", "signature": "s"}, {"type": "text", "text": text}],
+            "stop_reason": stop, "usage": {"input_tokens": 40, "output_tokens": 512, "cache_read_input_tokens": 10}})
+
+    cut = expansion_from_message(reply("6 * 7 = 42 by the table. So the hedge is unneces", "max_tokens"))
+    assert cut.text == "6 * 7 = 42 by the table." and not cut.failed
+    refused = expansion_from_message(reply("Here is why", "refusal"))
+    assert refused.failed and refused.text is None and refused.usage["completion"] == 512
+    # input_tokens leaves the cached part out; the prompt counts it, and cost takes it at the cache-hit rate
+    assert refused.usage["prompt"] == 50 and refused.usage["cache_hit"] == 10
