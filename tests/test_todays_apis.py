@@ -198,6 +198,7 @@ def ground(server, model: str, capabilities=None, request=None):
 
 def test_a_reply_with_a_thinking_block_then_text_gives_the_text(anthropic_api):
     exp = ground(anthropic_api, "claude-opus-5-5")  # thinking cannot be turned off: effort low
+    assert anthropic_api.shapes == [["thinking", "text"]]
     assert exp.text == "The step is valid: 6 * 7 = 42 by the multiplication table, so the hedge is unnecessary."
     assert not exp.failed and exp.usage["completion"] > len(exp.text.split())  # the thinking tokens are paid
     body = anthropic_api.requests[-1]["json"]
