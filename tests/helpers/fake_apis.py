@@ -514,6 +514,7 @@ class FakeAnthropic(FakeServer):
         super().__init__(latency, record, port)
         self.answer = answer
         self.claude = dict(CLAUDE)
+        self.shapes: list[list[str]] = []  # the content block types of each reply, in order
 
     def error(self, status: int, message: str, kind: str = "invalid_request_error") -> dict:
         return {"type": "error", "error": {"type": kind, "message": message}}
@@ -600,6 +601,7 @@ class FakeAnthropic(FakeServer):
             words, stop = words[:limit - thought], "max_tokens"
         if words:
             content.append({"type": "text", "text": " ".join(words)})
+        self.shapes.append([b["type"] for b in content])
         return {"id": f"msg_fake{self.served}", "type": "message", "role": "assistant",
                 "model": payload.get("model"), "content": content, "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": len(text.split()), "output_tokens": thought + len(words),
