@@ -78,7 +78,8 @@ def parse_reply(body: bytes) -> ChatReply:
 
 
 class StreamReply:
-    """Assembles a streamed chat completion from its SSE events (`feed` each event's data)."""
+    """Assembles a streamed chat completion from its SSE events: `feed_all` takes the data of the
+    events one network read brought (bytes or str), `feed` one event's."""
 
     def __init__(self):
         self.content: list[str] = []
@@ -89,26 +90,52 @@ class StreamReply:
         self.events = 0
         self.error: Optional[str] = None
 
-    def feed(self, data: str) -> None:
-        if data.strip() == "[DONE]":
-            self.done = True
+    def feed(self, data) -> None:
+        self.feed_all([data])
+
+    def feed_all(self, events: list) -> None:
+        """The events of one read. Their JSON is parsed in one call (`[e1,e2,…]`): the per-event cost
+        of a reply is what its throughput pays most for. Should that not give one object per event
+        (a malformed event), each is parsed alone, so the error names the one that is wrong."""
+        datas = []
+        for data in events:
+            if isinstance(data, str):
+                data = data.encode()
+            if data == b"[DONE]" or data.strip() == b"[DONE]":
+                self.done = True
+            else:
+                datas.append(data)
+        if not datas:
             return
-        self.events += 1
+        self.events += len(datas)
         try:
-            chunk = json.loads(data)
+            chunks = json.loads(b"[" + b",".join(datas) + b"]") if len(datas) > 1 else [json.loads(datas[0])]
         except ValueError:
-            self.error = self.error or f"an event that is not JSON: {data[:80]!r}"
-            return
-        if not isinstance(chunk, dict):
-            self.error = self.error or f"an event that is not a JSON object: {data[:80]!r}"
-            return
+            chunks = None
+        if chunks is None or len(chunks) != len(datas):
+            chunks = []
+            for data in datas:
+                try:
+                    chunks.append(json.loads(data))
+                except ValueError:
+                    text = data[:80].decode("utf-8", "replace")
+                    self.error = self.error or f"an event that is not JSON: {text!r}"
+                    return
+        for chunk, data in zip(chunks, datas):
+            if not isinstance(chunk, dict):
+                text = data[:80].decode("utf-8", "replace")
+                self.error = self.error or f"an event that is not a JSON object: {text!r}"
+                return
+            self._take(chunk)
+
+    def _take(self, chunk: dict) -> None:
         if chunk.get("error"):  # vLLM and others report a failure mid-stream this way
             err = chunk["error"]
             self.error = str(err.get("message") if isinstance(err, dict) else err)[:300]
             return
         if chunk.get("usage"):
             self.usage = chunk  # usage_of reads chunk["usage"]
-        for choice in chunk.get("choices") or []:
+        for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
@@ -116,8 +143,9 @@ class StreamReply:
             piece = delta.get("reasoning_content") or delta.get("reasoning")
             if piece:
                 self.reasoning.append(piece)
-            if delta.get("content"):
-                self.content.append(delta["content"])
+            content = delta.get("content")
+            if content:
+                self.content.append(content)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
 
@@ -177,7 +205,7 @@ class ChatAPI:
             retry_after = None
             stream = StreamReply() if self.stream else None
             try:
-                resp = await self.client.post("/chat/completions", body, on_event=stream.feed if stream else None)
+                resp = await self.client.post("/chat/completions", body, on_events=stream.feed_all if stream else None)
             except TransportError as exc:
                 why, status = str(exc), None
             else:

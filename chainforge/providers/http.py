@@ -2,7 +2,8 @@
 
 One `HttpClient` per API holds one aiohttp session whose connection pool is capped at the run's
 concurrency (keep-alive, gzip, IPv6 literals, base URLs with a path or a query). A streamed reply
-(`text/event-stream`) is handed to the caller one SSE event at a time; any other body is read whole.
+(`text/event-stream`) is handed to the caller as SSE events, those of each read together; any other
+body is read whole.
 
 Limits, each a failure of that one request (`TransportError`, retried by `chat.ChatAPI`), never of
 the run:
@@ -54,7 +55,7 @@ class Response:
     status: int
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
-    streamed: bool = False  # the body went to `on_event`, one SSE event at a time
+    streamed: bool = False  # the body went to `on_events`, as SSE events
 
 
 @dataclass(frozen=True)
@@ -193,16 +194,17 @@ class HttpClient:
             max_line_size=MAX_HEADER_BYTES, max_field_size=MAX_HEADER_BYTES, trust_env=False)
         return self._session
 
-    async def post(self, path: str, body: bytes, on_event: Optional[Callable[[str], None]] = None) -> Response:
-        """POST `body`; a 2xx `text/event-stream` reply goes to `on_event` (each event's data)."""
-        return await self.request("POST", path, body, on_event)
+    async def post(self, path: str, body: bytes, on_events: Optional[Callable[[list], None]] = None) -> Response:
+        """POST `body`; a 2xx `text/event-stream` reply goes to `on_events`: the data (bytes) of the
+        events each read from the socket completes, in order."""
+        return await self.request("POST", path, body, on_events)
 
     async def get(self, path: str) -> Response:
         """GET `path` (the preflight's model list); the body is read whole, within the same limits."""
         return await self.request("GET", path)
 
     async def request(self, method: str, path: str, body: Optional[bytes] = None,
-                      on_event: Optional[Callable[[str], None]] = None) -> Response:
+                      on_events: Optional[Callable[[list], None]] = None) -> Response:
         session = self._session or self._open()
         url = self._urls.get(path)
         if url is None:  # parsed once: yarl would otherwise parse the string on every request
@@ -215,10 +217,10 @@ class HttpClient:
             async with session.request(method, url, data=body, auth=self._auth, proxy=self.proxy,
                                        proxy_auth=self._proxy_basic, allow_redirects=False) as resp:
                 headers = {k.lower(): v for k, v in resp.headers.items()}
-                streamed = (on_event is not None and 200 <= resp.status < 300
+                streamed = (on_events is not None and 200 <= resp.status < 300
                             and headers.get("content-type", "").startswith("text/event-stream"))
                 if streamed:
-                    await self._read_events(resp, on_event)
+                    await self._read_events(resp, on_events)
                     return Response(resp.status, headers, b"", streamed=True)
                 return Response(resp.status, headers, await self._read_body(resp))
         except a.ConnectionTimeoutError:
@@ -249,28 +251,35 @@ class HttpClient:
                 raise _TooLarge()
         return bytes(out)
 
-    async def _read_events(self, resp, on_event: Callable[[str], None]) -> None:
-        """Server-sent events: `data:` lines up to a blank line make one event; `:` lines are comments."""
+    async def _read_events(self, resp, on_events: Callable[[list], None]) -> None:
+        """Server-sent events: `data:` lines up to a blank line make one event; `:` lines (comments,
+        such as `: keep-alive`) and other fields are skipped. Lines end in LF or CRLF. The events a
+        read completes go to `on_events` in one call."""
         size, pending, data = 0, b"", []
         async for chunk in resp.content.iter_any():
             size += len(chunk)
             if size > self.max_response_bytes:
                 raise _TooLarge()
-            *lines, pending = (pending + chunk).split(b"\n")
+            buf = pending + chunk if pending else chunk
+            crlf = b"\r" in buf
+            *lines, pending = buf.split(b"\n")
+            events = []
             for line in lines:
-                line = line.rstrip(b"\r")
+                if crlf:
+                    line = line.rstrip(b"\r")
                 if not line:
                     if data:
-                        on_event("\n".join(data))
+                        events.append(data[0] if len(data) == 1 else b"\n".join(data))
                         data = []
-                elif line.startswith(b"data:"):
-                    value = line[5:]
-                    data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
-        if pending.startswith(b"data:"):  # the last event without its blank line
-            value = pending.rstrip(b"\r")[5:]
-            data.append((value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace"))
+                elif line[:5] == b"data:":
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
+            if events:
+                on_events(events)
+        line = pending.rstrip(b"\r")
+        if line[:5] == b"data:":  # the last event without its blank line
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
         if data:
-            on_event("\n".join(data))
+            on_events([b"\n".join(data)])
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -272,15 +272,20 @@ def _prompt_ids(ds, column: str) -> PromptIds:
     return PromptIds(per_row, unique, len(per_row) - len(unique))
 
 
-def _pending_items(ds, column: str, ref_col: Optional[str], ids: PromptIds, skip: set) -> Iterator[PromptItem]:
-    """The prompts still to do, in input order, one at a time (streamed from the dataset)."""
-    for index, row in enumerate(ds):
-        rid = ids.per_row[index]
-        if rid in skip or ids.unique[rid] != index:
-            continue
-        question, system = _question(row[column], index)
-        ref = row.get(ref_col) if ref_col else None
-        yield PromptItem(index, rid, question, None if ref is None else str(ref), system)
+def _pending_items(ds, column: str, ref_col: Optional[str], ids: PromptIds, skip: set,
+                   batch: int = 256) -> Iterator[PromptItem]:
+    """The prompts still to do, in input order (streamed from the dataset `batch` rows at a time:
+    the generator runs on the event loop between replies, and a row at a time costs ~10x more)."""
+    columns = [column] + ([ref_col] if ref_col and ref_col != column else [])
+    index = 0
+    for rows in ds.select_columns(columns).iter(batch_size=batch):
+        refs = rows[ref_col] if ref_col else [None] * len(rows[column])
+        for value, ref in zip(rows[column], refs):
+            rid = ids.per_row[index]
+            if rid not in skip and ids.unique[rid] == index:
+                question, system = _question(value, index)
+                yield PromptItem(index, rid, question, None if ref is None else str(ref), system)
+            index += 1
 
 
 def _metrics(journal: AppendLog, failed: AppendLog, ids: PromptIds, keep_incorrect: bool, previous: dict,

@@ -240,13 +240,15 @@ class FakeServer:
         return await self._send(writer, int(status), self.error(int(status), f"fake {status}", "fake"), headers_out)
 
     async def _send_events(self, writer, events: list[bytes], keepalives: int = 0) -> bool:
-        """A streamed reply, chunked as SSE servers send it; `keepalives` comment lines first."""
-        writer.write(self._head(200, None, "text/event-stream"))
+        """A streamed reply, chunked as SSE servers send it; `keepalives` comment lines first. A reply
+        that is all there goes out in one write: headers and events (one send, not two)."""
+        head = self._head(200, None, "text/event-stream")
         for _ in range(keepalives):
-            writer.write(_chunk(b": keep-alive\n\n"))
+            writer.write(head + _chunk(b": keep-alive\n\n"))
+            head = b""
             await writer.drain()
             await asyncio.sleep(max(self.latency, 0.02) / keepalives)
-        writer.write(_chunk(b"".join(events)) + b"0\r\n\r\n")
+        writer.write(head + _chunk(b"".join(events)) + b"0\r\n\r\n")
         await writer.drain()
         return True
 
@@ -254,20 +256,25 @@ class FakeServer:
         """The SSE events of a streamed reply: deltas of `success`, then usage, then [DONE]."""
         full = self.success(payload, key)
         message = full["choices"][0]["message"]
-        base = {"id": full["id"], "object": "chat.completion.chunk", "model": full.get("model")}
+        # Every chunk is `{"id":…,"object":"chat.completion.chunk","model":…,"choices":[…],"usage":…}`;
+        # the parts around a delta are serialised once per reply, the delta's text once per piece.
+        base = json.dumps({"id": full["id"], "object": "chat.completion.chunk", "model": full.get("model")},
+                          separators=(",", ":"))[:-1]
+        opening = f'data: {base},"choices":[{{"index":0,"delta":{{'
+        closing = '},"finish_reason":null}],"usage":null}\n\n'
 
-        def event(choices, usage=None) -> bytes:
-            return b"data: " + json.dumps({**base, "choices": choices, "usage": usage}).encode() + b"\n\n"
+        def event(choices, usage=None) -> str:
+            body = json.dumps({"choices": choices, "usage": usage}, separators=(",", ":"))
+            return f"data: {base},{body[1:]}\n\n"
 
-        out = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
+        out = [opening + '"role":"assistant","content":""' + closing]
         for field in ("reasoning_content", "content"):
-            text = message.get(field) or ""
-            for piece in _pieces(text):
-                out.append(event([{"index": 0, "delta": {field: piece}, "finish_reason": None}]))
+            head = f'{opening}"{field}":'
+            out.extend(head + json.dumps(piece) + closing for piece in _pieces(message.get(field) or ""))
         out.append(event([{"index": 0, "delta": {}, "finish_reason": full["choices"][0]["finish_reason"]}]))
         out.append(event([], full["usage"]))
-        out.append(b"data: [DONE]\n\n")
-        return out
+        out.append("data: [DONE]\n\n")
+        return [e.encode() for e in out]
 
     def _head(self, status: int, length: Optional[int], ctype: str = "application/json",
               extra: Optional[dict] = None) -> bytes:
