@@ -162,12 +162,12 @@ def test_collect_card_names_models_and_cost(tmp_path):
     from chainforge.cards import dataset_card
     from chainforge.stages import reproduce_command
 
-    config = {"prompts": "p.jsonl", "teacher": "deepseek", "teacher_model": "deepseek-reasoner",
+    config = {"prompts": "p.jsonl", "teacher": "deepseek", "teacher_model": "deepseek-flash",
               "expander": "anthropic", "expander_model": "claude-x", "keep_incorrect": False, "api_key": "***"}
     card = dataset_card("collect", tmp_path, config, [],
                         {"prompts": 4, "rows": 3, "failed": 1, "cost_usd": 0.01234, "requests": 9},
                         reproduce_command("collect", config))
-    assert "teacher_model `deepseek-reasoner`" in card and "expander_model `claude-x`" in card
+    assert "teacher_model `deepseek-flash`" in card and "expander_model `claude-x`" in card
     assert "- **Cost:** $0.0123 (9 API requests)" in card
     assert "rows whose final answer did not match the reference dropped (--drop-incorrect); 1 prompts failed" in card
     assert "***" not in card.split("## Reproduce")[1]
