@@ -128,14 +128,19 @@ class FakeServer:
         self._writers.add(writer)
         try:
             while True:
-                line = await reader.readline()
-                if not line.strip():
+                try:  # the request line and headers in one read
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.LimitOverrunError:
                     break
-                method, path = line.decode("latin-1").split(" ")[:2]
+                lines = head.decode("latin-1").split("\r\n")
+                if not lines[0].strip():
+                    break
+                method, path = lines[0].split(" ")[:2]
                 headers = {}
-                while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    k, _, v = h.decode("latin-1").partition(":")
-                    headers[k.strip().lower()] = v.strip()
+                for h in lines[1:]:
+                    if h:
+                        k, _, v = h.partition(":")
+                        headers[k.strip().lower()] = v.strip()
                 body = await reader.readexactly(int(headers.get("content-length", 0)))
                 if not await self._respond(method, path, headers, body, writer, reader):
                     break
