@@ -427,3 +427,12 @@ def test_a_grounding_cut_at_max_tokens_keeps_its_whole_sentences_and_a_refusal_f
     assert refused.failed and refused.text is None and refused.usage["completion"] == 512
     # input_tokens leaves the cached part out; the prompt counts it, and cost takes it at the cache-hit rate
     assert refused.usage["prompt"] == 50 and refused.usage["cache_hit"] == 10
+
+
+def test_reject_runs_the_expanders_preflight_before_it_samples(cli, tmp_path, tiny_model, anthropic_api, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-not-this-one")
+    out = tmp_path / "out"
+    r = cli("reject", "--model", tiny_model, "--data", prompts_file(tmp_path, 2), "--output", out,
+            "--expander", "anthropic", "--num-samples", 2, "--max-new-tokens", 8)
+    assert r.exit_code == 1 and "HTTP 401" in r.stderr and "ANTHROPIC_API_KEY" in r.stderr
+    assert not out.exists() and anthropic_api.requests == [] and len(anthropic_api.lookups) == 1
