@@ -27,7 +27,8 @@ from typing import Iterable, Optional
 from chainforge.errors import UsageError
 
 PRICES_AS_OF = "2026-12-06"
-PRICE_PAGES = ("https://api-docs.deepseek.com/quick_start/pricing", "https://platform.claude.com/docs/en/about-claude/pricing")
+PRICE_PAGES = ("https://api-docs.deepseek.com/quick_start/pricing",
+               "https://platform.claude.com/docs/en/about-claude/pricing")
 
 # DeepSeek's peak hours, UTC, Monday (0) to Friday (4): [start, end) in hours.
 PEAK_HOURS_UTC = ((1, 4), (6, 10))
