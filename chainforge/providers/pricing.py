@@ -48,9 +48,9 @@ class Price:
     off_peak: Optional["Price"] = None  # DeepSeek: the rate outside PEAK_HOURS_UTC
 
     def at(self, when: Optional[datetime] = None) -> "Price":
-        """The flat rate billed at `when` (default: now)."""
+        """The rate billed at `when` (default: now): this one, or its off-peak rate."""
         if self.off_peak is None or is_peak(when or datetime.now(timezone.utc)):
-            return Price(self.input, self.cache_hit, self.output)
+            return self
         return self.off_peak
 
     def cost(self, usage: dict, when: Optional[datetime] = None) -> float:
@@ -63,7 +63,9 @@ class Price:
 
     def bound(self, usage: dict) -> float:
         """The cost at the highest rate of the day (budget estimates are never too low)."""
-        return Price(self.input, self.cache_hit, self.output).cost(usage)
+        prompt, hit = int(usage.get("prompt", 0)), int(usage.get("cache_hit", 0))
+        return (max(prompt - hit, 0) * self.input + hit * self.cache_hit
+                + int(usage.get("completion", 0)) * self.output) / 1e6
 
     def scaled(self, factor: float) -> "Price":
         off = self.off_peak.scaled(factor) if self.off_peak else None
