@@ -150,18 +150,17 @@ class Grounder:
             price = discounted(price)
         return cls(config, source, rule, price, stage)
 
-    def preflight(self, teacher=None):
+    def preflight(self, teacher=None) -> None:
         """The preflight (`providers.preflight`) of the expander and of `teacher` (a remote Source,
         collect's), unless --no-preflight: exit 1 for a refused key, 2 for an unknown model, before
-        anything is created. The expander's Anthropic capabilities are kept for its requests.
-        Returns the teacher Source."""
+        anything is created. The expander's Anthropic capabilities are kept for its requests."""
         from dataclasses import replace
 
         from chainforge.providers.preflight import Preflight, preflight, remote
         from chainforge.providers.resolve import DEEPSEEK_LEGACY
 
         if not getattr(self.config, "preflight", True):
-            return teacher
+            return
         checks = []
         if remote(teacher):
             checks.append(Preflight(self.stage, "teacher", teacher, "--teacher-model",
@@ -171,7 +170,6 @@ class Grounder:
         infos = preflight(self.stage, checks)
         if remote(self.source) and self.source.kind == "anthropic" and infos and isinstance(infos[-1], dict):
             self.source = replace(self.source, capabilities=infos[-1].get("capabilities") or None)
-        return teacher
 
     @property
     def active(self) -> bool:

@@ -4,8 +4,8 @@
     chainforge collect --prompts P --output O --teacher local --teacher-model smollm2   # no key, no network
 
 Reads top to bottom: options → teacher/expander (keys, URLs, models) → --output plan → prompts →
-create the output → recover the journal → collect what is left → dataset from the journal →
-manifest. Every finished prompt is in `journal.jsonl` before it counts; the same command on the
+preflight (each API's model list: key and model checked before anything is paid) → create the
+output → recover the journal → collect what is left → dataset from the journal → manifest. Every finished prompt is in `journal.jsonl` before it counts; the same command on the
 same --output sends nothing for journaled prompts and finishes the rest.
 """
 
@@ -143,8 +143,8 @@ def _collect(config: CollectConfig) -> None:
     ref_col = answer_column(ds, config.answer_column, required=False, what="--prompts")
     ids = _prompt_ids(ds, config.prompt_column)
     # one look-up per API (no tokens): a refused key (exit 1) or an unknown model (exit 2) stops here
-    teacher_src = grounder.preflight(teacher_src)
-    expander_src = grounder.source
+    grounder.preflight(teacher_src)
+    expander_src = grounder.source  # with the capabilities the preflight read
 
     # ---- output, journal ---------------------------------------------------------------------------
     out = plan.create(inputs=[config.prompts])
