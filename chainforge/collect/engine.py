@@ -164,6 +164,9 @@ class Collector:
             row = build_row(item, reply, steps, flagged, [None] * len(steps), {},
                             self.teacher_price.cost(reply.usage))
             return {**row, "_chosen": chosen}
+        if not chosen or self.expander.name == "none":  # nothing to ask: no request, no cost
+            cost = self.teacher_price.cost(reply.usage)
+            return build_row(item, reply, steps, flagged, [None] * len(steps), {}, cost)
         grounded = await ground_steps(self.expander, item.prompt, steps, chosen, self.expander_price)
         self.tally.expanded += grounded.expanded
         self.tally.expansion_failures += grounded.failures
