@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Iterator, Literal, Optional
 
@@ -202,7 +203,8 @@ def _collect(config: CollectConfig) -> None:
             await expander_obj.aclose()
 
     try:
-        outcome = asyncio.run(collect())
+        with _long_lived_objects_frozen():
+            outcome = asyncio.run(collect())
         if defer and outcome == "done":
             _ground_deferred(out.path, journal, grounder, exp_stats, tally)
     except (KeyboardInterrupt, RunStopped, Exception):
@@ -236,6 +238,28 @@ def _collect(config: CollectConfig) -> None:
     out.finish(metrics)
     print_summary(metrics, tally.expansion_failures)
     info(f"collect: wrote {metrics['rows']} rows to {out.path}")
+
+
+@contextmanager
+def _long_lived_objects_frozen():
+    """While the requests run, the garbage collector leaves alone the objects that exist when they
+    start (imported modules, the prompt dataset) and collects young objects every 20,000
+    allocations instead of 700. Measured in a run of 5000 streamed requests at 128 in flight: a full
+    collection walked those objects and stopped every request for ~0.11 s, three times (339 ms in
+    all), and the young ones cost 309 + 28 small collections (236 ms); afterwards, 1 collection of
+    10 ms. Objects made during the requests are still collected (reference counting frees most at
+    once); the frozen ones and the thresholds go back as they were afterwards."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], 20_000), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 @dataclass
