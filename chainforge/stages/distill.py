@@ -50,7 +50,7 @@ from chainforge.errors import RunFailed, UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from chainforge.log import info
 from chainforge.models import (ModelRef, checkpoint_path, default_device, load_model, sampling_dtype,
-                               load_tokenizer, resolve_model, training_template)
+                               load_tokenizer, resolve_model, resolve_student, training_template)
 from chainforge.traces import sft_dataset, trace_row
 
 TRACES_DIR = "traces"
@@ -67,7 +67,9 @@ class DistillConfig(ExpanderOptions, DataOptions, AnswerOptions, OutputOptions, 
 
     teacher: Optional[str] = option(None, "The trained model to learn from: checkpoint folder, hub id, .gguf or "
                                           "`smollm2`.")
-    student: Optional[str] = option(None, "The model to train: checkpoint folder, hub id, .gguf or `smollm2-half`.")
+    student: Optional[str] = option(
+        None, "The model to train: pruned:N (the teacher with N of its decoder layers: a block of deeper layers "
+              "removed, the last kept), a checkpoint folder, hub id, .gguf, or `smollm2-half`.")
     method: Literal["traces", "logits"] = option(
         "traces", "traces: SFT on the teacher's filtered samples (any tokenizers); logits: GKD on the teacher's "
                   "next-token distributions (one vocabulary).")
@@ -123,7 +125,7 @@ def run(config: DistillConfig) -> None:
 
     # ---- models and trainer config: validated (vocabularies included) before --output exists
     teacher_ref = resolve_model(config.teacher, "--teacher")
-    student_ref = resolve_model(config.student, "--student")
+    student_ref = resolve_student(config.student, teacher_ref)
     tokenizer = load_tokenizer(student_ref)
     if method == "logits":
         check_vocabulary(teacher_ref, student_ref, tokenizer)

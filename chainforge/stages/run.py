@@ -430,8 +430,13 @@ class Evaluations:
     def after(self, st: Stage, run, redone: set[str]) -> None:
         """Evaluate stage `st`'s checkpoint, comparing with its starting model's evaluation."""
         cfg = st.config
-        start = cfg.student if st.command == "distill" else cfg.model
+        start = cfg.model
         if st.command == "distill":
+            from chainforge.models import PRUNED, resolve_model, resolve_student
+
+            start = cfg.student  # `pruned:N` is evaluated as the copy distill trained
+            if PRUNED.match(str(start)):
+                start = resolve_student(start, resolve_model(cfg.teacher, "--teacher")).path
             before = self._ensure(f"{st.folder}-student-start", start, None, run, redone)
         elif start == self.base:
             before = self._ensure("00-base", start, None, run, redone)
