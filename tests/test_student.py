@@ -83,3 +83,8 @@ def test_distill_into_the_pruned_teacher(cli, teacher, tmp_path):
     assert saved["num_hidden_layers"] == 2
     m = json.loads((out / "chainforge.json").read_text())
     assert m["status"] == "complete" and m["config"]["student"] == "pruned:2"
+    from chainforge.models import load_model, resolve_model
+
+    teacher_params = sum(p.numel() for p in load_model(resolve_model(str(teacher))).parameters())
+    assert m["metrics"]["teacher_parameters"] == teacher_params
+    assert m["metrics"]["student_parameters"] < teacher_params

@@ -161,12 +161,38 @@ def run(config: DistillConfig) -> None:
         metrics["format_rate"] = training.format_rate(
             trained, tokenizer, [_messages(r["prompt"]) for r in train_rows[:FORMAT_PROMPTS]],
             max_new_tokens=config.max_new_tokens, seed=config.seed)
-    metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows))
+    metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows),
+                   student_parameters=_parameters(trained), teacher_parameters=_parameters(teacher_ref))
     metrics.update({f"eval_before/{k}": v for k, v in (before or {}).items()})
     metrics.update({f"eval_after/{k}": v for k, v in (after or {}).items()})
     training.finish(out, metrics)
     info(f"distill ({method}): {metrics.get('steps')} steps, train_loss {metrics.get('train_loss')}, "
          f"format_rate {metrics.get('format_rate')} -> {out.path}")
+
+
+def _parameters(model) -> Optional[int]:
+    """Parameter count of a loaded model, or of a checkpoint (read from its safetensors headers)."""
+    if hasattr(model, "parameters"):
+        return sum(p.numel() for p in model.parameters())
+    try:
+        from safetensors import safe_open
+
+        folder = Path(checkpoint_path(model))
+        total = 0
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():
+                    total += _product(st.get_slice(key).get_shape())
+        return total or None
+    except Exception:  # a hub id not on disk, or weights in another format: the card just lacks the figure
+        return None
+
+
+def _product(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def load_trained(out, student_ref: ModelRef):

@@ -38,7 +38,7 @@ KEY_METRICS = {
     "sft": ["train_loss", "tokens", "tokens_per_s", "format_rate"],
     "grpo": ["reward", "kl", "format_rate", "expansion_rate", "completion_tokens", "generation_time_share"],
     "reject": ["prompts", "candidates", "kept", "pass@1", "pass@k", "mean_reward_kept"],
-    "distill": ["train_loss", "tokens", "format_rate"],
+    "distill": ["train_loss", "tokens", "format_rate", "student_parameters", "teacher_parameters"],
     "eval": ["pass@1", "pass@k", "maj@k", "format_rate", "mean_completion_tokens", "k"],
 }
 
