@@ -62,7 +62,7 @@ def score_prompts(model, tokenizer, prompts: Sequence[Any], answers: Sequence[An
     samples from (chat messages holding their system turn, or strings)."""
     from chainforge import distributed
     from chainforge.metrics import evaluate_model
-    from chainforge.data import atomic_write_text
+    from chainforge.outputs import atomic_write_text
     from chainforge.rollouts import sampling_autocast
 
     rows = [{"id": None if ids is None else ids[i], "prompt": p, "answer": a}

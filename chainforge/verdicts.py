@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from chainforge.data import read_manifest
+from chainforge.outputs import read_manifest
 
 EVALS_DIR = "evals"
 SEEDS_DIR = "seeds"

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
-from tiny import build_scripted_model
+from helpers.cli import assert_exit_2
+from helpers.files import manifest, write_jsonl
+from helpers.tiny import build_scripted_model
 
 # 2 prompts × 4 completions a step, short completions
 SMALL = ("--num-generations", "4", "--prompts-per-step", "2", "--lr", "1e-3", "--logging-steps", "1")
-
-
-def manifest(out: Path) -> dict:
-    return json.loads((out / "chainforge.json").read_text())
 
 
 def lines(path: Path) -> list[dict]:
@@ -83,10 +80,8 @@ def test_filter_drops_always_right_prompts_and_stops_when_too_few_are_left(cli, 
 def test_filter_needs_reference_answers(cli, tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is 1 + 1?"}, {"prompt": "What is 2 + 2?"}])
     r = cli("grpo", "--model", tiny_model, "--data", data, "--output", tmp_path / "rl", "--rewards",
-            "grpo_rewards:close_to_19", "--filter-samples", "4", *SMALL)
-    assert r.exit_code == 2 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert "--filter-samples compare against it" in r.stderr
-    assert not (tmp_path / "rl").exists()
+            "helpers.rewards:close_to_19", "--filter-samples", "4", *SMALL)
+    assert_exit_2(r, "--filter-samples compare against it", output=tmp_path / "rl")
 
 
 def test_health_per_step_and_the_two_warnings(cli, tiny_model, tmp_path):

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from chainforge.errors import UsageError
-from conftest import write_jsonl
+from helpers.files import manifest, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    from tiny import build_tiny_model
+    from helpers.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "teacher4", layers=4, seed=3)
 
@@ -49,7 +49,7 @@ def test_pruned_copy_is_built_once_per_teacher(tmp_path):
     import os
 
     from chainforge.models import resolve_model, resolve_student
-    from tiny import build_tiny_model
+    from helpers.tiny import build_tiny_model
 
     folder = build_tiny_model(tmp_path / "teacher", layers=4, seed=3)
     first = resolve_student("pruned:3", resolve_model(str(folder))).path
@@ -81,7 +81,7 @@ def test_distill_into_the_pruned_teacher(cli, teacher, tmp_path):
     assert r.exit_code == 0, r.stderr
     saved = json.loads((out / "config.json").read_text())
     assert saved["num_hidden_layers"] == 2
-    m = json.loads((out / "chainforge.json").read_text())
+    m = manifest(out)
     assert m["status"] == "complete" and m["config"]["student"] == "pruned:2"
     from chainforge.models import load_model, resolve_model
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from chainforge.data import MANIFEST
+from chainforge.outputs import MANIFEST
 
 
 def write_eval(folder: Path, per_question: list[float], compare: Path | None = None, seed: int = 0) -> Path:
