@@ -255,12 +255,15 @@ def prompt_readers(recipe: dict) -> list[dict]:
 def eval_sets(recipe: dict) -> list[str]:
     """Every eval set the recipe evaluates on, as `decontaminate --against` values, each read as
     its evaluation reads it: `eval_data` with the recipe's `eval` options (the evaluation after
-    every training stage), and each eval stage's own data, prompt column, subset and split."""
+    every training stage), each `extra_evals` set with its own, and each eval stage's own data,
+    prompt column, subset and split."""
     from chainforge.decontam import format_eval_set
 
     readings = []
     if recipe.get("eval_data"):
         readings.append({**(recipe.get("eval") or {}), "data": recipe["eval_data"]})
+        for extra in (recipe.get("extra_evals") or {}).values():
+            readings.append({**(recipe.get("eval") or {}), **extra})
     for st in recipe["stages"]:
         if st["command"] == "eval" and (st.get("data") or recipe.get("eval_data")):
             readings.append({**st, "data": st.get("data") or recipe["eval_data"]})
