@@ -197,11 +197,32 @@ ZERO_SPREAD_WARN = 0.5
 TRUNCATED_WARN = 0.2
 
 
+def zero_spread_share(trainer, n: int) -> Optional[float]:
+    """The share of groups, among the newest `n` completions TRL scored (every process's), whose
+    completions all got the same weighted reward. TRL's own `frac_reward_zero_std` tests the group's
+    float32 standard deviation with `torch.isclose(std, 0)` (atol 1e-8): eight rewards of 1.2
+    (accuracy + format) have a std of 1.3e-7, so a group that is all right never counted, and a run
+    whose rollouts held 1-2 dead groups of 4 at every step logged 0. Totals are compared rounded."""
+    g = getattr(trainer, "num_generations", None)
+    logs = getattr(trainer, "_logs", {}).get("rewards") or {}
+    names = list(getattr(trainer, "reward_func_names", []))
+    if not g or not names or n % g or any(len(logs.get(name, ())) < n for name in names):
+        return None
+    from chainforge.rewards import weighted_total
+
+    weights = trainer.reward_weights.tolist()
+    columns = [list(logs[name])[-n:] for name in names]
+    totals = [weighted_total([_number(c[i]) for c in columns], weights) for i in range(n)]
+    groups = [totals[i:i + g] for i in range(0, n, g)]
+    dead = sum(len({None if t is None else round(t, 6) for t in group}) == 1 for group in groups)
+    return dead / len(groups)
+
+
 class GrpoHealth:
-    """Per optimizer step: the share of zero-spread groups (TRL's `frac_reward_zero_std`), of
-    truncated completions (`completions/clipped_ratio`), the mean reward of each function, the KL to
-    the reference and the learning rate the optimizer actually applied at that step (TRL logs the
-    NEXT step's rate). One warning line per kind, the first time a step crosses its line."""
+    """Per optimizer step: the share of zero-spread groups (`zero_spread_share`, logged as
+    `zero_spread_groups`), of truncated completions (TRL's `completions/clipped_ratio`), the mean
+    reward of each function, the KL to the reference and the learning rate the optimizer applied at
+    that step. One warning line per kind, the first time a step crosses its line."""
 
     def __init__(self, reward_names: Sequence[str], max_new_tokens: Optional[int] = None,
                  warn: Optional[Callable[[str], None]] = None):
@@ -216,10 +237,10 @@ class GrpoHealth:
 
     def record(self, step: int, logs: dict) -> Optional[dict]:
         """The health of `step` from one logging window of TRL's (None when it logged no rollouts)."""
-        if "frac_reward_zero_std" not in logs and "reward" not in logs:
+        if "zero_spread_groups" not in logs and "reward" not in logs:
             return None
         entry = {"step": int(step),
-                 "zero_spread_groups": _number(logs.get("frac_reward_zero_std")),
+                 "zero_spread_groups": _number(logs.get("zero_spread_groups", logs.get("frac_reward_zero_std"))),
                  "truncated": _number(logs.get("completions/clipped_ratio")),
                  "reward": _number(logs.get("reward")),
                  **{f"reward/{n}": _number(logs.get(f"rewards/{n}/mean")) for n in self.reward_names},

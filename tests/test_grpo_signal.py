@@ -134,3 +134,20 @@ def test_the_learning_rate_schedule_actually_applied(cli, coin_model, tmp_path, 
     else:  # decays to 0 after the step at the full rate: a 5-step run averages 0.5 of it
         assert applied[1] == pytest.approx(1e-3) and applied[1:] == sorted(applied[1:], reverse=True)
         assert applied[-1] == pytest.approx(0.25e-3)
+
+
+def test_groups_of_equal_non_integer_rewards_count_as_dead(cli, sevens_model, tmp_path):
+    # every completion is right and scores 1.2: float32 gives such a group a standard deviation of
+    # ~1e-7, which TRL's frac_reward_zero_std (isclose to 0, atol 1e-8) does not count
+    data = write_jsonl(tmp_path / "p.jsonl", sums(["7", "7", "7", "7"]))
+    out = tmp_path / "rl"
+    r = cli("grpo", "--model", sevens_model, "--data", data, "--output", out, "--rewards", "accuracy=1.2",
+            "--max-steps", "2", "--max-new-tokens", "12", *SMALL)
+    assert r.exit_code == 0, r.stderr
+    health = manifest(out)["metrics"]["health"]
+    assert [h["zero_spread_groups"] for h in health] == [1.0, 1.0]
+    assert all(h["reward/accuracy"] == 1.0 for h in health)
+    assert "of the groups scored the same reward on every completion" in r.stderr
+    from chainforge.stages.report import scalars
+
+    assert [v for _, v in scalars(out)["zero_spread_groups"]] == [1.0, 1.0]  # TensorBoard has it too

@@ -43,7 +43,7 @@ from chainforge.log import fmt_value, info
 from chainforge.models import load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
 from chainforge.rollouts import (GRPO_WARMUP_RATIO, EngineRollouts, GrpoHealth, KLGuard, RolloutLog,
-                                 applied_lr_callback, record_trainer_rollouts)
+                                 applied_lr_callback, record_trainer_rollouts, zero_spread_share)
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import distributed, training
 
@@ -364,6 +364,10 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config, rollouts=N
         # ---- rollouts (chainforge.rollouts): every rollout to rollouts.jsonl
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
+            mode = "train" if self.model.training else "eval"
+            share = zero_spread_share(self, len(inputs) * self.accelerator.num_processes)
+            if share is not None:  # TRL's frac_reward_zero_std misses groups of equal non-integer totals
+                self._metrics[mode]["zero_spread_groups"].append(share)
             if self.model.training:
                 record_trainer_rollouts(self, self.rollout_log, inputs, output)
             return output
