@@ -441,6 +441,8 @@ class TrainOptions(StageConfig):
     batch_size: Optional[int] = option(8, "Per-device batch size.", min=1)
     grad_accum: int = option(1, "Gradient accumulation steps.", min=1)
     warmup_ratio: float = option(0.1, "Fraction of steps spent warming up.", min=0.0, max=1.0)
+    lr_scheduler: Literal["linear", "constant", "cosine"] = option(
+        "linear", "Learning rate after warmup: linear (decays to 0 at the last step), constant, or cosine.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm.", min=0.0)
     precision: Precision = option("auto", "Training (and rollout) precision. " + PRECISION_HELP)
     gradient_checkpointing: bool = option(

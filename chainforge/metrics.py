@@ -236,7 +236,49 @@ def compare_metrics(mine: Sequence[dict], theirs: Sequence[dict]) -> dict:
     if not a:
         raise ValueError("the two evals share no question")
     return {"delta_pass@1": sum(a) / len(a) - sum(b) / len(b), "delta_pass@1_ci": paired_bootstrap_ci(a, b),
-            "compared_questions": len(a)}
+            "delta_pass@1_se": standard_error([x - y for x, y in zip(a, b)]), "compared_questions": len(a)}
+
+
+def standard_error(values: Sequence[float]) -> Optional[float]:
+    """Standard error of the mean of `values` (sample standard deviation / √n); None below 2 values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def pooled_delta(runs: Sequence[tuple[Sequence[dict], Sequence[dict]]], *, level: float = CI_LEVEL,
+                 resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """The mean paired delta over several runs of one stage (seeds), each given as (its eval's
+    results, its start's results), with a two-level percentile bootstrap interval: resample the runs,
+    then the questions (the same question draw for every run, as they share the question set). The
+    interval covers both the seed-to-seed spread and the question sampling; with 3 seeds it is a
+    wide, honest one. Also: the per-run deltas, and the standard deviation between runs."""
+    deltas = []
+    for mine, theirs in runs:
+        start = {r.get("id"): float(r["pass_at_1"]) for r in theirs}
+        delta = {r.get("id"): float(r["pass_at_1"]) - start[r.get("id")] for r in mine if r.get("id") in start}
+        if not delta:
+            raise ValueError("a run shares no question with its start")
+        deltas.append(delta)
+    if not deltas:
+        raise ValueError("pooled_delta needs at least one run")
+    shared = sorted(set.intersection(*(set(d) for d in deltas)), key=str)
+    if not shared:
+        raise ValueError("the runs share no question")
+    table = [[d[q] for q in shared] for d in deltas]
+    per_run = [sum(row) / len(row) for row in table]
+    mean = sum(per_run) / len(per_run)
+    rng, n, k = random.Random(seed), len(shared), len(table)
+    stats = []
+    for _ in range(resamples):
+        rows = [table[rng.randrange(k)] for _ in range(k)]
+        picks = [rng.randrange(n) for _ in range(n)]
+        stats.append(sum(row[q] for row in rows for q in picks) / (k * n))
+    spread = math.sqrt(sum((d - mean) ** 2 for d in per_run) / (k - 1)) if k > 1 else None
+    return {"delta_pass@1": mean, "delta_pass@1_ci": _percentiles(stats, level), "runs": k,
+            "per_run": per_run, "between_runs_sd": spread, "compared_questions": n}
 
 
 def verdict(delta_ci: Optional[Sequence[float]]) -> str:

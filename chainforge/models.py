@@ -8,8 +8,14 @@ created); `load_model(ref)` / `load_tokenizer(ref)` load it. The reserved names:
   `$CHAINFORGE_HOME/models/smollm2` and reused (the conversion takes ~25-35 s on 2 cores).
   Any other `.gguf` file is converted the same way, once, into `$CHAINFORGE_HOME/models/gguf-*`.
 - `smollm2-half`: the same with every other decoder layer kept (15 of 30), initialised from the
-  teacher's layers with the same vocabulary — the embedded distillation student. It babbles until
-  distilled.
+  teacher's layers with the same vocabulary. It babbles until distilled (format 0, every completion
+  at the token cap) and 60 distillation steps did not heal it; kept as an ablation.
+
+distill's `--student pruned:N` (`resolve_student`) is the student that starts sane: the TEACHER with
+N of its decoder layers kept — a contiguous block of its deeper layers removed, the last layer kept
+(deep layers but the last are the most redundant: Gromov et al. 2024; pruning the trained teacher and
+distilling into the copy is Minitron's recipe, Muralidharan et al. 2024). Built once per teacher
+checkpoint under `$CHAINFORGE_HOME/models/pruned-*`.
 
 `training_template(tokenizer, sample)` makes sure a chat template carries the assistant-only loss
 and renders Super CoT text intact (sft and distill check it before their output exists).
@@ -94,6 +100,77 @@ def resolve_model(spec: Optional[str], what: str = "--model") -> ModelRef:
                      f"like Qwen/Qwen2.5-7B, a .gguf file, or `smollm2`")
 
 
+PRUNED = re.compile(r"^pruned:(\d+)$")
+
+
+def resolve_student(spec: Optional[str], teacher: ModelRef) -> ModelRef:
+    """distill's --student: a model spec, or `pruned:N` (the teacher with N decoder layers, built
+    once and cached; exit 2 when N is not below the teacher's layer count)."""
+    m = PRUNED.match(str(spec or ""))
+    if not m:
+        return resolve_model(spec, "--student")
+    keep = int(m.group(1))
+    if teacher.kind == "hub":
+        raise UsageError(f"--student {spec} prunes the teacher, which must be on disk (a checkpoint folder, a "
+                         f".gguf or `smollm2`), not the hub id {teacher.spec}: download it first")
+    source = materialise(teacher) if teacher.kind in ("embedded", "gguf") else Path(teacher.path)
+    layers = _layer_count(source)
+    if not 1 <= keep < layers:
+        raise UsageError(f"--student {spec}: the teacher has {layers} decoder layers; keep between 1 and "
+                         f"{layers - 1} (e.g. pruned:{max(1, layers * 3 // 4)})")
+    return ModelRef(str(spec), "folder", str(pruned_copy(source, keep)))
+
+
+def _layer_count(folder: Path) -> int:
+    import json
+
+    config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    return int(config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers"))
+
+
+def pruned_layers(total: int, keep: int) -> list[int]:
+    """The layers `pruned:keep` keeps: the first keep − 1 and the last."""
+    return list(range(keep - 1)) + [total - 1]
+
+
+def pruned_copy(teacher_dir: Path, keep: int) -> Path:
+    """`teacher_dir` with `pruned_layers` kept, saved once under $CHAINFORGE_HOME/models (keyed by the
+    teacher's folder and its weights' size and time, so a retrained teacher gets a new copy)."""
+    import hashlib
+
+    teacher_dir = Path(teacher_dir).resolve()
+    stamp = [str(teacher_dir)] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                                  for f in sorted(teacher_dir.glob("*.safetensors")) + [teacher_dir / "config.json"]]
+    name = f"pruned-{hashlib.sha256('|'.join(stamp).encode()).hexdigest()[:12]}-{keep}"
+    target = chainforge_home() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.parent / f".{name}.lock"):
+        if (target / "config.json").is_file():
+            return target
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(teacher_dir))
+        total = len(model.model.layers)
+        _keep_layers(model, pruned_layers(total, keep))
+        tmp = target.parent / f".{name}.partial-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        for extra in ("system_prompt.txt", "chat_template.jinja"):  # what later stages read beside the weights
+            if (teacher_dir / extra).is_file() and not (tmp / extra).exists():
+                shutil.copy2(teacher_dir / extra, tmp / extra)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        dropped = sorted(set(range(total)) - set(pruned_layers(total, keep)))
+        gone = f"layer {dropped[0]}" if len(dropped) == 1 else f"layers {dropped[0]}-{dropped[-1]}"
+        info(f"--student pruned:{keep}: {teacher_dir} without its {gone} ({keep} of {total} kept) -> {target}")
+    return target
+
+
 def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
@@ -174,15 +251,22 @@ def _every_other_layer(teacher_dir: Path):
 
     model = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(teacher_dir))
-    kept = list(model.model.layers)[::2]
+    _keep_layers(model, list(range(0, len(model.model.layers), 2)))
+    return model, tok
+
+
+def _keep_layers(model, indices: list[int]) -> None:
+    """Keep only the decoder layers at `indices` (in order), renumbered for the KV cache."""
+    import torch
+
+    kept = [model.model.layers[i] for i in indices]
     model.model.layers = torch.nn.ModuleList(kept)
     for i, layer in enumerate(kept):
         if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
             layer.self_attn.layer_idx = i
     model.config.num_hidden_layers = len(kept)
     if getattr(model.config, "layer_types", None):
-        model.config.layer_types = list(model.config.layer_types)[::2]
-    return model, tok
+        model.config.layer_types = [model.config.layer_types[i] for i in indices]
 
 
 def load_tokenizer(ref: ModelRef, trust_remote_code: bool = False):

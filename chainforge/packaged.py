@@ -89,7 +89,8 @@ def anchor_paths(recipe: dict, root: Path) -> None:
     for key in PATH_KEYS:
         if key in recipe:
             recipe[key] = anchored(recipe[key])
-    for stage in recipe.get("stages") or []:
+    for stage in [*(recipe.get("stages") or []), *(v for v in (recipe.get("extra_evals") or {}).values()
+                                                   if isinstance(v, dict))]:
         for key in PATH_KEYS:
             if key in stage:
                 stage[key] = anchored(stage[key])

@@ -53,9 +53,12 @@ def _number(value: Any) -> Optional[float]:
 
 def rollout_records(step: int, prompts: Sequence[Any], completions: Sequence[Any], rewards: dict[str, Sequence[Any]],
                     weights: Sequence[float], advantages: Optional[Sequence[Any]] = None,
-                    answers: Optional[Sequence[Any]] = None) -> list[dict]:
+                    answers: Optional[Sequence[Any]] = None, group_size: Optional[int] = None,
+                    truncated: Optional[Sequence[Any]] = None) -> list[dict]:
     """One record per completion: the reward of every function (None where it gave no signal), the
-    weighted total as TRL sums it, and the advantage TRL derived from the group."""
+    weighted total as TRL sums it, and the advantage TRL derived from the group. With `group_size`
+    (the completions of a prompt come in a row), `zero_spread` says whether its whole group scored
+    the same total (no gradient); `truncated` whether it was cut at the token limit."""
     from chainforge.formats import completion_text
     from chainforge.rewards import weighted_total
 
@@ -75,6 +78,14 @@ def rollout_records(step: int, prompts: Sequence[Any], completions: Sequence[Any
             "reward": total,
             "advantage": None if advantages is None else _number(advantages[i]),
         })
+        if truncated is not None:
+            out[-1]["truncated"] = None if truncated[i] is None else bool(truncated[i])
+    if group_size and group_size > 1 and len(out) % group_size == 0:
+        for start in range(0, len(out), group_size):
+            group = out[start:start + group_size]
+            totals = {None if r["reward"] is None else round(r["reward"], 9) for r in group}
+            for r in group:
+                r["zero_spread"] = len(totals) == 1
     return out
 
 
@@ -109,15 +120,17 @@ class RolloutLog:
             fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict]) -> None:
+def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict], output: Optional[dict] = None) -> None:
     """Write the rollouts TRL has just generated and scored for `inputs` (this process's share of the
     generation batch). TRL keeps the gathered prompts, completions, rewards per function and
     advantages of its latest generation batch in `trainer._logs` for its own completion table; the
-    newest len(inputs) × processes entries are this call's. Every process must call this (the
-    answers are gathered); only the main one writes."""
+    newest len(inputs) × processes entries are this call's. `output` (what TRL's
+    `_generate_and_score_completions` returned) tells which completions hit the token limit. Every
+    process must call this (the answers are gathered); only the main one writes."""
     from accelerate.utils import gather_object
 
     answers = gather_object([x.get("answer") for x in inputs])
+    cut = gather_object(_truncated(trainer, output, len(inputs)))
     if not trainer.accelerator.is_main_process:
         return
     logs = trainer._logs
@@ -130,7 +143,24 @@ def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict]) -> Non
     rewards = {name: newest(logs["rewards"][name]) for name in trainer.reward_func_names}
     weights = trainer.reward_weights.tolist()
     log.write(rollout_records(trainer.state.global_step, newest(logs["prompt"]), newest(logs["completion"]),
-                              rewards, weights, newest(logs["advantages"]), answers))
+                              rewards, weights, newest(logs["advantages"]), answers,
+                              group_size=getattr(trainer, "num_generations", None), truncated=cut))
+
+
+def _truncated(trainer, output: Optional[dict], n: int) -> list:
+    """Per local completion: True when its last token is not an end token (TRL's own test for
+    `completions/clipped_ratio`), None when unknown."""
+    if not output or "completion_ids" not in output or "completion_mask" not in output:
+        return [None] * n
+    ends = set(getattr(trainer, "eos_token_ids", []) or [])
+    pad = getattr(getattr(trainer, "processing_class", None), "pad_token_id", None)
+    ids, mask = output["completion_ids"], output["completion_mask"]
+    lengths = mask.sum(dim=1).tolist()
+    flags = []
+    for row, length in zip(ids.tolist(), lengths):
+        last = row[int(length) - 1] if length else None
+        flags.append(last is not None and last not in ends and last != pad)
+    return flags if len(flags) == n else [None] * n
 
 
 class KLGuard:
@@ -154,6 +184,106 @@ class KLGuard:
                       f"moved far in one step (a collapse looks like this): lower --learning-rate or raise "
                       f"--warmup-ratio, and check rollouts.jsonl")
         return jumped
+
+
+# ---- health: is each step teaching? ----------------------------------------------------------------
+
+# A group whose completions all score the same has zero advantage everywhere: no gradient. Above
+# half of the groups, most of a step is spent for nothing (the learn recipe before --filter-samples:
+# 39 %). A completion cut at --max-new-tokens usually loses its format and answer rewards: past a
+# fifth of them the reward mostly measures the cap (the commonest "reward stuck at 0" cause in TRL's
+# issue tracker).
+ZERO_SPREAD_WARN = 0.5
+TRUNCATED_WARN = 0.2
+
+
+def zero_spread_share(trainer, n: int) -> Optional[float]:
+    """The share of groups, among the newest `n` completions TRL scored (every process's), whose
+    completions all got the same weighted reward. TRL's own `frac_reward_zero_std` tests the group's
+    float32 standard deviation with `torch.isclose(std, 0)` (atol 1e-8): eight rewards of 1.2
+    (accuracy + format) have a std of 1.3e-7, so a group that is all right never counted, and a run
+    whose rollouts held 1-2 dead groups of 4 at every step logged 0. Totals are compared rounded."""
+    g = getattr(trainer, "num_generations", None)
+    logs = getattr(trainer, "_logs", {}).get("rewards") or {}
+    names = list(getattr(trainer, "reward_func_names", []))
+    if not g or not names or n % g or any(len(logs.get(name, ())) < n for name in names):
+        return None
+    from chainforge.rewards import weighted_total
+
+    weights = trainer.reward_weights.tolist()
+    columns = [list(logs[name])[-n:] for name in names]
+    totals = [weighted_total([_number(c[i]) for c in columns], weights) for i in range(n)]
+    groups = [totals[i:i + g] for i in range(0, n, g)]
+    dead = sum(len({None if t is None else round(t, 6) for t in group}) == 1 for group in groups)
+    return dead / len(groups)
+
+
+class GrpoHealth:
+    """Per optimizer step: the share of zero-spread groups (`zero_spread_share`, logged as
+    `zero_spread_groups`), of truncated completions (TRL's `completions/clipped_ratio`), the mean
+    reward of each function, the KL to the reference and the learning rate the optimizer applied at
+    that step. One warning line per kind, the first time a step crosses its line."""
+
+    def __init__(self, reward_names: Sequence[str], max_new_tokens: Optional[int] = None,
+                 warn: Optional[Callable[[str], None]] = None):
+        self.reward_names = list(reward_names)
+        self.max_new_tokens = max_new_tokens
+        self.steps: list[dict] = []
+        self.applied_lr: Optional[float] = None
+        self._warned: set[str] = set()
+        if warn is None:
+            from chainforge.log import info as warn
+        self.warn = warn
+
+    def record(self, step: int, logs: dict) -> Optional[dict]:
+        """The health of `step` from one logging window of TRL's (None when it logged no rollouts)."""
+        if "zero_spread_groups" not in logs and "reward" not in logs:
+            return None
+        entry = {"step": int(step),
+                 "zero_spread_groups": _number(logs.get("zero_spread_groups", logs.get("frac_reward_zero_std"))),
+                 "truncated": _number(logs.get("completions/clipped_ratio")),
+                 "reward": _number(logs.get("reward")),
+                 **{f"reward/{n}": _number(logs.get(f"rewards/{n}/mean")) for n in self.reward_names},
+                 "kl": _number(logs.get("kl")),
+                 "learning_rate": self.applied_lr if self.applied_lr is not None else _number(logs.get("learning_rate"))}
+        self.steps = [s for s in self.steps if s["step"] != entry["step"]] + [entry]  # a resumed step: last wins
+        self._check(entry)
+        return entry
+
+    def _check(self, entry: dict) -> None:
+        zero, cut = entry["zero_spread_groups"], entry["truncated"]
+        if zero is not None and zero > ZERO_SPREAD_WARN and "zero" not in self._warned:
+            self._warned.add("zero")
+            self.warn(f"warning: grpo step {entry['step']}: {zero:.0%} of the groups scored the same reward on every "
+                      f"completion and carry no gradient; train on prompts the model sometimes solves "
+                      f"(--filter-samples 8) or raise --num-generations")
+        if cut is not None and cut > TRUNCATED_WARN and "cut" not in self._warned:
+            self._warned.add("cut")
+            cap = f" {self.max_new_tokens}" if self.max_new_tokens else ""
+            self.warn(f"warning: grpo step {entry['step']}: {cut:.0%} of the completions were cut off at "
+                      f"--max-new-tokens{cap} (a cut completion rarely earns its format or answer reward); raise "
+                      f"--max-new-tokens")
+
+    def summary(self) -> dict:
+        """Run-level means for the manifest, beside the per-step list."""
+        def mean(key):
+            values = [s[key] for s in self.steps if s.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        return {"zero_spread_groups": mean("zero_spread_groups"), "truncated": mean("truncated"),
+                "health": list(self.steps)}
+
+
+def applied_lr_callback(health: GrpoHealth):
+    """A transformers callback that notes the learning rate just before each optimizer step."""
+    from transformers import TrainerCallback
+
+    class AppliedLearningRate(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            if optimizer is not None and optimizer.param_groups:
+                health.applied_lr = float(optimizer.param_groups[0]["lr"])
+
+    return AppliedLearningRate()
 
 
 # ---- sampling the rollouts -----------------------------------------------------------------------
@@ -212,6 +342,19 @@ class EngineRollouts:
                 yield model
         else:
             yield model
+
+
+@contextlib.contextmanager
+def sampling_autocast(model, enabled: bool):
+    """bf16 autocast around sampling from a model whose weights train in fp32 (GRPO's policy): the
+    samples come from the weights being trained, computed as the update computes them."""
+    if not enabled:
+        yield
+        return
+    import torch
+
+    with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+        yield
 
 
 def _groups(prompts: list, num_generations: int) -> list:

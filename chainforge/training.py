@@ -34,6 +34,8 @@ from chainforge.errors import Interrupted, RunFailed, UsageError
 from chainforge.log import info
 
 TENSORBOARD_DIR = "runs"
+# --lr-scheduler → transformers' scheduler names (each warms up linearly over --warmup-ratio first)
+LR_SCHEDULERS = {"linear": "linear", "constant": "constant_with_warmup", "cosine": "cosine"}
 
 
 def hardware(precision: str = "auto") -> dict:
@@ -94,6 +96,7 @@ def trainer_args(config, output_dir: str | Path, config_class, **stage_specific)
         gradient_accumulation_steps=config.grad_accum,
         # transformers 5 folded warmup_ratio into warmup_steps: a float below 1 is a ratio of all steps.
         warmup_steps=min(float(config.warmup_ratio), 0.999),
+        lr_scheduler_type=LR_SCHEDULERS[config.lr_scheduler],
         max_grad_norm=config.max_grad_norm,
         gradient_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,

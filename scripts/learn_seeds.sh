@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GRPO gain of configs/learn.yaml for more seeds. For each seed: the recipe's `rl` stage with the
 # recipe's own options and `--seed S`, from the recipe's cold-SFT checkpoint, then an eval with the
-# recipe's `eval` options, compared (paired, same questions) with the recipe's eval of that
-# checkpoint. Run scripts/learn.sh first: it makes the checkpoint and its eval.
-#   scripts/learn_seeds.sh                 # seed 1 -> runs/learn-seeds/rl-s1, evals/rl-s1
-#   GRPO_SEEDS="1 2" scripts/learn_seeds.sh
+# recipe's `eval` options (and one per `extra_evals` set), compared (paired, same questions) with the
+# recipe's eval of that checkpoint; then the report, whose seeds table pools the recipe's own run with
+# these. Run scripts/learn.sh first: it makes the checkpoint and its evals.
+#   GRPO_SEEDS="1 2" scripts/learn_seeds.sh   # -> runs/learn/seeds/rl-s1, seeds/evals/rl-s1, …
+#   scripts/learn_seeds.sh                    # seed 1 only
 #   RL_OPTIONS="learning_rate=3.0e-5" TAG=lr3e-5 GRPO_SEEDS="0 1" scripts/learn_seeds.sh
-#                                          # a variant of the rl stage: rl-lr3e-5-s0, rl-lr3e-5-s1
-#   DRY_RUN=1 scripts/learn_seeds.sh       # print the commands only
+#                                             # a variant of the rl stage: rl-lr3e-5-s0, rl-lr3e-5-s1
+#   DRY_RUN=1 scripts/learn_seeds.sh          # print the commands only
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/setup.sh
@@ -15,7 +16,7 @@ source "$ROOT/scripts/setup.sh" >&2
 cd "$ROOT"
 RECIPE="${RECIPE:-configs/learn.yaml}"
 for seed in ${GRPO_SEEDS:-1}; do
-  # two command lines: grpo, then eval (the recipe's options as flags)
+  # command lines: grpo, then its evals (the recipe's options as flags)
   mapfile -t commands < <(python - "$RECIPE" "$seed" "${RL_OPTIONS:-}" "${TAG:-}" <<'PY'
 import dataclasses
 import sys
@@ -38,7 +39,7 @@ for folder in (start, start_eval):
     if not (folder / "chainforge.json").is_file():
         sys.exit(f"Error: {folder} is missing: run scripts/learn.sh first")
 name = f"{rl.name}{'-' + tag if tag else ''}-s{seed}"
-out = rl.output.parent.with_name(rl.output.parent.name + "-seeds")
+out = rl.output.parent / "seeds"   # inside run_dir: `chainforge report` pools it with the recipe's run
 
 
 def command(stage: str, options: dict) -> str:
@@ -50,9 +51,13 @@ def command(stage: str, options: dict) -> str:
 print(command("grpo", {**rl.options, **overrides, "seed": seed, "output": out / name}))
 print(command("eval", {**(recipe.get("eval") or {}), "model": out / name, "data": recipe["eval_data"],
                        "output": out / "evals" / name, "compare": start_eval}))
+for extra, options in (recipe.get("extra_evals") or {}).items():
+    print(command("eval", {**(recipe.get("eval") or {}), **options, "model": out / name,
+                           "output": out / f"evals-{extra}" / name,
+                           "compare": start_eval.parent.with_name(f"evals-{extra}") / start.name}))
 PY
 )
-  [[ ${#commands[@]} -eq 2 ]] || exit 2
+  [[ ${#commands[@]} -ge 2 ]] || exit 2
   if [[ -n "${DRY_RUN:-}" ]]; then printf '%s\n' "${commands[@]}"; continue; fi
   for cmd in "${commands[@]}"; do
     echo "+ $cmd"
@@ -61,3 +66,7 @@ PY
     echo "  $((SECONDS - t0)) s"
   done
 done
+if [[ -z "${DRY_RUN:-}" ]]; then
+  run_dir=$(python -c 'import sys; from chainforge.stages.run import load_recipe; print(load_recipe(sys.argv[1])["run_dir"])' "$RECIPE")
+  chainforge report "$run_dir"   # its seeds table: each seed's paired delta and the pooled one
+fi

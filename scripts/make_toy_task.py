@@ -1,7 +1,8 @@
 """The toy tasks shipped in data/: arithmetic problems with exact answers, train/test split.
 
     python scripts/make_toy_task.py                     # writes data/toy/train.jsonl + test.jsonl
-    python scripts/make_toy_task.py --digits 2 --train 1000 --test 300 --traces --out data/toy-2digit
+    python scripts/make_toy_task.py --digits 2 --train 1000 --validation 200 --test 400 --reworded 200 \
+        --traces --out data/toy-2digit
 
 Columns: `id`, `prompt`, `answer` (what every ChainForge stage reads). Difficulty is `--digits`
 (digits per operand) and `--terms` (operands per problem); `--ops` picks the operators. The
@@ -9,6 +10,13 @@ default, one-digit a + b and a - b, has exactly 200 distinct problems: 100 train
 disjoint. When the pool is smaller than --train + --test the script says so and stops, rather
 than repeating problems or leaking test problems into train. Fixed seed: rerunning gives the same
 files.
+
+`--validation N` carves N more problems out of the pool into `validation.jsonl`: disjoint from
+train AND test, and absent from `sft.jsonl`, so that settings can be chosen on them without ever
+looking at the test split. `--reworded N` writes `test-reworded.jsonl`: the first N test problems
+asked in words the other files never use ("Add 23 and 45.", "What is the sum of …", "What is 71
+minus 18?", "Subtract 18 from 71."), to see whether a checkpoint learned the sums or only the
+training wording. It is a measurement, never training data.
 
 `--traces` also writes `sft.jsonl`: one worked Super CoT solution per TRAIN problem (column
 `messages`, what `chainforge sft` reads), column by column with carries and borrows. It is the
@@ -27,6 +35,13 @@ import sys
 from pathlib import Path
 
 PROMPT = "What is {expr}? Put the final answer in \\boxed{{}}."
+# The wordings of test-reworded.jsonl (one per problem, in turn): none appears in train or test.
+REWORDED = {
+    "+": ["Add {a} and {b}. Give the final answer in \\boxed{{}}.",
+          "What is the sum of {a} and {b}? Give the final answer in \\boxed{{}}."],
+    "-": ["What is {a} minus {b}? Give the final answer in \\boxed{{}}.",
+          "Subtract {b} from {a}. Give the final answer in \\boxed{{}}."],
+}
 
 
 def problems(digits: int, terms: int, ops: list[str]) -> list[tuple[str, int]]:
@@ -50,11 +65,12 @@ def pool_size(digits: int, terms: int, ops: list[str]) -> int:
     return per_operand ** terms * len(ops) ** (terms - 1)
 
 
-def make_split(digits: int, terms: int, ops: list[str], n_train: int, n_test: int, seed: int = 0
-               ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(train, test): distinct problems, no expression in both. ValueError when the pool is too small."""
+def make_split(digits: int, terms: int, ops: list[str], n_train: int, n_test: int, seed: int = 0,
+               n_validation: int = 0) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[tuple[str, int]]]:
+    """(train, test, validation): distinct problems, none in two splits. ValueError when the pool is
+    too small. The test problems are drawn first, so adding a validation split changes train only."""
     rng = random.Random(seed)
-    size, need = pool_size(digits, terms, ops), n_train + n_test
+    size, need = pool_size(digits, terms, ops), n_train + n_test + n_validation
     if size < need:
         raise ValueError(f"only {size} distinct problems of this shape; ask for fewer or raise --digits/--terms")
     # Sampling from a pool of 10^(digits*terms) problems: enumerate small pools, draw from big ones.
@@ -75,19 +91,29 @@ def make_split(digits: int, terms: int, ops: list[str], n_train: int, n_test: in
             if expr not in seen:
                 seen.add(expr)
                 chosen.append((expr, value))
-    test, train = chosen[:n_test], chosen[n_test:]
-    check_disjoint(train, test)
-    return train, test
+    test, validation = chosen[:n_test], chosen[n_test:n_test + n_validation]
+    train = chosen[n_test + n_validation:]
+    check_disjoint(train, test, validation)
+    return train, test, validation
 
 
-def check_disjoint(train, test) -> None:
-    """Refuse a split where a test problem also appears in train (or any problem twice)."""
-    train_exprs, test_exprs = [e for e, _ in train], [e for e, _ in test]
-    leaked = set(train_exprs) & set(test_exprs)
-    if leaked:
-        raise ValueError(f"{len(leaked)} test problem(s) also in train, e.g. {sorted(leaked)[0]!r}")
-    if len(set(train_exprs)) != len(train_exprs) or len(set(test_exprs)) != len(test_exprs):
-        raise ValueError("a split repeats a problem")
+def check_disjoint(*splits) -> None:
+    """Refuse splits that share a problem (or a split that repeats one)."""
+    seen: dict[str, int] = {}
+    for i, split in enumerate(splits):
+        exprs = [e for e, _ in split]
+        if len(set(exprs)) != len(exprs):
+            raise ValueError("a split repeats a problem")
+        for e in exprs:
+            if e in seen:
+                raise ValueError(f"problem {e!r} is in two splits ({seen[e]} and {i})")
+            seen[e] = i
+
+
+def reworded(expr: str, i: int) -> str:
+    """Problem `expr` ('a + b' / 'a - b') in the i-th wording of its operator (they alternate)."""
+    a, op, b = expr.split()
+    return REWORDED[op][i % len(REWORDED[op])].format(a=a, b=b)
 
 
 def _column_steps(a: int, b: int, op: str) -> tuple[list[str], int]:
@@ -143,15 +169,27 @@ def worked_solution(expr: str, value: int) -> str:
     return write_super_cot(steps, None, str(result))
 
 
-def write_split(out: Path, train, test, traces: bool) -> None:
+def write_split(out: Path, train, test, traces: bool, validation=(), n_reworded: int = 0) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("test", test), ("train", train)):
+    for split, rows in (("test", test), ("validation", validation), ("train", train)):
+        if split == "validation" and not rows:
+            continue
         path = out / f"{split}.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
             for i, (expr, value) in enumerate(rows):
                 fh.write(json.dumps({"id": f"{split}-{i:04d}", "prompt": PROMPT.format(expr=expr),
                                      "answer": str(value)}) + "\n")
         print(f"wrote {len(rows)} problems to {path}")
+    if n_reworded:
+        if n_reworded > len(test) or any(len(e.split()) != 3 for e, _ in test[:n_reworded]):
+            raise ValueError("--reworded takes at most --test two-term problems")
+        path = out / "test-reworded.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for i, (expr, value) in enumerate(test[:n_reworded]):
+                # the same id as the test problem it rewords: the two evals can be paired
+                fh.write(json.dumps({"id": f"test-{i:04d}", "prompt": reworded(expr, i // 2),
+                                     "answer": str(value)}) + "\n")
+        print(f"wrote {n_reworded} reworded test problems to {path}")
     if traces:
         path = out / "sft.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
@@ -173,6 +211,10 @@ def main(argv=None) -> None:
     ap.add_argument("--ops", default="+,-", help="comma-separated operators from + and -")
     ap.add_argument("--train", type=int, default=100)
     ap.add_argument("--test", type=int, default=100)
+    ap.add_argument("--validation", type=int, default=0,
+                    help="also write validation.jsonl: problems in neither train, test nor sft.jsonl")
+    ap.add_argument("--reworded", type=int, default=0,
+                    help="also write test-reworded.jsonl: the first N test problems in other words")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--traces", action="store_true", help="also write sft.jsonl: worked Super CoT solutions "
                                                           "of the train problems (two-term problems only)")
@@ -184,10 +226,13 @@ def main(argv=None) -> None:
     if args.traces and args.terms != 2:
         ap.error("--traces writes solutions of two-term problems only; drop it or use --terms 2")
     try:
-        train, test = make_split(args.digits, args.terms, ops, args.train, args.test, args.seed)
+        train, test, validation = make_split(args.digits, args.terms, ops, args.train, args.test, args.seed,
+                                             args.validation)
+        if args.reworded and (args.terms != 2 or args.reworded > args.test):
+            raise ValueError("--reworded needs --terms 2 and at most --test problems")
     except ValueError as exc:
         ap.error(str(exc))
-    write_split(Path(args.out), train, test, args.traces)
+    write_split(Path(args.out), train, test, args.traces, validation, args.reworded)
 
 
 if __name__ == "__main__":

@@ -60,13 +60,53 @@ def test_worked_solution_of_every_one_and_two_digit_problem():
 
 def test_make_split_is_disjoint_and_refuses_overlap():
     mod = _script()
-    train, test = mod.make_split(2, 2, ["+", "-"], 500, 200, seed=3)
-    assert len(train) == 500 and len(test) == 200
-    assert not {e for e, _ in train} & {e for e, _ in test}
-    with pytest.raises(ValueError, match="also in train"):
+    train, test, validation = mod.make_split(2, 2, ["+", "-"], 500, 200, seed=3, n_validation=50)
+    assert len(train) == 500 and len(test) == 200 and len(validation) == 50
+    splits = [{e for e, _ in s} for s in (train, test, validation)]
+    assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
+    with pytest.raises(ValueError, match="in two splits"):
         mod.check_disjoint(train + test[:1], test)
+    with pytest.raises(ValueError, match="in two splits"):
+        mod.check_disjoint(train, test, validation + train[:1])
     with pytest.raises(ValueError, match="repeats"):
         mod.check_disjoint(train + train[:1], test)
+    # a validation split only takes problems from train: the test split is the same without it
+    assert mod.make_split(2, 2, ["+", "-"], 500, 200, seed=3)[1] == test
+
+
+def test_shipped_validation_and_reworded_splits():
+    folder = ROOT / "data" / "toy-2digit"
+    train, test = _rows(folder / "train.jsonl"), _rows(folder / "test.jsonl")
+    validation, reworded = _rows(folder / "validation.jsonl"), _rows(folder / "test-reworded.jsonl")
+    sft_prompts = {row["messages"][0]["content"] for row in _rows(folder / "sft.jsonl")}
+    val_prompts = {r["prompt"] for r in validation}
+    assert len(validation) >= 100
+    assert not val_prompts & {r["prompt"] for r in train} and not val_prompts & {r["prompt"] for r in test}
+    assert not val_prompts & sft_prompts  # settings chosen on validation never saw its worked solutions
+    # the reworded set asks test problems (same ids, same answers) in words no other file uses
+    by_id = {r["id"]: r for r in test}
+    other_text = " ".join(r["prompt"] for r in train + test + validation) + " ".join(sft_prompts)
+    for marker in ("Add ", "sum of", " minus ", "Subtract ", "Give the final"):
+        assert marker not in other_text
+    for row in reworded:
+        original = by_id[row["id"]]
+        assert row["answer"] == original["answer"] and row["prompt"] != original["prompt"]
+        numbers = [w for w in original["prompt"].replace("?", " ").split() if w.isdigit()]
+        assert all(n in row["prompt"] for n in numbers)
+    kinds = {row["prompt"].split(" ")[0] + (" minus" if " minus " in row["prompt"] else "") for row in reworded}
+    assert kinds == {"Add", "What", "What minus", "Subtract"}
+
+
+def test_reworded_wording_states_the_same_sum():
+    mod = _script()
+    for i in range(4):
+        for expr, value in (("71 - 18", 53), ("23 + 45", 68)):
+            a, op, b = expr.split()
+            text = mod.reworded(expr, i)
+            assert a in text and b in text and "What is" + " " + expr not in text
+            # "Subtract b from a" puts b first: the wording, not the order, carries the operation
+            if text.startswith("Subtract"):
+                assert text.index(b) < text.index(a) and value == int(a) - int(b)
 
 
 def test_cli_refuses_a_pool_too_small_and_writes_nothing(tmp_path):

@@ -50,7 +50,7 @@ from chainforge.errors import RunFailed, UsageError
 from chainforge.formats import SUPER_COT_SYSTEM_PROMPT
 from chainforge.log import info
 from chainforge.models import (ModelRef, checkpoint_path, default_device, load_model, sampling_dtype,
-                               load_tokenizer, resolve_model, training_template)
+                               load_tokenizer, resolve_model, resolve_student, training_template)
 from chainforge.traces import sft_dataset, trace_row
 
 TRACES_DIR = "traces"
@@ -67,7 +67,9 @@ class DistillConfig(ExpanderOptions, DataOptions, AnswerOptions, OutputOptions, 
 
     teacher: Optional[str] = option(None, "The trained model to learn from: checkpoint folder, hub id, .gguf or "
                                           "`smollm2`.")
-    student: Optional[str] = option(None, "The model to train: checkpoint folder, hub id, .gguf or `smollm2-half`.")
+    student: Optional[str] = option(
+        None, "The model to train: pruned:N (the teacher with N of its decoder layers: a block of deeper layers "
+              "removed, the last kept), a checkpoint folder, hub id, .gguf, or `smollm2-half`.")
     method: Literal["traces", "logits"] = option(
         "traces", "traces: SFT on the teacher's filtered samples (any tokenizers); logits: GKD on the teacher's "
                   "next-token distributions (one vocabulary).")
@@ -123,7 +125,7 @@ def run(config: DistillConfig) -> None:
 
     # ---- models and trainer config: validated (vocabularies included) before --output exists
     teacher_ref = resolve_model(config.teacher, "--teacher")
-    student_ref = resolve_model(config.student, "--student")
+    student_ref = resolve_student(config.student, teacher_ref)
     tokenizer = load_tokenizer(student_ref)
     if method == "logits":
         check_vocabulary(teacher_ref, student_ref, tokenizer)
@@ -159,12 +161,38 @@ def run(config: DistillConfig) -> None:
         metrics["format_rate"] = training.format_rate(
             trained, tokenizer, [_messages(r["prompt"]) for r in train_rows[:FORMAT_PROMPTS]],
             max_new_tokens=config.max_new_tokens, seed=config.seed)
-    metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows))
+    metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows),
+                   student_parameters=_parameters(trained), teacher_parameters=_parameters(teacher_ref))
     metrics.update({f"eval_before/{k}": v for k, v in (before or {}).items()})
     metrics.update({f"eval_after/{k}": v for k, v in (after or {}).items()})
     training.finish(out, metrics)
     info(f"distill ({method}): {metrics.get('steps')} steps, train_loss {metrics.get('train_loss')}, "
          f"format_rate {metrics.get('format_rate')} -> {out.path}")
+
+
+def _parameters(model) -> Optional[int]:
+    """Parameter count of a loaded model, or of a checkpoint (read from its safetensors headers)."""
+    if hasattr(model, "parameters"):
+        return sum(p.numel() for p in model.parameters())
+    try:
+        from safetensors import safe_open
+
+        folder = Path(checkpoint_path(model))
+        total = 0
+        for f in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as st:
+                for key in st.keys():
+                    total += _product(st.get_slice(key).get_shape())
+        return total or None
+    except Exception:  # a hub id not on disk, or weights in another format: the card just lacks the figure
+        return None
+
+
+def _product(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def load_trained(out, student_ref: ModelRef):

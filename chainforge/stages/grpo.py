@@ -42,7 +42,8 @@ from chainforge.formats import completion_text, parse_super_cot
 from chainforge.log import fmt_value, info
 from chainforge.models import load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
-from chainforge.rollouts import GRPO_WARMUP_RATIO, EngineRollouts, KLGuard, RolloutLog, record_trainer_rollouts
+from chainforge.rollouts import (GRPO_WARMUP_RATIO, EngineRollouts, GrpoHealth, KLGuard, RolloutLog,
+                                 applied_lr_callback, record_trainer_rollouts, zero_spread_share)
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import distributed, training
 
@@ -89,7 +90,15 @@ class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Reward
         2, "Prompts per device per micro-step: --batch-size (counted in completions for grpo) defaults to "
            "this × --num-generations.", min=1)
     batch_size: Optional[int] = default(TrainOptions, "batch_size", None)
+    # prompts worth training on (chainforge.prompt_filter)
+    filter_samples: int = option(
+        0, "Before training, draw this many completions per prompt from --model (at grpo's own sampling settings) "
+           "and train only on the prompts it sometimes solves: an all-right or all-wrong group carries no "
+           "gradient. Pass rates in OUT/prompt_pass_rates.jsonl. 0: off.", min=0)
     warmup_ratio: float = default(TrainOptions, "warmup_ratio", GRPO_WARMUP_RATIO)  # see chainforge.rollouts
+    # A linear decay to 0 spends half of a short RL run's learning rate: over 16 steps with 2 of
+    # warmup its mean multiplier is 0.50. RL keeps the rate once warmed up.
+    lr_scheduler: Literal["linear", "constant", "cosine"] = default(TrainOptions, "lr_scheduler", "constant")
 
     def check(self) -> None:
         check_sampling(self)
@@ -143,6 +152,9 @@ def run(config: GrpoConfig) -> None:
     )
     out = create_output(plan, inputs=[config.data, config.model])
     main = distributed.is_main()
+    kept = None
+    if config.filter_samples:
+        ds, kept = keep_learnable(config, ds, model, tokenizer, out.path, args, prompts_per_round)
     if main:
         weighted = ", ".join(f"{n}×{w:g}" for n, w in zip(reward_names, reward_weights))
         info(f"grpo: {len(ds)} prompts, rewards {weighted}, {config.num_generations} generations per prompt, "
@@ -152,7 +164,7 @@ def run(config: GrpoConfig) -> None:
         config, out, args, model, lambda a, m: make_trainer(m, reward_fns, a, ds, tokenizer, peft_config, rollouts))
     training.save_trained(trainer, out, tokenizer, merge=config.merge)
     if main:
-        metrics = grpo_metrics(trainer, result)
+        metrics = {**grpo_metrics(trainer, result), **(kept.metrics() if kept else {})}
         training.finish(out, metrics)
         info(f"grpo: {metrics['steps']} steps, reward {fmt_value(metrics['first_reward'])} -> {fmt_value(metrics['reward'])}, "
              f"format_rate {fmt_value(metrics['format_rate'])}, generation {fmt_value(metrics['generation_time_share'])} "
@@ -235,13 +247,16 @@ def load_prompts(config, needs_answer: list[str]):
     `answer`; other columns pass through to the reward functions."""
     prompt_col, requested = config.prompt_column, config.answer_column
     try:
-        ds, ans_col = load_prompt_rows(config.data, prompt_col, requested, answer_required=bool(needs_answer),
+        ds, ans_col = load_prompt_rows(config.data, prompt_col, requested,
+                                       answer_required=bool(needs_answer or config.filter_samples),
                                        limit=config.limit, split=config.split, subset=config.subset)
     except UsageError as exc:
         if "answer column" not in exc.message:
             raise
-        raise UsageError(f"{exc.message}; the rewards {', '.join(needs_answer)} compare against it "
-                         f"(or drop them from --rewards)") from None
+        users = ([f"the rewards {', '.join(needs_answer)}"] if needs_answer else []) + \
+            (["--filter-samples"] if config.filter_samples else [])
+        raise UsageError(f"{exc.message}; {' and '.join(users)} compare against it (or drop "
+                         f"{'them' if len(users) > 1 or needs_answer else 'it'})") from None
     renames = {c: n for c, n in ((prompt_col, "prompt"), (ans_col, "answer")) if c and c != n}
     drop = [c for c in ds.column_names if (c in renames.values() and c not in renames) or c in RESERVED_COLUMNS]
     if drop:
@@ -252,6 +267,25 @@ def load_prompts(config, needs_answer: list[str]):
     system = resolve_system_prompt(config.system_prompt, config.model)
     chats = [as_messages(p, system) for p in ds["prompt"]]  # not .map(): no progress bar on stderr
     return ds.remove_columns("prompt").add_column("prompt", chats)
+
+
+def keep_learnable(config, ds, model, tokenizer, folder, args, prompts_per_round: int):
+    """--filter-samples: the prompts `model` sometimes solves (chainforge.prompt_filter)."""
+    from chainforge.errors import RunFailed
+    from chainforge.prompt_filter import PASS_RATES, score_prompts
+
+    info(f"grpo: scoring {len(ds)} prompts with {config.filter_samples} samples each (temperature "
+         f"{config.temperature}, top_p {args.top_p}) to keep those the model sometimes solves")
+    ids = ds["id"] if "id" in ds.column_names else None
+    result = score_prompts(model, tokenizer, ds["prompt"], ds["answer"], ids, folder, samples=config.filter_samples,
+                           temperature=config.temperature, top_p=args.top_p, max_new_tokens=config.max_new_tokens,
+                           seed=config.seed, autocast=bool(args.bf16))
+    info(f"grpo: {result.summary()}; pass rates in {folder}/{PASS_RATES}")
+    if len(result.kept) < prompts_per_round:
+        raise RunFailed(f"only {len(result.kept)} prompt(s) are sometimes solved ({result.summary()}) but a "
+                        f"generation round takes {prompts_per_round}: add prompts of the right difficulty, or "
+                        f"drop --filter-samples")
+    return ds.select(result.kept), result
 
 
 # ---- trainer ------------------------------------------------------------------------------------
@@ -315,6 +349,7 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config, rollouts=N
             super().log(logs, start_time)
             if self.accelerator.is_main_process:  # rollouts: TRL's log() has added "kl" to logs by now
                 self.kl_guard.check(self.state.global_step, logs.get("kl"))
+                self.health.record(self.state.global_step, logs)
 
         def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                                batch_size=None, compute_entropy=False, compute_aux_loss=False,
@@ -329,14 +364,21 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config, rollouts=N
         # ---- rollouts (chainforge.rollouts): every rollout to rollouts.jsonl
         def _generate_and_score_completions(self, inputs):
             output = super()._generate_and_score_completions(inputs)
+            mode = "train" if self.model.training else "eval"
+            share = zero_spread_share(self, len(inputs) * self.accelerator.num_processes)
+            if share is not None:  # TRL's frac_reward_zero_std misses groups of equal non-integer totals
+                self._metrics[mode]["zero_spread_groups"].append(share)
             if self.model.training:
-                record_trainer_rollouts(self, self.rollout_log, inputs)
+                record_trainer_rollouts(self, self.rollout_log, inputs, output)
             return output
         # ---- end rollouts
 
+    health = GrpoHealth((), args.max_completion_length)
     trainer = Trainer(model=model, reward_funcs=reward_fns, args=args, train_dataset=ds,
-                      processing_class=tokenizer, peft_config=peft_config, rollout_func=rollouts)
-    trainer.rollout_log, trainer.kl_guard = RolloutLog(args.output_dir), KLGuard()  # rollouts
+                      processing_class=tokenizer, peft_config=peft_config, rollout_func=rollouts,
+                      callbacks=[applied_lr_callback(health)])
+    trainer.rollout_log, trainer.kl_guard, trainer.health = RolloutLog(args.output_dir), KLGuard(), health  # rollouts
+    health.reward_names = list(trainer.reward_func_names)
     return trainer
 
 
@@ -403,5 +445,6 @@ def grpo_metrics(trainer, result) -> dict:
         "seconds_per_step": (trained / trainer.state.global_step) if trained and trainer.state.global_step else None,
         "first_reward": logs[0].get("reward") if logs else None,
         **training.train_metrics(trainer, result),
+        **trainer.health.summary(),
     }
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}

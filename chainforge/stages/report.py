@@ -27,6 +27,7 @@ from typing import Optional
 from chainforge.outputs import MANIFEST, atomic_write_text, read_manifest
 from chainforge.errors import UsageError
 from chainforge.log import info
+from chainforge.verdicts import checkpoint_section
 
 STAGE_DIR = re.compile(r"^(\d{2})-(.+)$")
 SMOOTH_WINDOW = 5
@@ -37,7 +38,7 @@ KEY_METRICS = {
     "sft": ["train_loss", "tokens", "tokens_per_s", "format_rate"],
     "grpo": ["reward", "kl", "format_rate", "expansion_rate", "completion_tokens", "generation_time_share"],
     "reject": ["prompts", "candidates", "kept", "pass@1", "pass@k", "mean_reward_kept"],
-    "distill": ["train_loss", "tokens", "format_rate"],
+    "distill": ["train_loss", "tokens", "format_rate", "student_parameters", "teacher_parameters"],
     "eval": ["pass@1", "pass@k", "maj@k", "format_rate", "mean_completion_tokens", "k"],
 }
 
@@ -239,122 +240,3 @@ def run(run_dir: str | Path) -> None:
     report = run_dir / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     info(f"report: {report} ({len(images)} plots in {plots_dir})")
-
-
-# ---- every checkpoint of the run, evaluated (run_dir/evals/*) ------------------------------------
-
-EVALS_DIR = "evals"
-STUDENT_START = "-student-start"
-
-
-def _eval_order(name: str) -> tuple:
-    # NN-name-student-start (distill's student before training) comes before NN-name (after)
-    m = STAGE_DIR.match(name)
-    number = int(m.group(1)) if m else 10 ** 6
-    return number, 0 if name.endswith(STUDENT_START) else 1, name
-
-
-def checkpoint_evals(run_dir: Path) -> list[dict]:
-    """One record per complete eval under run_dir/evals, in run order: name, pass@1, its interval,
-    format rate, the input it is compared with, the paired delta and its interval, the verdict.
-    A delta missing from the manifest is computed from both results files when the compared eval
-    is there."""
-    from chainforge.metrics import compare_metrics, verdict
-
-    root = run_dir / EVALS_DIR
-    if not root.is_dir():
-        return []
-    records = []
-    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: _eval_order(p.name)):
-        m = read_manifest(folder)
-        if not m or m.get("stage") != "eval" or m.get("status") != "complete":
-            continue
-        metrics = m.get("metrics") or {}
-        compare = (m.get("config") or {}).get("compare")
-        delta, delta_ci = metrics.get("delta_pass@1"), metrics.get("delta_pass@1_ci")
-        if compare and delta is None:
-            other = Path(compare)  # as run recorded it; else the folder of that name beside this one
-            if not (other / "results.jsonl").is_file():
-                other = root / other.name
-            try:
-                computed = compare_metrics(_results(folder), _results(other))
-                delta, delta_ci = computed["delta_pass@1"], computed["delta_pass@1_ci"]
-            except (OSError, ValueError):
-                pass
-        records.append({
-            "name": folder.name, "pass@1": metrics.get("pass@1"), "pass@1_ci": metrics.get("pass@1_ci"),
-            "format_rate": metrics.get("format_rate"), "input": Path(compare).name if compare else None,
-            "delta": delta, "delta_ci": delta_ci, "verdict": verdict(delta_ci) if delta_ci else "–",
-        })
-    return records
-
-
-def _results(folder: Path) -> list[dict]:
-    text = (folder / "results.jsonl").read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def _interval(value, ci, signed: bool = False) -> str:
-    if value is None:
-        return "–"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    text = f.format(value)
-    if ci:
-        text += " [" + f.format(ci[0]) + ", " + f.format(ci[1]) + "]"
-    return text
-
-
-def checkpoint_table(records: list[dict]) -> list[str]:
-    lines = ["## Held-out accuracy of every checkpoint", "",
-             "pass@1 with its 95 % interval (bootstrap over questions); Δ is the paired difference to the "
-             "checkpoint the stage started from, on the same questions; the verdict reads that interval "
-             "(helped / hurt when it excludes 0).", "",
-             "| checkpoint | pass@1 [95 % CI] | format rate | vs | Δ pass@1 [95 % CI] | verdict |",
-             "|---|---|---|---|---|---|"]
-    for r in records:
-        lines.append(f"| {r['name']} | {_interval(r['pass@1'], r['pass@1_ci'])} | {_fmt(r['format_rate'])} | "
-                     f"{r['input'] or '–'} | {_interval(r['delta'], r['delta_ci'], signed=True)} | {r['verdict']} |")
-    return lines + [""]
-
-
-def plot_checkpoints(path: Path, records: list[dict]) -> Optional[Path]:
-    """pass@1 with interval bars and format rate per checkpoint, in run order, verdict under each."""
-    points = [r for r in records if r["pass@1"] is not None]
-    if not points:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = list(range(len(points)))
-    ys = [r["pass@1"] for r in points]
-    lo = [r["pass@1"] - r["pass@1_ci"][0] if r["pass@1_ci"] else 0 for r in points]
-    hi = [r["pass@1_ci"][1] - r["pass@1"] if r["pass@1_ci"] else 0 for r in points]
-    colours = {"helped": "tab:green", "hurt": "tab:red"}
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(points) + 2), 3.8), dpi=110)
-    ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=4, label="pass@1 (95 % CI)")
-    ax.plot(xs, [r["format_rate"] if r["format_rate"] is not None else float("nan") for r in points], "s--",
-            alpha=0.6, label="format rate")
-    for x, r in zip(xs, points):
-        if r["delta"] is not None:
-            ax.annotate(f"{r['delta']:+.3f}\n{r['verdict']}", (x, r["pass@1"]), textcoords="offset points",
-                        xytext=(0, -30), ha="center", fontsize=7, color=colours.get(r["verdict"], "dimgray"))
-    ax.set_xticks(xs, [r["name"] for r in points], rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(-0.1, 1.05)
-    ax.set_ylabel("held-out")
-    ax.set_title("every checkpoint of the run")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def checkpoint_section(run_dir: Path, plots_dir: Path) -> tuple[list[str], Optional[Path]]:
-    """The report's lines and plot for run_dir/evals ([] and None when the run evaluated nothing)."""
-    records = checkpoint_evals(run_dir)
-    if not records:
-        return [], None
-    return checkpoint_table(records), plot_checkpoints(plots_dir / "checkpoints.png", records)

@@ -53,7 +53,7 @@ from chainforge.log import info
 from chainforge.stages import STAGE_MODULES, run_stage, stage_module
 
 RECIPE_KEYS = {"run_dir", "model", "prompts", "eval_data", "stages", "eval", "eval_every_stage", "decontaminate",
-               "custom_rewards"}
+               "custom_rewards", "extra_evals"}
 RUN_STATE = "run.json"
 EVALS = "evals"
 STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -105,6 +105,21 @@ def load_recipe(path: str | Path) -> dict:
             raise UsageError(f"recipe {path}: `eval` must be a mapping of eval options (num_samples, limit, …)")
         recipe["eval"] = _stage_options(eval_cls, recipe["eval"], f"recipe {path}: eval",
                                         skip=("model", "data", "compare"))
+    extra = recipe.get("extra_evals")
+    if extra is not None:
+        if not isinstance(extra, dict) or not all(isinstance(v, dict) and v.get("data") for v in extra.values()):
+            raise UsageError(f"recipe {path}: `extra_evals` must map a name to eval options with `data`, e.g. "
+                             f"{{reworded: {{data: data/toy-2digit/test-reworded.jsonl, temperature: 0}}}}")
+        if not recipe.get("eval_data"):
+            raise UsageError(f"recipe {path}: `extra_evals` go beside the main evaluation: set `eval_data` too")
+        for name, options in extra.items():
+            if not STAGE_NAME.match(str(name)):
+                raise UsageError(f"recipe {path}: extra_evals name '{name}' must match [A-Za-z0-9][A-Za-z0-9._-]* "
+                                 f"(it names the folder run_dir/{EVALS}-{name})")
+            data = options["data"]
+            extra[name] = {**_stage_options(eval_cls, {k: v for k, v in options.items() if k != "data"},
+                                            f"recipe {path}: extra_evals {name}", skip=("model", "data", "compare")),
+                           "data": data}
     seen: set[str] = set()
     for i, st in enumerate(stages):
         if not isinstance(st, dict) or not st.get("name") or not st.get("command"):
@@ -240,12 +255,15 @@ def prompt_readers(recipe: dict) -> list[dict]:
 def eval_sets(recipe: dict) -> list[str]:
     """Every eval set the recipe evaluates on, as `decontaminate --against` values, each read as
     its evaluation reads it: `eval_data` with the recipe's `eval` options (the evaluation after
-    every training stage), and each eval stage's own data, prompt column, subset and split."""
+    every training stage), each `extra_evals` set with its own, and each eval stage's own data,
+    prompt column, subset and split."""
     from chainforge.decontam import format_eval_set
 
     readings = []
     if recipe.get("eval_data"):
         readings.append({**(recipe.get("eval") or {}), "data": recipe["eval_data"]})
+        for extra in (recipe.get("extra_evals") or {}).values():
+            readings.append({**(recipe.get("eval") or {}), **extra})
     for st in recipe["stages"]:
         if st["command"] == "eval" and (st.get("data") or recipe.get("eval_data")):
             readings.append({**st, "data": st.get("data") or recipe["eval_data"]})
@@ -409,29 +427,40 @@ def _call(command: str, config) -> int:
 # ---- evaluation after every training stage --------------------------------------------------------
 
 class Evaluations:
-    """`run_dir/evals/*`: the base model, and each training stage's result compared with its input."""
+    """`run_dir/evals/*`: the base model, and each training stage's result compared with its input;
+    with `extra_evals`, the same checkpoints on each extra set in `run_dir/evals-<name>/*`."""
 
     def __init__(self, recipe: dict, run_dir: Path):
         self.options = dict(recipe.get("eval") or {})
         self.data = _data(recipe["eval_data"])
+        # each extra set: the main eval options, overridden by its own
+        self.extra = {name: {**self.options, **opts, "data": _data(opts["data"])}
+                      for name, opts in (recipe.get("extra_evals") or {}).items()}
         self.base = str(_model(recipe["model"])) if recipe.get("model") else None
         self.folder = run_dir / EVALS
         self.done: dict[str, Path] = {}  # model → its evaluation folder
 
-    def stage(self, name: str, model: str, compare: Optional[Path]) -> Stage:
-        options = {**self.options, "model": model, "data": self.data}
+    def stage(self, name: str, model: str, compare: Optional[Path], extra: Optional[str] = None) -> Stage:
+        options = {**(self.extra[extra] if extra else self.options), "model": model}
+        options.setdefault("data", self.data)
         if compare is not None:
             options["compare"] = str(compare)
-        out = self.folder / name
-        stage = Stage(-1, name, "eval", options, out)
+        folder = self.folder.with_name(f"{EVALS}-{extra}") if extra else self.folder
+        out = folder / name
+        stage = Stage(-1, f"{name}@{extra}" if extra else name, "eval", options, out)
         stage.config = stage_module("eval").CONFIG(**options, output=str(out))
         return stage
 
     def after(self, st: Stage, run, redone: set[str]) -> None:
         """Evaluate stage `st`'s checkpoint, comparing with its starting model's evaluation."""
         cfg = st.config
-        start = cfg.student if st.command == "distill" else cfg.model
+        start = cfg.model
         if st.command == "distill":
+            from chainforge.models import PRUNED, resolve_model, resolve_student
+
+            start = cfg.student  # `pruned:N` is evaluated as the copy distill trained
+            if PRUNED.match(str(start)):
+                start = resolve_student(start, resolve_model(cfg.teacher, "--teacher")).path
             before = self._ensure(f"{st.folder}-student-start", start, None, run, redone)
         elif start == self.base:
             before = self._ensure("00-base", start, None, run, redone)
@@ -442,6 +471,8 @@ class Evaluations:
     def _ensure(self, name: str, model: str, compare: Optional[Path], run, redone: set[str]) -> Path:
         stage = self.stage(name, model, compare)
         run(stage)
+        for extra in self.extra:  # the same checkpoint, compared with the same input, on each extra set
+            run(self.stage(name, model, compare and self.folder.with_name(f"{EVALS}-{extra}") / compare.name, extra))
         self.done[model] = stage.output
         return stage.output
 

@@ -70,27 +70,36 @@ SEVEN_PIECES = ["<reasoning_process>\n<think>", "Add 3 and 4 to get 7.", "</thin
 SEVEN = "".join(SEVEN_PIECES)
 
 
-def build_scripted_model(out: Path, pieces: list[str], hidden: int = 32) -> Path:
-    """A tiny Qwen2 that writes "".join(pieces) and stops (<|im_end|>), whatever the chat prompt,
-    greedy or sampled: each piece becomes one added token, and the weights make the model a
-    bigram chain (the end of the generation prompt → piece 0 → piece 1 → … → <|im_end|>).
+def build_scripted_model(out: Path, pieces: list, hidden: int = 32) -> Path:
+    """A tiny Qwen2 that writes the concatenation of `pieces` and stops (<|im_end|>), whatever the
+    chat prompt: each piece becomes one added token, and the weights make the model a bigram chain
+    (the end of the generation prompt → piece 0 → piece 1 → … → <|im_end|>). A piece may be a dict
+    {alternative: probability}: sampled at temperature 1 the model writes each alternative with that
+    probability (greedy: the likeliest), so it is right on some prompts some of the time.
 
     How: the one layer writes nothing (zero output projections), so the last hidden state is the
     token's own embedding; chain tokens get one-hot embeddings and the untied LM head maps each to
-    its successor with a logit of about 300 (every other logit is 0). Pieces must be distinct."""
+    its successors, 50 nats above every other token (plus the log of an alternative's probability).
+    Every piece and alternative must be distinct."""
+    import math
+
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    if len(set(pieces)) != len(pieces) or len(pieces) + 1 > hidden:
+    steps = [p if isinstance(p, dict) else {p: 1.0} for p in pieces]
+    texts = [t for step in steps for t in step]
+    if len(set(texts)) != len(texts) or len(texts) + 1 > hidden:
         raise ValueError("pieces must be distinct and fewer than `hidden`")
     tok = build_tokenizer()
-    tok.add_tokens(list(pieces))
+    tok.add_tokens(texts)
     start = tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=True,
                                     add_generation_prompt=True)
     start = start["input_ids"] if isinstance(start, dict) or hasattr(start, "keys") else start
-    chain = [start[-1]] + [tok.convert_tokens_to_ids(p) for p in pieces] + [tok.eos_token_id]
-    if len(set(chain[:-1])) != len(chain) - 1:
+    layers = [{start[-1]: 1.0}] + [{tok.convert_tokens_to_ids(t): w for t, w in step.items()} for step in steps] \
+        + [{tok.eos_token_id: 1.0}]
+    if start[-1] in {t for layer in layers[1:-1] for t in layer}:
         raise ValueError("a piece is the token that opens the assistant turn")
+    slot = {t: k for k, t in enumerate(t for layer in layers[:-1] for t in layer)}
     config = Qwen2Config(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=1,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -105,10 +114,13 @@ def build_scripted_model(out: Path, pieces: list[str], hidden: int = 32) -> Path
         for layer in model.model.layers:
             layer.input_layernorm.weight.fill_(1.0)
             layer.post_attention_layernorm.weight.fill_(1.0)
-        for k, (here, after) in enumerate(zip(chain, chain[1:])):
-            model.model.embed_tokens.weight[here, k] = 1.0
-            # RMSNorm scales a one-hot vector to sqrt(hidden): the successor's logit is 50 * sqrt(hidden)
-            model.lm_head.weight[after, k] = 50.0
+        for here_layer, next_layer in zip(layers, layers[1:]):
+            total = sum(next_layer.values())
+            for here in here_layer:
+                model.model.embed_tokens.weight[here, slot[here]] = 1.0
+                for after, weight in next_layer.items():
+                    # RMSNorm scales a one-hot vector to sqrt(hidden)
+                    model.lm_head.weight[after, slot[here]] = (50.0 + math.log(weight / total)) / math.sqrt(hidden)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     out = Path(out)

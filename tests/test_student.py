@@ -1,0 +1,90 @@
+"""distill's `--student pruned:N`: the teacher with a block of its deeper layers removed — fewer
+parameters, the teacher's own first and last layers, loads, generates, built once per teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chainforge.errors import UsageError
+from helpers.files import manifest, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    from helpers.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "teacher4", layers=4, seed=3)
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_pruned_student_is_the_teacher_without_a_block_of_deep_layers(teacher):
+    import torch
+
+    from chainforge.models import load_model, load_tokenizer, pruned_layers, resolve_model, resolve_student
+    from chainforge.sampling import generate
+
+    ref = resolve_student("pruned:2", resolve_model(str(teacher)))
+    student, big = load_model(ref), load_model(resolve_model(str(teacher)))
+    assert pruned_layers(4, 2) == [0, 3]
+    assert student.config.num_hidden_layers == 2 and len(student.model.layers) == 2
+    per_layer = _params(big.model.layers[0])
+    assert _params(student) == _params(big) - 2 * per_layer
+    # layer 0 and the last layer are the teacher's own; the embeddings and head too
+    for mine, theirs in ((0, 0), (1, 3)):
+        for (name, a), (_, b) in zip(student.model.layers[mine].named_parameters(),
+                                     big.model.layers[theirs].named_parameters()):
+            assert torch.equal(a, b), name
+    assert torch.equal(student.model.embed_tokens.weight, big.model.embed_tokens.weight)
+    outs = generate(student, load_tokenizer(ref), ["What is 1 + 2?"], n=2, temperature=1.0, max_new_tokens=6)
+    assert len(outs[0]) == 2 and all(c.tokens > 0 for c in outs[0])
+
+
+def test_pruned_copy_is_built_once_per_teacher(tmp_path):
+    import os
+
+    from chainforge.models import resolve_model, resolve_student
+    from helpers.tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "teacher", layers=4, seed=3)
+    first = resolve_student("pruned:3", resolve_model(str(folder))).path
+    stamp = (Path(first) / "model.safetensors").stat().st_mtime_ns
+    assert resolve_student("pruned:3", resolve_model(str(folder))).path == first
+    assert (Path(first) / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    # the teacher retrained in place (new weights, same folder): a new copy
+    build_tiny_model(folder, layers=4, seed=9)
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    assert resolve_student("pruned:3", resolve_model(str(folder))).path != first
+
+
+@pytest.mark.parametrize("spec", ["pruned:4", "pruned:0"])
+def test_pruned_needs_fewer_layers_than_the_teacher(teacher, spec):
+    from chainforge.models import resolve_model, resolve_student
+
+    with pytest.raises(UsageError, match="the teacher has 4 decoder layers; keep between 1 and 3"):
+        resolve_student(spec, resolve_model(str(teacher)))
+
+
+def test_distill_into_the_pruned_teacher(cli, teacher, tmp_path):
+    rows = [{"prompt": f"What is {a} + {a}?", "answer": None} for a in range(8)]
+    data = write_jsonl(tmp_path / "p.jsonl", rows)
+    out = tmp_path / "distill"
+    r = cli("distill", "--teacher", teacher, "--student", "pruned:2", "--data", data, "--output", out,
+            "--num-samples", "1", "--temperature", "1.0", "--max-steps", "2", "--max-new-tokens", "8",
+            "--batch-size", "2", "--eval-fraction", "0")
+    assert r.exit_code == 0, r.stderr
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["num_hidden_layers"] == 2
+    m = manifest(out)
+    assert m["status"] == "complete" and m["config"]["student"] == "pruned:2"
+    from chainforge.models import load_model, resolve_model
+
+    teacher_params = sum(p.numel() for p in load_model(resolve_model(str(teacher))).parameters())
+    assert m["metrics"]["teacher_parameters"] == teacher_params
+    assert m["metrics"]["student_parameters"] < teacher_params
