@@ -45,17 +45,21 @@ def _one_row(model, prompt: list[int], seed: int, temperature: float, top_p: flo
     return out
 
 
-@pytest.mark.parametrize("temperature,top_p,slots", [(1.0, 1.0, 3), (0.7, 0.9, 2), (0.0, 1.0, 4), (1.3, 0.5, 5)])
-def test_the_slot_loop_draws_what_a_one_row_loop_draws(loaded, temperature, top_p, slots, monkeypatch):
+@pytest.mark.parametrize("temperature,top_p,slots,system", [(1.0, 1.0, 3, ""), (0.7, 0.9, 2, ""), (0.0, 1.0, 4, ""),
+                                                     (1.3, 0.5, 5, ""), (1.0, 1.0, 3, "long"), (0.8, 0.95, 4, "long")])
+def test_the_slot_loop_draws_what_a_one_row_loop_draws(loaded, temperature, top_p, slots, system, monkeypatch):
     """Rows of different lengths (frequent tokens count as stops), few slots: rows leave, queued
     rows are prefilled into freed slots, the free slots are compacted away at the end and the cache
-    is re-laid out when it fills (a small slack forces it)."""
+    is re-laid out when it fills (a small slack forces it). With a long shared start (a system
+    prompt), that prefix is prefilled once and every admission continues from its KV."""
     from chainforge.sampling import hf
 
     model, tok = loaded
     monkeypatch.setattr(hf, "_SLACK", 5)
-    prompts = [tok(t, add_special_tokens=False)["input_ids"] for t in
+    start = "You are a helpful assistant. Answer with the final number. Think step by step. " if system else ""
+    prompts = [tok(start + t, add_special_tokens=False)["input_ids"] for t in
                ("What is 1 + 1?", "Hi", "A longer prompt about the quick brown fox jumps", "7 - 3 =")]
+    assert (len(hf._common_prefix(prompts)) >= hf._MIN_PREFIX) == bool(system)
     rows = [p for p in prompts for _ in range(3)]  # each prompt 3 times in a row: shared prefills
     seeds = [1000 + r for r in range(len(rows))]
     stops = [tok.convert_tokens_to_ids(t) for t in ("Ġthe", "e", "Ġ")] + [tok.eos_token_id]

@@ -3,6 +3,8 @@
 - Continuous batching: the batch is a fixed set of slots; when rows stop, the next rows of the
   length-sorted queue are prefilled and take their slots, so the batch stays full until the queue
   runs dry (then finished rows leave it). A prompt's rows admitted together share one prefill.
+- The prefix every prompt shares (the system prompt and chat template, typically) is prefilled
+  once; each admission prefills only what follows it.
 - The KV cache is preallocated per slot and written in place (`_SlotCache`): no `torch.cat` per
   step, no copy when a row leaves or enters; attention reads only the window of columns that an
   active row still uses.
@@ -30,6 +32,8 @@ _TOP_K = 64
 # Free columns kept at the end of the cache so that it is re-laid out every this many steps at most.
 _SLACK = 64
 _FREE = 1 << 62  # a free slot's first column
+# Shorter common prefixes are prefilled with each prompt (sharing them saves less than it costs).
+_MIN_PREFIX = 16
 # `CHAINFORGE_SAMPLER=reference`: the plain loop of sampling/reference.py (benchmarks' "before").
 SAMPLER_ENV = "CHAINFORGE_SAMPLER"
 
@@ -82,7 +86,8 @@ def decode(model, prompt_ids: list[list[int]], seeds: list[int], temperature: fl
     device = next(model.parameters()).device
     greedy = temperature <= 0
     stop_set = torch.tensor(stops, device=device)
-    cache = _SlotCache(slots, max(len(p) for p in prompt_ids) + max_new_tokens, device)
+    cache = _SlotCache(slots, max(len(p) for p in prompt_ids) + max_new_tokens, device,
+                       _common_prefix(prompt_ids))
     row_of = [-1] * slots  # slot -> row, -1 when free
     tokens = torch.full((slots,), pad_id, dtype=torch.long, device=device)  # each slot's next input
     positions = torch.zeros((slots,), dtype=torch.long, device=device)
@@ -164,10 +169,12 @@ class _SlotCache:
     `start` being the first column an active row uses. When `end` reaches the capacity the live
     window is moved to the front (one copy every `_SLACK` steps or more)."""
 
-    def __init__(self, slots: int, row_tokens: int, device):
+    def __init__(self, slots: int, row_tokens: int, device, prefix: Optional[list[int]] = None):
         import torch
 
         self.slots, self.device = slots, device
+        self.prefix = prefix or []  # prefilled once, its KV (per layer) in `prefix_kv`
+        self.prefix_kv: Optional[list] = None
         self.capacity = row_tokens + _SLACK
         self.start = self.end = 0
         self.mask = torch.zeros((slots, self.capacity), dtype=torch.long, device=device)
@@ -205,15 +212,26 @@ class _SlotCache:
         import torch
         from transformers import DynamicCache
 
-        width = max(len(u) for u in uniques)
-        input_ids = torch.full((len(uniques), width), pad_id, dtype=torch.long)
+        shared = len(self.prefix)
+        if shared and self.prefix_kv is None:
+            ids = torch.tensor([self.prefix], dtype=torch.long, device=self.device)
+            once = DynamicCache()
+            _forward(model, ids, torch.ones_like(ids), torch.arange(shared, device=self.device)[None], once)
+            self.prefix_kv = [(layer.keys, layer.values) for layer in once.layers]
+        suffixes = [u[shared:] for u in uniques]
+        tail = max(len(u) for u in suffixes)
+        width = shared + tail
+        input_ids = torch.full((len(uniques), tail), pad_id, dtype=torch.long)
         attention = torch.zeros((len(uniques), width), dtype=torch.long)
-        for r, ids in enumerate(uniques):
-            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention[:, :shared] = 1
+        for r, ids in enumerate(suffixes):
+            input_ids[r, tail - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[r, width - len(ids):] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        positions = ((attention.cumsum(-1) - 1).clamp(min=0))[:, shared:]
         prefill = DynamicCache()
+        for layer_idx, (k, v) in enumerate(self.prefix_kv or []):
+            prefill.update(k.expand(len(uniques), -1, -1, -1), v.expand(len(uniques), -1, -1, -1), layer_idx)
         logits = _forward(model, input_ids, attention, positions, prefill)
         if self.end < width:  # the prompt is longer than the columns before `end`: make room on the left
             self._relayout(list(range(self.slots)), width - (self.end - self.start))
@@ -267,6 +285,22 @@ class _SlotCache:
         self.first = [_FREE if self.first[s] == _FREE else self.first[s] + shift for s in keep]
         self.slots = len(keep)
         self.start, self.end = left, left + width
+
+
+def _common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The token prefix all prompts share, less at least one token of each (a prompt's last token
+    must run to give its first logits); empty when shorter than `_MIN_PREFIX`."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        if p is first:
+            continue
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+        if n < _MIN_PREFIX:
+            return []
+    return list(first[:n]) if n >= _MIN_PREFIX else []
 
 
 def _hf_cache_class():
