@@ -39,12 +39,15 @@ SAMPLER_ENV = "CHAINFORGE_SAMPLER"
 
 
 def _generate_hf(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens, seed, keys,
-                 batch_size, system_prompt, report) -> list[list[Completion]]:
+                 batch_size, system_prompt, report, on_prompt=None) -> list[list[Completion]]:
     if os.environ.get(SAMPLER_ENV) == "reference":
         from chainforge.sampling.reference import generate_reference
 
-        return generate_reference(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens, seed, keys,
-                                  batch_size, system_prompt, report)
+        drawn = generate_reference(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens, seed, keys,
+                                   batch_size, system_prompt, report)
+        for i, comps in enumerate(drawn if on_prompt is not None else []):
+            on_prompt(i, comps)
+        return drawn
     texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
     encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     rows = [(i, j) for i in range(len(prompts)) for j in range(draws)]
@@ -59,10 +62,14 @@ def _generate_hf(model, tokenizer, prompts, draws, temperature, top_p, max_new_t
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     results: list[list[Optional[Completion]]] = [[None] * draws for _ in prompts]
+    missing = [draws] * len(prompts)
 
     def done(row: int, ids: list[int]) -> None:
         i, j = rows[row]
         results[i][j] = _completion(tokenizer, ids, stops)
+        missing[i] -= 1
+        if missing[i] == 0 and on_prompt is not None:
+            on_prompt(i, results[i])
 
     was_training = model.training
     model.eval()
