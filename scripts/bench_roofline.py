@@ -194,7 +194,9 @@ def main() -> None:
     if args.threads:
         threads()
         return
+    from chainforge.cli import _openmp_wait
 
+    _openmp_wait()  # the machine as the command sees it (set before torch loads)
     import torch
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
@@ -220,10 +222,10 @@ def main() -> None:
     load_tokenizer(ref)
     model = load_model(ref, dtype=torch.bfloat16).eval()
     print(f"\n{'achieved':34s} {'tokens/s':>9s} {'bound':>9s} {'fraction':>9s}", flush=True)
-    for batch in (1, 16, 64):
+    for batch in (1, 16, 64, 128):
         rate = _decode_rate(model, batch, args.context)
         bound = decode_bound(batch, args.context, m)
-        print(f"engine decode step, batch {batch:2d}       {rate:9.0f} {bound:9.0f} {rate / bound:9.2f}", flush=True)
+        print(f"engine decode step, batch {batch:3d}      {rate:9.0f} {bound:9.0f} {rate / bound:9.2f}", flush=True)
     del model
     model = load_model(ref, dtype=torch.float32).train()
     rate = _train_rate(model)
