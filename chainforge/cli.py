@@ -227,8 +227,34 @@ def report(
     call_stage(lambda: report_stage.run(**_from_file(ctx, config, {"run_dir": run_dir})))
 
 
+# libgomp's default for GOMP_SPINCOUNT; see _openmp_wait()
+_GOMP_DEFAULT_SPIN, _GOMP_BUSY_SPIN = 300_000, 1_000
+
+
+def _openmp_wait() -> None:
+    """On a machine other processes keep busy, OpenMP threads (torch's CPU kernels) wait for each
+    other without spinning. By default a libgomp thread spins 300,000 times at every barrier; when
+    a core is shared, the spinning thread holds the core its partner needs to finish, and each op
+    of a decode step waits for the scheduler: on the 2-core dev machine under a load of 5-7, a
+    bf16 64×576×1536 matmul took 16-20 ms with 2 threads spinning, 1.9 ms with GOMP_SPINCOUNT=1000
+    and 1.6-2 ms on 1 thread (scripts/bench_roofline.py --threads). An idle machine (1-minute load
+    average below 1) keeps libgomp's default; GOMP_SPINCOUNT or OMP_WAIT_POLICY set by the user
+    win. Read by libgomp when torch loads, so it is set before any stage imports torch."""
+    import os
+
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return
+    try:
+        busy = os.getloadavg()[0] >= 1.0
+    except (AttributeError, OSError):  # no load average on this platform
+        return
+    if busy:
+        os.environ["GOMP_SPINCOUNT"] = str(_GOMP_BUSY_SPIN)
+
+
 def main() -> None:
     """Console entry point: usage errors become one `Error:` line with exit 2, Ctrl-C exit 130."""
+    _openmp_wait()
     try:
         rv = app(standalone_mode=False)
     except typer.TyperException as exc:  # the base of every usage error typer raises

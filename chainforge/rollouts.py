@@ -291,10 +291,12 @@ def applied_lr_callback(health: GrpoHealth):
 class EngineRollouts:
     """TRL's `rollout_func` hook backed by chainforge's sampling engine (chainforge.sampling), used
     when vLLM is off and the run is one process: the group of a prompt is prefilled once and its KV
-    cache shared by its `num_generations` rows, finished rows leave the batch, and on a CPU with
-    native bf16 the engine samples from a bf16 copy of the policy (synced every call; the policy's
-    fp32 weights keep training). `python scripts/bench_grpo.py` measures it against TRL's own
-    `model.generate` path.
+    cache shared by its `num_generations` rows, finished rows leave the batch and queued rows take
+    their slots. The engine samples the live policy, under the same bf16 autocast as the update
+    (`--precision`), entered once around the whole rollout: autocast keeps the bf16 casts of the
+    fp32 weights for as long as it stays entered, so they are made once per rollout, not once per
+    decode step (TRL's wrapped forward enters and leaves autocast on every call).
+    `python scripts/bench_grpo.py` measures it against TRL's own `model.generate` path.
 
     TRL hands over each process's prompts with every prompt repeated `num_generations` times in a
     row; the completions come back in the same order. Every row draws from its own generator seeded
@@ -327,18 +329,15 @@ class EngineRollouts:
 
     @contextlib.contextmanager
     def _sampling_model(self, trainer):
-        """The model to sample from: the policy itself, its bf16 copy on a bf16 CPU, or the policy
-        under bf16 autocast on a GPU."""
-        import copy
-
+        """The policy itself, under bf16 autocast when the run trains in bf16 (one autocast for the
+        whole rollout). A bf16 copy of the weights would sample another policy: its log-probs
+        differ from the autocast learner's by 0.04-0.06 per token on SmolLM2."""
         import torch
 
         model = trainer.accelerator.unwrap_model(trainer.model)
-        param = next(model.parameters())
-        if self.bf16 and param.device.type == "cpu" and param.dtype == torch.float32:
-            yield copy.deepcopy(model).to(torch.bfloat16)
-        elif self.bf16 and param.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+        device = next(model.parameters()).device.type
+        if self.bf16 and device in ("cpu", "cuda"):
+            with torch.autocast(device, dtype=torch.bfloat16):
                 yield model
         else:
             yield model

@@ -20,6 +20,7 @@ through it, and so does distill --method traces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -498,6 +499,16 @@ def sft_trainer_class():
             return super().__iter__()
 
     class ChainforgeSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not labelled_positions_loss_applies(self):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            return labelled_positions_loss(self, model, inputs, num_items_in_batch)
+
+        def train(self, *args, **kwargs):
+            with packed_attention(self.model, self.args):
+                return super().train(*args, **kwargs)
+
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in dataset.column_names:
@@ -507,6 +518,113 @@ def sft_trainer_class():
                                               [len(ids) for ids in dataset["input_ids"]], seed)
 
     return ChainforgeSFTTrainer
+
+
+# ---- the SFT step on CPU: attention within each packed row, the LM head on labelled positions only ----
+
+PACKED_ATTENTION = "chainforge_packed_sdpa"
+
+
+def labelled_positions_loss_applies(trainer) -> bool:
+    """Whether `labelled_positions_loss` replaces TRL's fused LM-head loss: on CPU, for the plain
+    token loss (no custom loss, label smoothing, DFT, MoE auxiliary loss or sequence parallelism).
+    Off Triton devices TRL's fused head projects EVERY position (prompt and system turn included)
+    through the 49k-vocabulary head, forward and again in the backward, and accumulates the head's
+    gradient GEMMs in fp32."""
+    args = trainer.args
+    return (trainer.accelerator.device.type == "cpu" and trainer.compute_loss_func is None
+            and trainer.label_smoother is None and getattr(args, "loss_type", "nll") == "nll"
+            and not getattr(trainer, "aux_loss_enabled", False)
+            and getattr(getattr(trainer.accelerator, "parallelism_config", None), "sp_enabled", False) is not True)
+
+
+def labelled_positions_loss(trainer, model, inputs, num_items_in_batch=None):
+    """TRL's SFT loss and metrics (mean token NLL over the labelled positions, entropy, token
+    accuracy, tokens seen), with the model asked for the logits of the labelled positions only
+    (`logits_to_keep` as a mask): the LM head, its softmax and its gradient run on the assistant
+    tokens, under the trainer's autocast like the rest of the model."""
+    import torch
+    import torch.nn.functional as F
+
+    mode = "train" if trainer.model.training else "eval"
+    labels = inputs["labels"]
+    forward = {k: v for k, v in inputs.items() if k != "labels"}
+    forward["use_cache"] = False
+    targets = labels[:, 1:]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = targets != -100
+    logits = model(**forward, logits_to_keep=keep).logits  # [labelled positions, vocab]
+    wanted = targets[keep[:, :-1]]
+    logits = logits.reshape(-1, logits.size(-1)).float()
+    nll = F.cross_entropy(logits, wanted, reduction="sum")
+    count = wanted.numel() if num_items_in_batch is None else num_items_in_batch
+    loss = nll / torch.as_tensor(count, device=nll.device).clamp(min=1)
+    if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
+
+    with torch.no_grad():  # TRL's logged metrics, from the same logits
+        logp = torch.log_softmax(logits, -1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        correct = logits.argmax(-1) == wanted
+    gather = trainer.accelerator.gather_for_metrics
+    valid = gather(torch.tensor(wanted.numel(), device=loss.device)).sum()
+    entropy_sum = gather(entropy.sum()).sum()
+    num_correct = gather(correct.sum()).sum()
+    trainer._metrics[mode]["entropy"].append((entropy_sum / valid).item() if valid > 0 else 0.0)
+    trainer._metrics[mode]["mean_token_accuracy"].append((num_correct / valid).item() if valid > 0 else 0.0)
+    if mode == "train":
+        if "attention_mask" in inputs:
+            seen = gather(inputs["attention_mask"].sum()).sum().item()
+        else:
+            seen = gather(torch.tensor(inputs["position_ids"].size(1), device=loss.device)).sum().item()
+        trainer._total_train_tokens += seen // trainer._tp_size
+    trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+    return loss
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """SDPA over each packed row on its own (`cu_seq_lens_q`, which TRL's padding-free collator
+    passes): causal attention within a row, none across rows, the same result as the
+    block-diagonal mask transformers builds from the position ids, without computing the
+    (batch × max length)² scores that mask throws away. Anything else goes to transformers' SDPA."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or dropout:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    cuts = bounds.tolist()
+    parts = [torch.nn.functional.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
+                                                              is_causal=True, scale=scaling)
+             for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def packed_attention(model, args):
+    """While training on CPU with padding-free packing and SDPA, attention runs row by row
+    (`_packed_sdpa`); the model's own attention is restored afterwards (it is what gets saved)."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    params = next(iter(model.parameters()), None)
+    applies = (current == "sdpa" and getattr(args, "packing", False) and hasattr(model, "set_attn_implementation")
+               and params is not None and params.device.type == "cpu")
+    if not applies:
+        yield
+        return
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(PACKED_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
 
 
 def check_prompt_lengths(tokenizer, dataset, max_length: int) -> int:

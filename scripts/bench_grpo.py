@@ -2,20 +2,27 @@
 
     python scripts/bench_grpo.py                       # learn recipe's settings, smollm2, 3 steps each
     python scripts/bench_grpo.py --model runs/learn/01-sft-cold --steps 4
+    python scripts/bench_grpo.py --settings 2026-11-30,now --steps 2
 
 Runs the real `chainforge grpo` stage (the learn recipe's GRPO settings: 8 completions × 2 prompts,
 144 tokens, toy-2digit prompts) once per setting, one after the other on the same machine, and
 prints per setting the seconds per optimizer step (trainer wall time / steps, model loading
-excluded), the generation share of it, and the speed-up over the first setting:
+excluded), the generation share of it, the process's peak RSS, and the speed-up over the first
+setting:
 
-  before       --precision fp32 --rollout-sampler trl, TRL's fused LM-head log-probs (the code before)
+  before       --precision fp32 --rollout-sampler trl, TRL's fused LM-head log-probs (before 2026-11-30)
   +bf16        --precision auto: bf16 autocast where the CPU has native bf16
   +logprobs    + log-probs of the completion positions only (chainforge.stages.grpo.completion_logps)
-  after        + --rollout-sampler engine: the defaults
+  2026-11-30   + --rollout-sampler engine, as it was then: the previous decode loop
+               (sampling/reference.py), a bf16 copy of the policy made for every rollout, every
+               row's prompt run through the update, libgomp's default OpenMP spin-wait
+  +threads     + OpenMP threads that do not spin on a busy machine (chainforge.cli._openmp_wait)
+  now          + the current engine (continuous batching, shared prefix), the live policy under
+               one autocast per rollout, each group's prompt run once in the update: the defaults
 
-Each row adds one change to the row above it. Each setting samples the same prompts from the same seed, but different code draws different
-completions, so completion lengths differ a little; the table prints them. On a CPU without native
-bf16, auto is fp32 and the bf16 rows measure nothing new.
+Each row adds one change to the row above it. Each setting samples the same prompts from the same
+seed, but different code draws different completions, so completion lengths differ a little; the
+table prints them. On a CPU without native bf16, auto is fp32 and the bf16 rows measure nothing new.
 """
 
 from __future__ import annotations
@@ -30,18 +37,37 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# name: (options, TRL's own log-prob path?)
+# name: (options, environment)
 SETTINGS = {
-    "before": (["--precision", "fp32", "--rollout-sampler", "trl"], True),
-    "+bf16": (["--precision", "auto", "--rollout-sampler", "trl"], True),
-    "+logprobs": (["--precision", "auto", "--rollout-sampler", "trl"], False),
-    "after": (["--precision", "auto", "--rollout-sampler", "engine"], False),
+    "before": (["--precision", "fp32", "--rollout-sampler", "trl"],
+               {"CF_BENCH": "trl-logprobs,no-shared-prompts", "GOMP_SPINCOUNT": "300000"}),
+    "+bf16": (["--precision", "auto", "--rollout-sampler", "trl"],
+              {"CF_BENCH": "trl-logprobs,no-shared-prompts", "GOMP_SPINCOUNT": "300000"}),
+    "+logprobs": (["--precision", "auto", "--rollout-sampler", "trl"],
+                  {"CF_BENCH": "no-shared-prompts", "GOMP_SPINCOUNT": "300000"}),
+    "2026-11-30": (["--precision", "auto", "--rollout-sampler", "engine"],
+                   {"CF_BENCH": "no-shared-prompts,bf16-copy", "CHAINFORGE_SAMPLER": "reference",
+                    "GOMP_SPINCOUNT": "300000"}),
+    "+threads": (["--precision", "auto", "--rollout-sampler", "engine"],
+                 {"CF_BENCH": "no-shared-prompts,bf16-copy", "CHAINFORGE_SAMPLER": "reference"}),
+    "now": (["--precision", "auto", "--rollout-sampler", "engine"], {}),
 }
-# Runs the CLI; with TRL_LOGPROBS=1 the stage keeps TRL's fused log-prob path (what it did before).
-RUNNER = ("import os, sys\n"
+# Runs the CLI; CF_BENCH names what the code did before, put back for the "before" rows.
+RUNNER = ("import contextlib, copy, os, sys\n"
           "import chainforge.stages.grpo as grpo\n"
-          "if os.environ.get('TRL_LOGPROBS') == '1':\n"
+          "import chainforge.rollouts as rollouts\n"
+          "old = set(os.environ.get('CF_BENCH', '').split(','))\n"
+          "if 'trl-logprobs' in old:\n"
           "    grpo.completion_only_logps_apply = lambda *a: False\n"
+          "if 'no-shared-prompts' in old:\n"
+          "    grpo._shared_prompt_logits = lambda *a: None\n"
+          "if 'bf16-copy' in old:\n"
+          "    @contextlib.contextmanager\n"
+          "    def copy_of_policy(self, trainer):\n"
+          "        import torch\n"
+          "        model = trainer.accelerator.unwrap_model(trainer.model)\n"
+          "        yield copy.deepcopy(model).to(torch.bfloat16) if self.bf16 else model\n"
+          "    rollouts.EngineRollouts._sampling_model = copy_of_policy\n"
           "from chainforge.cli import main\n"
           "sys.argv = ['chainforge'] + sys.argv[1:]\n"
           "main()\n")
@@ -69,22 +95,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.settings.split(","):
             out = Path(tmp) / name
-            options, trl_logprobs = SETTINGS[name]
+            options, env = SETTINGS[name]
             cmd = [sys.executable, "-c", RUNNER, "grpo", "--model", args.model, "--data", args.data,
                    "--output", str(out), "--max-steps", str(args.steps), "--num-generations", str(args.num_generations),
                    "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens),
                    "--learning-rate", "1e-5", "--save-steps", "1000", "--seed", "0", *options]
-            env = {**os.environ, "TRL_LOGPROBS": "1" if trl_logprobs else "0"}
+            base = {k: v for k, v in os.environ.items()
+                    if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_SAMPLER", "CF_BENCH")}
+            log = out.with_suffix(".log")
             started = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+            with open(log, "w") as fh:
+                proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env={**base, **env})
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
             wall = time.perf_counter() - started
             if proc.returncode != 0:
-                sys.exit(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+                sys.exit(f"{name}: exit {proc.returncode}\n{log.read_text()[-3000:]}")
             metrics = json.loads((out / "chainforge.json").read_text())["metrics"]
             rows.append((name, metrics, wall))
             print(f"{name:12s} {metrics['seconds_per_step']:7.1f} s/step  generation share "
                   f"{metrics['generation_time_share']:.2f}  completion tokens {metrics['completion_tokens']:.0f}  "
-                  f"(process {wall:.0f} s)", flush=True)
+                  f"(process {wall:.0f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB, load "
+                  f"{open('/proc/loadavg').read().split()[0]})", flush=True)
     base = rows[0][1]["seconds_per_step"]
     print("\nsetting       s/step  generation  update   speed-up vs " + rows[0][0])
     for name, m, _ in rows:

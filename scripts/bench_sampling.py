@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
 
+    from chainforge.cli import _openmp_wait
+
+    _openmp_wait()  # as the command sets it, before torch loads (both methods run under it)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -62,7 +65,8 @@ def main() -> None:
                for p in prompts]
     sample_kw = dict(do_sample=True, temperature=args.temperature, top_p=1.0, top_k=0, max_new_tokens=new,
                      eos_token_id=stops, pad_token_id=tok.pad_token_id)
-    print(f"model: SmolLM2-135M shape, {args.weights} weights, {args.device}, torch threads {torch.get_num_threads()}")
+    print(f"model: SmolLM2-135M shape, {args.weights} weights, {args.device}, torch threads {torch.get_num_threads()}, "
+          f"load average {open('/proc/loadavg').read().split()[0]}, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"work: {args.prompts} prompts x {n} samples x {new} new tokens")
 
     def timed(fn):

@@ -12,6 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from chainforge.cli import _openmp_wait  # noqa: E402
+
+_openmp_wait()  # as the command does, before anything loads torch: the suite runs on shared cores too
+
 from helpers.cli import CLI  # noqa: E402  (tests/ is on sys.path from here)
 from helpers.fake_apis import FakeAnthropic, FakeAnthropicBatches, FakeDeepSeek, FakeOpenAI  # noqa: E402
 

@@ -93,3 +93,32 @@ def test_every_fixed_choice_is_shown_beside_its_option_name(cli):
     # the options named where choices were missing: all of them are Literal options that were checked
     assert {"backend", "precision", "method", "keep", "loss_type", "teacher", "expander",
             "rollout_sampler", "attn_implementation", "marker_domain"} <= checked, checked
+
+
+SPIN_CHECK = """
+import os, sys
+import chainforge.cli as cli
+os.getloadavg = lambda: (float(sys.argv[1]), 0.0, 0.0)
+cli._openmp_wait()
+print("SPIN", os.environ.get("GOMP_SPINCOUNT"))
+import torch  # libgomp reads the variable as torch loads: the command must set it before
+"""
+
+
+def test_openmp_threads_stop_spinning_on_a_busy_machine_only():
+    """GOMP_SPINCOUNT=1000 when the 1-minute load average is 1 or more, nothing when idle, and a value
+    the user set wins (a fresh process each: torch must not be loaded yet)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+
+    def spin(load, **extra):
+        r = subprocess.run([sys.executable, "-c", SPIN_CHECK, str(load)], capture_output=True, text=True,
+                           env={**env, **extra})
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split("SPIN ")[1].split()[0]
+
+    assert spin(3.5) == "1000"
+    assert spin(0.2) == "None"
+    assert spin(3.5, GOMP_SPINCOUNT="50000") == "50000"
+    assert spin(3.5, OMP_WAIT_POLICY="ACTIVE") == "None"

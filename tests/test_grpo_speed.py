@@ -21,10 +21,10 @@ def _tiny(tiny_model):
     return AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
 
 
-def _batch(tokenizer, completion_len: int = 6):
+def _batch(tokenizer, completion_len: int = 6, group: int = 1):
     import torch
 
-    prompts = ["What is 12 + 7?", "The quick brown fox jumps"]
+    prompts = [p for p in ["What is 12 + 7?", "The quick brown fox jumps"] for _ in range(group)]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(e) for e in encoded)
     torch.manual_seed(0)
@@ -36,11 +36,15 @@ def _batch(tokenizer, completion_len: int = 6):
         mask[r, width - len(e):] = 1
     comp_mask = torch.ones_like(completions)
     comp_mask[1, -2:] = 0  # a completion that ended early: padding after it
+    comp_mask[-1, -3:] = 0
     return torch.cat([ids, completions], 1), torch.cat([mask, comp_mask], 1), completion_len
 
 
-@pytest.mark.parametrize("entropy", [False, True])
-def test_completion_logps_equal_trls_fused_lm_head_path_values_and_gradients(tiny_model, entropy):
+@pytest.mark.parametrize("entropy,group", [(False, 1), (True, 1), (False, 3), (True, 4)])
+def test_completion_logps_equal_trls_fused_lm_head_path_values_and_gradients(tiny_model, entropy, group,
+                                                                              monkeypatch):
+    """group > 1: each prompt's rows come in a run, as TRL lays out a group, and the prompt runs
+    through the model once for its rows (left padding included): still TRL's values and gradients."""
     import copy
 
     import torch
@@ -48,12 +52,16 @@ def test_completion_logps_equal_trls_fused_lm_head_path_values_and_gradients(tin
 
     from trl.trainer.utils import add_fused_lm_head
 
+    from chainforge.stages import grpo
     from chainforge.stages.grpo import completion_logps
 
+    shared = []
+    real = grpo._shared_prompt_logits
+    monkeypatch.setattr(grpo, "_shared_prompt_logits", lambda *a: shared.append(real(*a)) or shared[-1])
     ours, tokenizer = _tiny(tiny_model)
     theirs = copy.deepcopy(ours)
     add_fused_lm_head(theirs, temperature=0.7, outputs=("log_probs", "entropy"))  # as GRPOTrainer patches it
-    ids, mask, keep = _batch(tokenizer)
+    ids, mask, keep = _batch(tokenizer, group=group)
     # fp32 on both sides (accelerate's state is a process-wide singleton: another test's bf16 would leak in)
     trainer = SimpleNamespace(accelerator=SimpleNamespace(autocast=contextlib.nullcontext), temperature=0.7)
 
@@ -63,7 +71,8 @@ def test_completion_logps_equal_trls_fused_lm_head_path_values_and_gradients(tin
     out = theirs(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
     ref = out.log_probs[:, -keep:]
     valid = mask[:, -keep:].bool()
-    assert logps.shape == ref.shape == (2, keep) and aux is None
+    assert logps.shape == ref.shape == (2 * group, keep) and aux is None
+    assert [x is not None for x in shared] == [group > 1]  # the prompts ran once per group
     torch.testing.assert_close(logps[valid], ref[valid], rtol=1e-4, atol=1e-4)
     if entropy:
         torch.testing.assert_close(entropies[valid], out.entropy[:, -keep:][valid], rtol=1e-4, atol=1e-4)
@@ -124,7 +133,12 @@ def test_engine_rollouts_return_trls_fields_in_trls_order(tiny_model):
     assert later["completion_ids"] != out["completion_ids"]
 
 
-def test_engine_rollouts_sample_a_bf16_copy_and_leave_the_policy_in_fp32(tiny_model):
+def test_engine_rollouts_sample_the_live_policy_under_one_autocast(tiny_model):
+    """TRL's trainer wraps the policy's forward in a closure over the module that enters bf16
+    autocast on every call. The rollout samples that live module (a copy would sample another
+    policy, or, with TRL's closure, the same one for nothing) with an autocast of its own held
+    around the whole rollout, so the per-call autocast never drops the nesting to 0 and the casts
+    of the fp32 weights are made once, not at every decode step."""
     import torch
 
     from chainforge.rollouts import EngineRollouts
@@ -135,16 +149,22 @@ def test_engine_rollouts_sample_a_bf16_copy_and_leave_the_policy_in_fp32(tiny_mo
     forward = type(model).forward
 
     def spy(self, *a, **kw):
-        seen.append(next(self.parameters()).dtype)
+        level = torch.autocast_increment_nesting()  # the nesting level, this call's own included
+        torch.autocast_decrement_nesting()
+        seen.append((self is model, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), level - 1,
+                     next(self.parameters()).dtype))
         return forward(self, *a, **kw)
 
     type(model).forward = spy
+    model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(model.forward)  # as the trainer patches it
     try:
         EngineRollouts(2, 1.0, 1.0, 4, 0, bf16=True)([[{"role": "user", "content": "hi"}]] * 2,
                                                       _rollout_trainer(model, tokenizer))
     finally:
         type(model).forward = forward
-    assert seen and set(seen) == {torch.bfloat16}
+    assert len(seen) >= 4  # a prefill and decode steps
+    assert set(seen) == {(True, True, torch.bfloat16, 2, torch.float32)}, set(seen)
+    assert not torch.is_autocast_enabled("cpu")
     assert next(model.parameters()).dtype == torch.float32 and model.training
 
 

@@ -7,6 +7,7 @@ resume test compares against.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -244,6 +245,77 @@ def test_packed_and_padded_losses_agree(tiny_model, tmp_path):
             assert batches[0]["input_ids"].shape[0] == 1 and "attention_mask" not in batches[0]
     assert losses["padded"][1] == losses["packed"][1]
     assert losses["padded"][0] == pytest.approx(losses["packed"][0], rel=1e-5)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_the_cpu_step_equals_trls_loss_gradients_and_metrics(tiny_model, tmp_path, packing):
+    """On CPU the step projects only the labelled positions through the LM head and, packed, runs
+    attention row by row (training.labelled_positions_loss, training.packed_attention): the loss,
+    every gradient and the logged entropy / token accuracy are TRL's own path's (its fused LM head
+    over every position, the block-diagonal mask transformers derives from the position ids)."""
+    import torch
+    from trl import SFTTrainer
+
+    from chainforge import training
+
+    rows = [r for r in collect_rows(7) if r["correct"]]
+    trainer, _, _ = _trainer(tiny_model, tmp_path, rows, packing=packing)
+    assert training.labelled_positions_loss_applies(trainer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert ("cu_seq_lens_q" in batch) == packing
+    trainer.model.train()
+    results = {}
+    for name in ("trl", "ours"):
+        trainer.model.zero_grad(set_to_none=True)
+        trainer._metrics["train"].clear()
+        if name == "trl":
+            loss = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+        else:
+            with training.packed_attention(trainer.model, trainer.args):
+                assert trainer.model.config._attn_implementation == (training.PACKED_ATTENTION if packing else "sdpa")
+                loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        metrics = {k: trainer._metrics["train"][k][-1] for k in ("entropy", "mean_token_accuracy")}
+        results[name] = (float(loss.detach()), grads, metrics)
+    assert trainer.model.config._attn_implementation == "sdpa"  # restored: it is what gets saved
+    (a, ga, ma), (b, gb, mb) = results["trl"], results["ours"]
+    assert b == pytest.approx(a, rel=1e-5)
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    for n in ga:
+        torch.testing.assert_close(gb[n], ga[n], rtol=1e-4, atol=1e-6, msg=n)
+    assert mb["entropy"] == pytest.approx(ma["entropy"], rel=1e-4)
+    assert mb["mean_token_accuracy"] == pytest.approx(ma["mean_token_accuracy"])
+
+
+def test_packed_attention_is_the_block_diagonal_mask(tiny_model):
+    """Row-by-row SDPA over cu_seq_lens equals transformers' SDPA with the mask it derives from the
+    packed position ids, outputs and gradients."""
+    import torch
+
+    from chainforge import training
+    from chainforge.models import ModelRef, load_model
+
+    model = load_model(ModelRef(str(tiny_model), "folder", str(tiny_model)))
+    lengths = [5, 9, 1, 7]
+    ids = torch.randint(5, 300, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    cuts = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    kw = dict(input_ids=ids, position_ids=positions, use_cache=False, cu_seq_lens_q=cuts, cu_seq_lens_k=cuts,
+              max_length_q=max(lengths), max_length_k=max(lengths))
+    out = {}
+    for name in ("sdpa", "packed"):
+        model.zero_grad(set_to_none=True)
+        if name == "packed":
+            with training.packed_attention(model, SimpleNamespace(packing=True)):
+                logits = model(**kw).logits
+        else:
+            logits = model(**kw).logits
+        logits.square().mean().backward()
+        out[name] = (logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(out["packed"][0], out["sdpa"][0], rtol=1e-5, atol=1e-5)
+    for n, g in out["sdpa"][1].items():
+        torch.testing.assert_close(out["packed"][1][n], g, rtol=1e-4, atol=1e-6, msg=n)
 
 
 # ---- bad input: exit 2, one line, nothing at --output ------------------------------------------

@@ -50,12 +50,15 @@ def generate(
     on_batch: Optional[Callable[[int], None]] = None,
     keys: Optional[Sequence[int]] = None,
     progress: bool = False,
+    on_prompt: Optional[Callable[[int, list[Completion]], None]] = None,
 ) -> list[list[Completion]]:
     """`n` completions for each prompt, in prompt order. `temperature=0` is greedy.
 
     `batch_size`: rows (candidates) decoded together, or "auto" to fit memory. `on_batch(k)` is
     called as k more completions are done. `keys`: per prompt, what seeds its rows (default: its
-    position). `progress`: a progress bar with completions/s on stderr.
+    position). `progress`: a progress bar with completions/s on stderr. `on_prompt(i, comps)` is
+    called once prompt i's n completions are all done (the HF engine: as it happens, in the
+    order prompts finish; vLLM: at the end).
     """
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -66,13 +69,20 @@ def generate(
     keys = list(range(len(prompts))) if keys is None else [int(k) for k in keys]
     greedy = temperature <= 0
     draws = 1 if greedy else n  # greedy: every sample would be the same
+    def repeat(comps: list[Completion]) -> list[Completion]:
+        if not (greedy and n > 1):
+            return comps
+        return [Completion(comps[0].text, comps[0].tokens, comps[0].finished, comps[0].ids) for _ in range(n)]
+
+    finished = None if on_prompt is None else (lambda i, comps: on_prompt(i, repeat(comps)))
     with _Progress(len(prompts) * n, progress, on_batch) as report:
         if isinstance(model, VLLMModel):
             drawn = _generate_vllm(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens,
                                    seed, keys, system_prompt, lambda k: report(k * n // draws))
+            if finished is not None:
+                for i, comps in enumerate(drawn):
+                    finished(i, comps)
         else:
             drawn = _generate_hf(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens,
-                                 seed, keys, batch_size, system_prompt, lambda k: report(k * n // draws))
-    if greedy and n > 1:
-        return [[Completion(c[0].text, c[0].tokens, c[0].finished, c[0].ids) for _ in range(n)] for c in drawn]
-    return drawn
+                                 seed, keys, batch_size, system_prompt, lambda k: report(k * n // draws), finished)
+    return [repeat(c) for c in drawn]

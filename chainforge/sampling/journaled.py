@@ -1,4 +1,5 @@
-"""Resumable sampling: `generate` a chunk at a time, each chunk appended to a journal.
+"""Resumable sampling: `generate` over every prompt still to draw, each prompt appended to a
+journal as soon as its completions are done (synced every `chunk` prompts and at the end).
 
 Under a launcher (WORLD_SIZE > 1) the prompts are split across ranks: rank r draws every
 world_size-th prompt from r and appends to its own journal (`NAME.rank<r>.jsonl` next to the main
@@ -46,7 +47,9 @@ def _recover(paths: Sequence[Path], shas: list[str]) -> dict[int, list[Completio
 
 def generate_journaled(journal: Union[str, os.PathLike], model, tokenizer, prompts: Sequence[Prompt],
                        chunk: int = 64, progress: bool = False, **kwargs) -> list[list[Completion]]:
-    """`generate`, `chunk` prompts at a time, each chunk appended to a JSON Lines journal.
+    """`generate` over the prompts not yet in the JSON Lines journal, in one call (the engine keeps
+    its batch full across all of them), each prompt's line appended as soon as its completions are
+    done; the journal is synced every `chunk` prompts and at the end.
 
     A rerun reads the journal and draws only what is missing; because every row is seeded by its
     prompt's position, the result is the one an uninterrupted run gives. A journal line whose prompt
@@ -65,13 +68,21 @@ def generate_journaled(journal: Union[str, os.PathLike], model, tokenizer, promp
     n = kwargs.get("n", 1)
     log = Journal(shard_journal(path, distributed.rank()) if ranks > 1 else path, key="index")
     with _Progress(len(todo) * n, progress, kwargs.pop("on_batch", None)) as report, log:
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            drawn = generate(model, tokenizer, [prompts[i] for i in part], keys=part, on_batch=report, **kwargs)
-            for i, comps in zip(part, drawn):
-                done[i] = comps
-                log.append({"index": i, "prompt_sha": shas[i], "completions": [_record(c) for c in comps]})
-            log.sync()
+        written = 0
+
+        def finished(k: int, comps: list[Completion]) -> None:
+            nonlocal written
+            i = todo[k]
+            done[i] = comps
+            log.append({"index": i, "prompt_sha": shas[i], "completions": [_record(c) for c in comps]})
+            written += 1
+            if written % max(chunk, 1) == 0:
+                log.sync()
+
+        if todo:
+            generate(model, tokenizer, [prompts[i] for i in todo], keys=todo, on_batch=report, on_prompt=finished,
+                     **kwargs)
+        log.sync()
     if ranks > 1 or _shard_journals(path):
         distributed.barrier()  # every shard is on disk
         done.update(_recover([path] + _shard_journals(path), shas))

@@ -75,8 +75,8 @@ class GrpoConfig(ModelOptions, DataOptions, AnswerOptions, OutputOptions, Reward
         None, "server mode: the `trl vllm-serve` base URL (default http://localhost:8000 on the first node).")
     rollout_sampler: Literal["engine", "trl"] = option(
         "engine", "Without vLLM: engine = chainforge's sampling engine through TRL's rollout hook (one prefill per "
-                  "group, finished rows leave the batch, a bf16 copy of the policy on bf16 CPUs; one process only, "
-                  "else trl); trl = TRL's model.generate.")
+                  "group, finished rows leave the batch and queued rows take their slots, the live policy under "
+                  "the run's bf16 autocast; one process only, else trl); trl = TRL's model.generate.")
     vllm_gpu_memory: float = option(
         0.3, "colocate mode: share of each GPU's memory vLLM takes (the rest trains).", above=0.0, max=1.0)
     # GRPO objective
@@ -393,17 +393,22 @@ def completion_only_logps_apply(device, compute_aux_loss: bool, extra: dict) -> 
 def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: int, batch_size, compute_entropy):
     """Per-token log-probs (and entropies) of the last `logits_to_keep` tokens: the model projects
     only those positions (`logits_to_keep`), at the trainer's temperature, under its autocast —
-    the same quantity as TRL's fused path, computed on the completion alone."""
+    the same quantity as TRL's fused path, computed on the completion alone. Rows whose prompts
+    are the same (a group: TRL puts its `num_generations` rows next to each other) run their
+    prompt through the model once (see `_shared_prompt_logits`)."""
     import torch
     from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
     batch_size = batch_size or input_ids.size(0)
+    share = not getattr(getattr(trainer, "args", None), "gradient_checkpointing", False)
     logps, entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
         with trainer.accelerator.autocast():
-            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1).logits
-        logits = logits[:, :-1].float()
+            logits = _shared_prompt_logits(model, ids, mask, logits_to_keep) if share else None
+            if logits is None:
+                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1).logits[:, :-1]
+        logits = logits.float()
         targets = ids[:, -logits_to_keep:]
         if compute_entropy:
             # the entropy needs a gradient only for TRL's entropy bonus (off by default); without one
@@ -416,6 +421,34 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
             lp = selective_log_softmax(logits, targets, temperature=trainer.temperature)
         logps.append(lp)
     return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+
+def _shared_prompt_logits(model, ids, mask, keep: int):
+    """The logits that predict the last `keep` tokens of each row, [rows, keep, vocab], with each
+    distinct prompt (the columns before them, identical in adjacent rows) run once: its KV cache
+    (gradients kept) is repeated for its rows, then only the completions run. The positions are
+    the column indices, as in a forward over the whole rows, so the result is that forward's.
+    None when no two adjacent rows share a prompt (nothing to save)."""
+    import torch
+    from transformers import DynamicCache
+
+    width = ids.size(1) - keep
+    if width < 1 or ids.size(0) < 2:
+        return None
+    prompt, prompt_mask = ids[:, :width], mask[:, :width]
+    same = (prompt[1:] == prompt[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
+    if not bool(same.any()):
+        return None
+    owner = torch.cat([same.new_zeros(1, dtype=torch.long), (~same).long().cumsum(0)])
+    heads = torch.cat([torch.ones(1, dtype=torch.bool, device=same.device), ~same]).nonzero().flatten()
+    positions = torch.arange(ids.size(1), device=ids.device)[None]
+    cache = DynamicCache()
+    first = model(input_ids=prompt[heads], attention_mask=prompt_mask[heads], position_ids=positions[:, :width],
+                  past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    cache.batch_select_indices(owner)
+    rest = model(input_ids=ids[:, width:], attention_mask=mask, position_ids=positions[:, width:],
+                 past_key_values=cache, use_cache=True).logits
+    return torch.cat([first[owner], rest[:, :-1]], dim=1)
 
 
 def _parse(text: str):
