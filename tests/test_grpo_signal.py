@@ -1,6 +1,6 @@
 """grpo: the prompts it trains on (--filter-samples), the health it reports per step and warns about,
 and the learning-rate schedule it actually applies. Real TRL runs on tiny models: the random one,
-and scripted ones (tests/tiny.py) that always, never or sometimes solve a prompt."""
+and scripted ones (tests/helpers/tiny.py) that always, never or sometimes solve a prompt."""
 
 from __future__ import annotations
 
