@@ -120,7 +120,8 @@ class RolloutLog:
             fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict], output: Optional[dict] = None) -> None:
+def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict], output: Optional[dict] = None,
+                            cut: Optional[list] = None) -> None:
     """Write the rollouts TRL has just generated and scored for `inputs` (this process's share of the
     generation batch). TRL keeps the gathered prompts, completions, rewards per function and
     advantages of its latest generation batch in `trainer._logs` for its own completion table; the
@@ -130,7 +131,8 @@ def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict], output
     from accelerate.utils import gather_object
 
     answers = gather_object([x.get("answer") for x in inputs])
-    cut = gather_object(_truncated(trainer, output, len(inputs)))
+    if cut is None:
+        cut = truncated_flags(trainer, output, len(inputs))
     if not trainer.accelerator.is_main_process:
         return
     logs = trainer._logs
@@ -145,6 +147,19 @@ def record_trainer_rollouts(trainer, log: RolloutLog, inputs: list[dict], output
     log.write(rollout_records(trainer.state.global_step, newest(logs["prompt"]), newest(logs["completion"]),
                               rewards, weights, newest(logs["advantages"]), answers,
                               group_size=getattr(trainer, "num_generations", None), truncated=cut))
+
+
+def truncated_flags(trainer, output: Optional[dict], n: int) -> list:
+    """`_truncated` for every process's completions, gathered (every process must call it)."""
+    from accelerate.utils import gather_object
+
+    return gather_object(_truncated(trainer, output, n))
+
+
+def truncated_share(flags: Sequence[Any]) -> Optional[float]:
+    """The share of completions cut at the token limit, among those known (None when none is)."""
+    known = [bool(f) for f in flags if f is not None]
+    return sum(known) / len(known) if known else None
 
 
 def _truncated(trainer, output: Optional[dict], n: int) -> list:
@@ -220,7 +235,8 @@ def zero_spread_share(trainer, n: int) -> Optional[float]:
 
 class GrpoHealth:
     """Per optimizer step: the share of zero-spread groups (`zero_spread_share`, logged as
-    `zero_spread_groups`), of truncated completions (TRL's `completions/clipped_ratio`), the mean
+    `zero_spread_groups`), of truncated completions (`truncated_share`, counted on the same rows rollouts.jsonl marks; TRL's
+    `completions/clipped_ratio` when it is missing), the mean
     reward of each function, the KL to the reference and the learning rate the optimizer applied at
     that step. One warning line per kind, the first time a step crosses its line."""
 
@@ -241,7 +257,7 @@ class GrpoHealth:
             return None
         entry = {"step": int(step),
                  "zero_spread_groups": _number(logs.get("zero_spread_groups", logs.get("frac_reward_zero_std"))),
-                 "truncated": _number(logs.get("completions/clipped_ratio")),
+                 "truncated": _number(logs.get("truncated", logs.get("completions/clipped_ratio"))),
                  "reward": _number(logs.get("reward")),
                  **{f"reward/{n}": _number(logs.get(f"rewards/{n}/mean")) for n in self.reward_names},
                  "kl": _number(logs.get("kl")),

@@ -97,13 +97,17 @@ def test_health_per_step_and_the_two_warnings(cli, tiny_model, tmp_path):
     metrics = manifest(out)["metrics"]
     health = metrics["health"]
     assert [h["step"] for h in health] == [1, 2, 3]
-    for h in health:
-        assert h["zero_spread_groups"] == 1.0 and h["truncated"] == 1.0
-        assert h["reward/accuracy"] == 0.0 and h["learning_rate"] is not None
-    assert metrics["zero_spread_groups"] == 1.0 and metrics["truncated"] == 1.0
     rollouts = lines(out / "rollouts.jsonl")
     assert len(rollouts) == 3 * 8
-    assert all(row["truncated"] is True and row["zero_spread"] is True for row in rollouts)
+    assert all(row["zero_spread"] is True for row in rollouts)
+    # the random model may end a completion within 4 tokens now and then: the share reported for update N
+    # is the share cut off among the rollouts it trained on (drawn at step N - 1), and most are
+    for h in health:
+        cut = [row["truncated"] for row in rollouts if row["step"] == h["step"] - 1]
+        assert h["zero_spread_groups"] == 1.0 and h["truncated"] == sum(cut) / len(cut) >= 0.75
+        assert h["reward/accuracy"] == 0.0 and h["learning_rate"] is not None
+    assert metrics["zero_spread_groups"] == 1.0
+    assert metrics["truncated"] == sum(row["truncated"] for row in rollouts) / len(rollouts)
 
 
 def test_a_healthy_run_does_not_warn(cli, coin_model, tmp_path):

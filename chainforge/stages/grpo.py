@@ -43,7 +43,8 @@ from chainforge.log import fmt_value, info
 from chainforge.models import load_tokenizer, resolve_model
 from chainforge.rewards import NEEDS_ANSWER, get_reward, resolve_rewards
 from chainforge.rollouts import (GRPO_WARMUP_RATIO, EngineRollouts, GrpoHealth, KLGuard, RolloutLog,
-                                 applied_lr_callback, record_trainer_rollouts, zero_spread_share)
+                                 applied_lr_callback, record_trainer_rollouts, truncated_flags,
+                                 truncated_share, zero_spread_share)
 from chainforge.sampling import VLLM_INSTALL, as_messages, resolve_system_prompt, vllm_available
 from chainforge import distributed, training
 
@@ -368,8 +369,11 @@ def make_trainer(model, reward_fns, args, ds, tokenizer, peft_config, rollouts=N
             share = zero_spread_share(self, len(inputs) * self.accelerator.num_processes)
             if share is not None:  # TRL's frac_reward_zero_std misses groups of equal non-integer totals
                 self._metrics[mode]["zero_spread_groups"].append(share)
+            cut = truncated_flags(self, output, len(inputs))  # every process gathers
+            if truncated_share(cut) is not None:  # the rows rollouts.jsonl marks, counted the same way
+                self._metrics[mode]["truncated"].append(truncated_share(cut))
             if self.model.training:
-                record_trainer_rollouts(self, self.rollout_log, inputs, output)
+                record_trainer_rollouts(self, self.rollout_log, inputs, output, cut=cut)
             return output
         # ---- end rollouts
 
