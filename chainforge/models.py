@@ -12,10 +12,15 @@ created); `load_model(ref)` / `load_tokenizer(ref)` load it. The reserved names:
   at the token cap) and 60 distillation steps did not heal it; kept as an ablation.
 
 distill's `--student pruned:N` (`resolve_student`) is the student that starts sane: the TEACHER with
-N of its decoder layers kept — a contiguous block of its deeper layers removed, the last layer kept
-(deep layers but the last are the most redundant: Gromov et al. 2024; pruning the trained teacher and
-distilling into the copy is Minitron's recipe, Muralidharan et al. 2024). Built once per teacher
-checkpoint under `$CHAINFORGE_HOME/models/pruned-*`.
+N of its decoder layers kept (pruning the trained teacher and distilling into the copy is Minitron's
+recipe, Muralidharan et al. 2024). Which layers go is measured, not assumed (`probe_layers`): the
+teacher's own greedy completions of the first `PROBE_PROMPTS` training prompts are scored with
+layers removed one at a time, and the layer whose removal raises that loss least goes first. On
+the learn recipe's cold-SFT SmolLM2 (docs/learning.md) the deep block that the literature finds
+redundant in large models is not: without layers 27-28 it babbles, while layers 27, 7, 6 and 4
+cost little. With no probe prompts the first N − 1 layers and the last are kept. Built once per
+teacher checkpoint and probe under `$CHAINFORGE_HOME/models/pruned-*`, with `pruned.json` saying
+which layers were kept and what each removal cost.
 
 `training_template(tokenizer, sample)` makes sure a chat template carries the assistant-only loss
 and renders Super CoT text intact (sft and distill check it before their output exists).
@@ -30,7 +35,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from chainforge.errors import UsageError
 from chainforge.log import info
@@ -103,9 +108,10 @@ def resolve_model(spec: Optional[str], what: str = "--model") -> ModelRef:
 PRUNED = re.compile(r"^pruned:(\d+)$")
 
 
-def resolve_student(spec: Optional[str], teacher: ModelRef) -> ModelRef:
-    """distill's --student: a model spec, or `pruned:N` (the teacher with N decoder layers, built
-    once and cached; exit 2 when N is not below the teacher's layer count)."""
+def resolve_student(spec: Optional[str], teacher: ModelRef, probe: Sequence[str] = ()) -> ModelRef:
+    """distill's --student: a model spec, or `pruned:N` (the teacher with N decoder layers, chosen with
+    the `probe` prompts (`probe_layers`), built once and cached; exit 2 when N is not below the teacher's
+    layer count)."""
     m = PRUNED.match(str(spec or ""))
     if not m:
         return resolve_model(spec, "--student")
@@ -118,7 +124,7 @@ def resolve_student(spec: Optional[str], teacher: ModelRef) -> ModelRef:
     if not 1 <= keep < layers:
         raise UsageError(f"--student {spec}: the teacher has {layers} decoder layers; keep between 1 and "
                          f"{layers - 1} (e.g. pruned:{max(1, layers * 3 // 4)})")
-    return ModelRef(str(spec), "folder", str(pruned_copy(source, keep)))
+    return ModelRef(str(spec), "folder", str(pruned_copy(source, keep, list(probe)[:PROBE_PROMPTS])))
 
 
 def _layer_count(folder: Path) -> int:
@@ -128,19 +134,100 @@ def _layer_count(folder: Path) -> int:
     return int(config.get("num_hidden_layers") or config.get("text_config", {}).get("num_hidden_layers"))
 
 
+PROBE_PROMPTS = 8       # prompts whose greedy completions score each removal
+PROBE_TOKENS = 160      # tokens of each completion
+PROBE_CANDIDATES = 2    # the greedy search looks at this many × the layers to remove, cheapest alone first
+
+
 def pruned_layers(total: int, keep: int) -> list[int]:
-    """The layers `pruned:keep` keeps: the first keep − 1 and the last."""
+    """The layers `pruned:keep` keeps without a probe: the first keep − 1 and the last."""
     return list(range(keep - 1)) + [total - 1]
 
 
-def pruned_copy(teacher_dir: Path, keep: int) -> Path:
-    """`teacher_dir` with `pruned_layers` kept, saved once under $CHAINFORGE_HOME/models (keyed by the
-    teacher's folder and its weights' size and time, so a retrained teacher gets a new copy)."""
+def probe_layers(model, tokenizer, prompts: Sequence[str], keep: int,
+                 system_prompt: Optional[str] = None) -> tuple[list[int], dict]:
+    """The `keep` layers to keep, measured: the model's greedy completions of `prompts` are the probe;
+    each layer's cost is the rise of the probe's loss (completion tokens only) when it alone is
+    removed; then, among the cheapest PROBE_CANDIDATES × (layers to remove), layers are removed one at
+    a time, each time the one whose removal (with those already gone) raises the loss least (a
+    greedy search: two layers that are cheap alone can be costly together)."""
+    import torch
+
+    total = len(model.model.layers)
+    layers = list(model.model.layers)
+    messages = [([{"role": "system", "content": system_prompt}] if system_prompt else [])
+                + [{"role": "user", "content": p}] for p in prompts]
+    texts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in messages]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if native_bf16("cpu")
+                else contextlib.nullcontext())
+    model.eval()
+    with torch.no_grad(), autocast:
+        out = model.generate(**enc, max_new_tokens=PROBE_TOKENS, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    width = enc["input_ids"].shape[1]
+    attention = torch.cat([enc["attention_mask"], torch.ones_like(out[:, width:])], dim=1)
+    labels = out.clone()
+    labels[:, :width] = -100
+    ends = set(stop for stop in [tokenizer.eos_token_id, tokenizer.pad_token_id] if stop is not None)
+    for row in range(out.shape[0]):  # after the first end token: padding, not the probe
+        done = [k for k in range(width, out.shape[1]) if int(out[row, k]) in ends]
+        if done:
+            labels[row, done[0] + 1:] = -100
+            attention[row, done[0] + 1:] = 0
+
+    def loss(kept: list[int]) -> float:
+        _use_layers(model, [layers[i] for i in kept])
+        with torch.no_grad(), autocast:
+            return float(model(input_ids=out, attention_mask=attention, labels=labels, use_cache=False).loss)
+
+    try:
+        full = loss(list(range(total)))
+        alone = {i: loss([j for j in range(total) if j != i]) for i in range(total)}
+        drop = total - keep
+        candidates = sorted(alone, key=alone.get)[:max(drop, PROBE_CANDIDATES * drop)]
+        removed: list[int] = []
+        costs: list[float] = []
+        while len(removed) < drop:
+            left = [i for i in range(total) if i not in removed]
+            trial = {c: loss([i for i in left if i != c]) for c in candidates if c not in removed}
+            best = min(trial, key=trial.get)
+            removed.append(best)
+            costs.append(trial[best])
+    finally:
+        _use_layers(model, layers)
+    kept = [i for i in range(total) if i not in removed]
+    return kept, {"probe_prompts": len(prompts), "probe_loss_full": full,
+                  "probe_loss_without_each": [alone[i] for i in range(total)],
+                  "removed_in_order": removed, "probe_loss_after_each_removal": costs}
+
+
+def _use_layers(model, modules) -> None:
+    import torch
+
+    model.model.layers = torch.nn.ModuleList(modules)
+    for i, layer in enumerate(modules):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = i
+    model.config.num_hidden_layers = len(modules)
+
+
+def pruned_copy(teacher_dir: Path, keep: int, probe: Sequence[str] = ()) -> Path:
+    """`teacher_dir` with `keep` layers (chosen by `probe_layers` on the `probe` prompts, else
+    `pruned_layers`), saved once under $CHAINFORGE_HOME/models (keyed by the teacher's folder, its
+    weights' size and time and the probe, so a retrained teacher gets a new copy)."""
     import hashlib
+    import json
 
     teacher_dir = Path(teacher_dir).resolve()
     stamp = [str(teacher_dir)] + [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
                                   for f in sorted(teacher_dir.glob("*.safetensors")) + [teacher_dir / "config.json"]]
+    stamp += [f"probe:{PROBE_TOKENS}:{p}" for p in probe]
     name = f"pruned-{hashlib.sha256('|'.join(stamp).encode()).hexdigest()[:12]}-{keep}"
     target = chainforge_home() / "models" / name
     if (target / "config.json").is_file():
@@ -153,21 +240,32 @@ def pruned_copy(teacher_dir: Path, keep: int) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(str(teacher_dir))
+        tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(teacher_dir)))
         total = len(model.model.layers)
-        _keep_layers(model, pruned_layers(total, keep))
+        record: dict = {"teacher": str(teacher_dir), "layers": total}
+        if probe:
+            system = teacher_dir / "system_prompt.txt"
+            system_prompt = system.read_text(encoding="utf-8") if system.is_file() else None
+            kept, found = probe_layers(model, tok, probe, keep, system_prompt=system_prompt or None)
+            record.update(found)
+        else:
+            kept = pruned_layers(total, keep)
+        record["kept"] = kept
+        _keep_layers(model, kept)
         tmp = target.parent / f".{name}.partial-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
+        (tmp / "pruned.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         for extra in ("system_prompt.txt", "chat_template.jinja"):  # what later stages read beside the weights
             if (teacher_dir / extra).is_file() and not (tmp / extra).exists():
                 shutil.copy2(teacher_dir / extra, tmp / extra)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        dropped = sorted(set(range(total)) - set(pruned_layers(total, keep)))
-        gone = f"layer {dropped[0]}" if len(dropped) == 1 else f"layers {dropped[0]}-{dropped[-1]}"
-        info(f"--student pruned:{keep}: {teacher_dir} without its {gone} ({keep} of {total} kept) -> {target}")
+        dropped = sorted(set(range(total)) - set(kept))
+        how = f"measured on {len(probe)} prompts" if probe else "no probe: the block before the last"
+        info(f"--student pruned:{keep}: {teacher_dir} without its layers {', '.join(map(str, dropped))} "
+             f"({keep} of {total} kept; {how}) -> {target}")
     return target
 
 
@@ -257,14 +355,7 @@ def _every_other_layer(teacher_dir: Path):
 
 def _keep_layers(model, indices: list[int]) -> None:
     """Keep only the decoder layers at `indices` (in order), renumbered for the KV cache."""
-    import torch
-
-    kept = [model.model.layers[i] for i in indices]
-    model.model.layers = torch.nn.ModuleList(kept)
-    for i, layer in enumerate(kept):
-        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
-            layer.self_attn.layer_idx = i
-    model.config.num_hidden_layers = len(kept)
+    _use_layers(model, [model.model.layers[i] for i in indices])
     if getattr(model.config, "layer_types", None):
         model.config.layer_types = [model.config.layer_types[i] for i in indices]
 

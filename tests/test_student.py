@@ -1,5 +1,6 @@
-"""distill's `--student pruned:N`: the teacher with a block of its deeper layers removed — fewer
-parameters, the teacher's own first and last layers, loads, generates, built once per teacher."""
+"""distill's `--student pruned:N`: the teacher with the layers whose removal costs least removed (a
+probe of the teacher's own completions; without one, the block before the last layer) — fewer
+parameters, the teacher's own layers, loads, generates, built once per teacher and probe."""
 
 from __future__ import annotations
 
@@ -88,3 +89,49 @@ def test_distill_into_the_pruned_teacher(cli, teacher, tmp_path):
     teacher_params = sum(p.numel() for p in load_model(resolve_model(str(teacher))).parameters())
     assert m["metrics"]["teacher_parameters"] == teacher_params
     assert m["metrics"]["student_parameters"] < teacher_params
+    # the copy trained is named (run evaluates it as the student's start) and was chosen with the probe
+    record = json.loads((Path(m["metrics"]["student_start"]) / "pruned.json").read_text())
+    assert record["probe_prompts"] == 8 and len(record["kept"]) == 2
+
+
+def _with_a_no_op_layer(folder: Path, layer: int) -> None:
+    """Zero `layer`'s attention and MLP output projections: the residual stream passes it unchanged,
+    so removing it costs nothing. The other layers' outputs are scaled up so that each one shapes the
+    model's (otherwise near-uniform, random) predictions: removing one of them costs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    with torch.no_grad():
+        for i, block in enumerate(model.model.layers):
+            for weight in (block.self_attn.o_proj.weight, block.mlp.down_proj.weight):
+                weight.mul_(0.0 if i == layer else 30.0)
+    model.save_pretrained(str(folder), safe_serialization=True)
+
+
+@pytest.mark.parametrize("no_op", [1, 2])
+def test_the_probe_removes_the_layer_that_costs_nothing(tmp_path, no_op):
+    from chainforge.models import load_model, resolve_model, resolve_student
+    from helpers.tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "teacher", layers=4, seed=3)
+    _with_a_no_op_layer(folder, no_op)
+    prompts = [f"What is {a} + {a + 1}?" for a in range(10)]
+    ref = resolve_student("pruned:3", resolve_model(str(folder)), probe=prompts)
+    record = json.loads((Path(ref.path) / "pruned.json").read_text())
+    assert record["kept"] == [i for i in range(4) if i != no_op] and record["removed_in_order"] == [no_op]
+    assert record["probe_prompts"] == 8  # the first 8
+    assert record["probe_loss_without_each"][no_op] == pytest.approx(record["probe_loss_full"], abs=1e-4)
+    others = [c for i, c in enumerate(record["probe_loss_without_each"]) if i != no_op]
+    assert min(others) > record["probe_loss_full"] + 1e-3  # every real layer costs something
+    # the copy is that selection: the same logits as the teacher, which never used the no-op layer
+    import torch
+
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        assert torch.allclose(load_model(ref)(ids).logits, load_model(resolve_model(str(folder)))(ids).logits,
+                              atol=1e-5)
+    # without a probe the copy is another one: the block before the last layer
+    plain = resolve_student("pruned:3", resolve_model(str(folder)))
+    assert plain.path != ref.path
+    assert json.loads((Path(plain.path) / "pruned.json").read_text())["kept"] == [0, 1, 3]

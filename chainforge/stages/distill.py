@@ -68,8 +68,8 @@ class DistillConfig(ExpanderOptions, DataOptions, AnswerOptions, OutputOptions, 
     teacher: Optional[str] = option(None, "The trained model to learn from: checkpoint folder, hub id, .gguf or "
                                           "`smollm2`.")
     student: Optional[str] = option(
-        None, "The model to train: pruned:N (the teacher with N of its decoder layers: a block of deeper layers "
-              "removed, the last kept), a checkpoint folder, hub id, .gguf, or `smollm2-half`.")
+        None, "The model to train: pruned:N (the teacher with N of its decoder layers, those whose removal costs "
+              "least on the teacher's completions of the first 8 training prompts), a checkpoint folder, hub id, .gguf, or `smollm2-half`.")
     method: Literal["traces", "logits"] = option(
         "traces", "traces: SFT on the teacher's filtered samples (any tokenizers); logits: GKD on the teacher's "
                   "next-token distributions (one vocabulary).")
@@ -125,7 +125,9 @@ def run(config: DistillConfig) -> None:
 
     # ---- models and trainer config: validated (vocabularies included) before --output exists
     teacher_ref = resolve_model(config.teacher, "--teacher")
-    student_ref = resolve_student(config.student, teacher_ref)
+    # pruned:N: the layers to drop are measured on the teacher's completions of the first training prompts
+    student_ref = resolve_student(config.student, teacher_ref,
+                                  probe=[r["prompt"] for r in train_rows if isinstance(r["prompt"], str)])
     tokenizer = load_tokenizer(student_ref)
     if method == "logits":
         check_vocabulary(teacher_ref, student_ref, tokenizer)
@@ -162,7 +164,8 @@ def run(config: DistillConfig) -> None:
             trained, tokenizer, [_messages(r["prompt"]) for r in train_rows[:FORMAT_PROMPTS]],
             max_new_tokens=config.max_new_tokens, seed=config.seed)
     metrics.update(method=method, train_prompts=len(train_rows), eval_prompts=len(eval_rows),
-                   student_parameters=_parameters(trained), teacher_parameters=_parameters(teacher_ref))
+                   student_parameters=_parameters(trained), teacher_parameters=_parameters(teacher_ref),
+                   student_start=str(checkpoint_path(student_ref)))
     metrics.update({f"eval_before/{k}": v for k, v in (before or {}).items()})
     metrics.update({f"eval_after/{k}": v for k, v in (after or {}).items()})
     training.finish(out, metrics)

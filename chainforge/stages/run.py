@@ -456,11 +456,14 @@ class Evaluations:
         cfg = st.config
         start = cfg.model
         if st.command == "distill":
-            from chainforge.models import PRUNED, resolve_model, resolve_student
+            from chainforge.models import PRUNED
 
-            start = cfg.student  # `pruned:N` is evaluated as the copy distill trained
+            start = cfg.student  # `pruned:N` is evaluated as the copy distill trained (its manifest says which)
             if PRUNED.match(str(start)):
-                start = resolve_student(start, resolve_model(cfg.teacher, "--teacher")).path
+                start = (read_manifest(st.output) or {}).get("metrics", {}).get("student_start")
+                if not start:
+                    raise RunFailed(f"{st.output}: distill's manifest does not name the pruned student it "
+                                    f"trained; run the stage again")
             before = self._ensure(f"{st.folder}-student-start", start, None, run, redone)
         elif start == self.base:
             before = self._ensure("00-base", start, None, run, redone)
