@@ -17,8 +17,8 @@ recipe, Muralidharan et al. 2024). Which layers go is measured, not assumed (`pr
 teacher's own greedy completions of the first `PROBE_PROMPTS` training prompts are scored with
 layers removed one at a time, and the layer whose removal raises that loss least goes first. On
 the learn recipe's cold-SFT SmolLM2 (docs/learning.md) the deep block that the literature finds
-redundant in large models is not: without layers 27-28 it babbles, while layers 27, 7, 6 and 4
-cost little. With no probe prompts the first N − 1 layers and the last are kept. Built once per
+redundant in large models is not: without layers 27 and 28 it babbles (layer 27 alone costs little,
+and so do 7, 6 and 4). With no probe prompts the first N − 1 layers and the last are kept. Built once per
 teacher checkpoint and probe under `$CHAINFORGE_HOME/models/pruned-*`, with `pruned.json` saying
 which layers were kept and what each removal cost.
 
