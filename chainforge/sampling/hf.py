@@ -19,9 +19,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from chainforge.sampling.core import Completion, row_seed, stop_token_ids
-from chainforge.sampling.memory import auto_batch_size
-from chainforge.sampling.prompts import render_prompt
+from chainforge.sampling.core import Completion, row_seed
+from chainforge.sampling.rows import prepare_rows
 
 # Admit queued rows once this share of the slots is free (each admission is one prefill call).
 _REFILL_AT = 0.125
@@ -48,19 +47,8 @@ def _generate_hf(model, tokenizer, prompts, draws, temperature, top_p, max_new_t
         for i, comps in enumerate(drawn if on_prompt is not None else []):
             on_prompt(i, comps)
         return drawn
-    texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    rows = [(i, j) for i in range(len(prompts)) for j in range(draws)]
-    rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))
-    if batch_size in (None, "auto"):
-        longest = max(len(e) for e in encoded)
-        batch_size = auto_batch_size(model, longest + max_new_tokens)
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-
-    stops = stop_token_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    encoded, rows, batch_size, stops, pad_id = prepare_rows(model, tokenizer, prompts, draws, max_new_tokens,
+                                                            batch_size, system_prompt)
     results: list[list[Optional[Completion]]] = [[None] * draws for _ in prompts]
     missing = [draws] * len(prompts)
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from chainforge.sampling.core import Completion, row_seed, stop_token_ids
-from chainforge.sampling.memory import auto_batch_size
-from chainforge.sampling.prompts import render_prompt
+from chainforge.sampling.core import Completion, row_seed
+from chainforge.sampling.rows import prepare_rows
 
 # Compact the cache once this fraction of a batch's rows have stopped (copying it costs a step).
 _COMPACT_AT = 0.25
@@ -21,19 +20,8 @@ _COMPACT_AT = 0.25
 
 def generate_reference(model, tokenizer, prompts, draws, temperature, top_p, max_new_tokens, seed, keys,
                  batch_size, system_prompt, report) -> list[list[Completion]]:
-    texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
-    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    rows = [(i, j) for i in range(len(prompts)) for j in range(draws)]
-    rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))
-    if batch_size in (None, "auto"):
-        longest = max(len(e) for e in encoded)
-        batch_size = auto_batch_size(model, longest + max_new_tokens)
-    batch_size = int(batch_size)
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-
-    stops = stop_token_ids(tokenizer, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    encoded, rows, batch_size, stops, pad_id = prepare_rows(model, tokenizer, prompts, draws, max_new_tokens,
+                                                            batch_size, system_prompt)
     results: list[list[Optional[Completion]]] = [[None] * draws for _ in prompts]
     was_training = model.training
     model.eval()

@@ -1,0 +1,25 @@
+"""The rows both decode loops (sampling/hf.py and sampling/reference.py) start from."""
+
+from __future__ import annotations
+
+from chainforge.sampling.core import stop_token_ids
+from chainforge.sampling.memory import auto_batch_size
+from chainforge.sampling.prompts import render_prompt
+
+
+def prepare_rows(model, tokenizer, prompts, draws, max_new_tokens, batch_size, system_prompt):
+    """What both decode loops start from: each prompt rendered and encoded, the (prompt, draw) rows
+    sorted by prompt length, the batch size (`auto`: what memory allows), the stop ids and the pad id."""
+    texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    rows = [(i, j) for i in range(len(prompts)) for j in range(draws)]
+    rows.sort(key=lambda r: (len(encoded[r[0]]), r[0], r[1]))
+    if batch_size in (None, "auto"):
+        longest = max(len(e) for e in encoded)
+        batch_size = auto_batch_size(model, longest + max_new_tokens)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    stops = stop_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    return encoded, rows, batch_size, stops, pad_id
