@@ -87,7 +87,7 @@ def test_filter_needs_reference_answers(cli, tiny_model, tmp_path):
 def test_health_per_step_and_the_two_warnings(cli, tiny_model, tmp_path):
     # a random model: every completion is wrong (each group has zero spread) and, at 4 tokens, cut off
     data = write_jsonl(tmp_path / "p.jsonl", sums([str(2 * i) for i in range(6)]))
-    out = tmp_path / "rl"
+    out = tmp_path / "01-rl"  # a run folder's stage name, for the report at the end
     r = cli("grpo", "--model", tiny_model, "--data", data, "--output", out, "--rewards", "accuracy",
             "--max-steps", "3", "--max-new-tokens", "4", *SMALL)
     assert r.exit_code == 0, r.stderr
@@ -108,6 +108,15 @@ def test_health_per_step_and_the_two_warnings(cli, tiny_model, tmp_path):
         assert h["reward/accuracy"] == 0.0 and h["learning_rate"] is not None
     assert metrics["zero_spread_groups"] == 1.0
     assert metrics["truncated"] == sum(row["truncated"] for row in rollouts) / len(rollouts)
+    # the report card shows the same figures: a table per step and a plot
+    r = cli("report", tmp_path)
+    assert r.exit_code == 0, r.stderr
+    report = (tmp_path / "report.md").read_text()
+    assert "## GRPO health: 01-rl" in report
+    table = report.split("## GRPO health: 01-rl")[1].split("\n\n")[2].splitlines()
+    assert table[0].startswith("| step | dead groups | cut off |") and len(table) == 2 + 3
+    assert table[2].startswith("| 1 | 1.000 |") or table[2].startswith("| 1 | 1 |"), table[2]
+    assert (tmp_path / "plots" / "01-rl-health-shares-of-dead-groups-and-cut-completions.png").stat().st_size > 0
 
 
 def test_a_healthy_run_does_not_warn(cli, coin_model, tmp_path):

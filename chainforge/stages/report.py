@@ -8,7 +8,8 @@ writes `RUN_DIR/report.md` and `RUN_DIR/plots/*.png`:
 
 - training loss per sft/distill stage;
 - GRPO: total reward and reward per function, KL, completion length, format rate / expansion use
-  (when the trainer logged them);
+  (when the trainer logged them); its health per step from the manifest (a table and plots: the
+  share of groups with no gradient, of completions cut at the token limit, the learning rate applied);
 - rejection sampling: kept fraction;
 - eval: pass@1, maj@k and format rate of every eval stage, in run order (before/after training);
 - every checkpoint evaluated after each stage (`RUN_DIR/evals/NN-name`, written by `run` with
@@ -161,6 +162,7 @@ def run(run_dir: str | Path) -> None:
     lines = [f"# ChainForge report: {run_dir.name}", "",
              "| stage | command | status | wall (s) | key figures |", "|---|---|---|---|---|"]
     eval_groups, eval_series = [], {"pass@1": [], "maj@k": [], "format_rate": []}
+    lines_health: list[tuple[str, dict]] = []
     for folder, m in stages:
         kind = m.get("stage", "?")
         metrics = m.get("metrics", {}) or {}
@@ -182,7 +184,18 @@ def run(run_dir: str | Path) -> None:
             if len(sc.get("reward", [])) >= SMOOTH_WINDOW:
                 # one step's reward mostly shows which prompts came up; the trend is in the running mean
                 rewards[f"reward (mean of last {SMOOTH_WINDOW} steps)"] = smooth(sc["reward"], SMOOTH_WINDOW)
+            health = [h for h in metrics.get("health") or [] if isinstance(h, dict) and "step" in h]
+            health_curves = {
+                "groups with no gradient (same reward on every completion)":
+                    [(h["step"], h["zero_spread_groups"]) for h in health if h.get("zero_spread_groups") is not None],
+                "completions cut at --max-new-tokens":
+                    [(h["step"], h["truncated"]) for h in health if h.get("truncated") is not None]}
+            if any(health_curves.values()):
+                lines_health.append((folder, metrics))
             for title, curves in [
+                ("health: shares of dead groups and cut completions", health_curves),
+                ("learning rate applied", {"learning rate": [(h["step"], h["learning_rate"]) for h in health
+                                                             if h.get("learning_rate") is not None]}),
                 ("reward per function", rewards),
                 ("KL to the reference", {"kl": sc.get("kl", [])}),
                 ("completion length (tokens)", {k: v for k, v in sc.items() if k == "completions/mean_length"}),
@@ -214,6 +227,18 @@ def run(run_dir: str | Path) -> None:
                 mt = m.get("metrics", {})
                 lines.append(f"| {folder} | {_fmt(mt.get('pass@1'))} | {_fmt(mt.get('pass@k'))} | "
                              f"{_fmt(mt.get('maj@k'))} | {_fmt(mt.get('format_rate'))} |")
+    for folder, mt in lines_health:
+        lines += ["", f"## GRPO health: {folder}", "",
+                  f"Run means: {_fmt(mt.get('zero_spread_groups'))} of the groups carried no gradient (every "
+                  f"completion scored the same), {_fmt(mt.get('truncated'))} of the completions were cut at the "
+                  f"token limit" + (f"; trained on {mt['prompts_kept']} of {mt.get('prompts_scored')} prompts "
+                                    f"scored ({mt.get('prompts_always_right')} always right, "
+                                    f"{mt.get('prompts_always_wrong')} always wrong dropped)"
+                                    if mt.get("prompts_kept") is not None else "") + ".", "",
+                  "| step | dead groups | cut off | reward | KL | learning rate |", "|---|---|---|---|---|---|"]
+        for h in mt.get("health") or []:
+            lines.append(f"| {h.get('step')} | {_fmt(h.get('zero_spread_groups'))} | {_fmt(h.get('truncated'))} | "
+                         f"{_fmt(h.get('reward'))} | {_fmt(h.get('kl'))} | {_fmt(h.get('learning_rate'))} |")
     collect = [(f, m) for f, m in stages if m.get("stage") == "collect"]
     for folder, m in collect:
         mt = m.get("metrics", {})
