@@ -404,7 +404,10 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
     from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
     batch_size = batch_size or input_ids.size(0)
-    share = not getattr(getattr(trainer, "args", None), "gradient_checkpointing", False)
+    # Sharing makes two forward calls per micro-batch, and how many rows share depends on the rank's
+    # prompts: under DDP (several processes) each rank must make the same calls, once, so it is off
+    share = (not getattr(getattr(trainer, "args", None), "gradient_checkpointing", False)
+             and getattr(getattr(trainer, "accelerator", None), "num_processes", 1) == 1)
     logps, entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
