@@ -454,7 +454,7 @@ class Evaluations:
     def after(self, st: Stage, run, redone: set[str]) -> None:
         """Evaluate stage `st`'s checkpoint, comparing with its starting model's evaluation."""
         cfg = st.config
-        start = cfg.model
+        start = getattr(cfg, "model", None)  # distill has --teacher and --student instead
         if st.command == "distill":
             from chainforge.models import PRUNED
 
