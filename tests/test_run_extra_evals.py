@@ -72,3 +72,29 @@ def test_extra_sets_are_decontaminated_against(tmp_path):
               "extra_evals": {"worded": {"data": str(tmp_path / "worded.jsonl")}}, "stages": []}
     sets = eval_sets(recipe)
     assert len(sets) == 2 and any(str(tmp_path / "worded.jsonl") in s and "column=question" in s for s in sets)
+
+
+def test_a_pruned_student_is_evaluated_before_and_after_distillation(cli, tmp_path, recipe_files):
+    """run evaluates distill's student start (the pruned copy distill trained, named in its manifest)
+    and the student, each beside the main and the extra sets."""
+    from helpers.tiny import build_tiny_model
+
+    teacher = build_tiny_model(tmp_path / "teacher4", layers=4, seed=3)
+    _, _, test, worded = recipe_files
+    # no reference answers: the random teacher's traces are kept unchecked (with answers none is right)
+    prompts = write_jsonl(tmp_path / "open.jsonl", [{"prompt": f"What is {a} + {a}?"} for a in range(8)])
+    run_dir = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", run_dir, teacher, prompts,
+                          [{"name": "distill", "command": "distill", "student": "pruned:3", "num_samples": 1,
+                            "temperature": 1.0, "max_steps": 1, "batch_size": 2, "max_new_tokens": 6,
+                            "eval_fraction": 0}],
+                          eval_data=str(test), decontaminate=False, eval={"num_samples": 1, "max_new_tokens": 6},
+                          extra_evals={"worded": {"data": str(worded), "temperature": 0}})
+    r = cli("run", recipe)
+    assert r.exit_code == 0, r.stderr
+    trained = manifest(run_dir / "00-distill")
+    start = manifest(run_dir / "evals" / "00-distill-student-start")
+    assert start["config"]["model"] == trained["metrics"]["student_start"]
+    student = manifest(run_dir / "evals" / "00-distill")
+    assert student["config"]["compare"] == str(run_dir / "evals" / "00-distill-student-start")
+    assert manifest(run_dir / "evals-worded" / "00-distill")["metrics"]["k"] == 1
