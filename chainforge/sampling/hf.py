@@ -20,7 +20,7 @@ import os
 from typing import Optional
 
 from chainforge.sampling.core import Completion, row_seed
-from chainforge.sampling.rows import prepare_rows
+from chainforge.sampling.rows import last_logits as _forward, prepare_rows
 
 # Admit queued rows once this share of the slots is free (each admission is one prefill call).
 _REFILL_AT = 0.125
@@ -346,17 +346,6 @@ _HFCacheClass = None
 
 def _HFCache(slots: _SlotCache):
     return _hf_cache_class()(slots)
-
-
-def _forward(model, input_ids, attention, positions, cache):
-    """Logits of the last position only (the full-vocabulary projection of a prefill is waste)."""
-    try:
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-    except TypeError:  # a model class without logits_to_keep
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True)
-    return out.logits[:, -1, :].float()
 
 
 def _pick(logits, uniforms, temperature: float, top_p: float):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from chainforge.sampling.core import Completion, row_seed
-from chainforge.sampling.rows import prepare_rows
+from chainforge.sampling.rows import last_logits as _forward, prepare_rows
 
 # Compact the cache once this fraction of a batch's rows have stopped (copying it costs a step).
 _COMPACT_AT = 0.25
@@ -97,17 +97,6 @@ def _decode_batch(model, prompt_ids: list[list[int]], seeds: list[int], temperat
             logits = _forward(model, tokens[:, None], attention, next_pos, cache)
             next_pos = next_pos + 1
     return out
-
-
-def _forward(model, input_ids, attention, positions, cache):
-    """Logits of the last position only (the full-vocabulary projection of a prefill is waste)."""
-    try:
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
-    except TypeError:  # a model class without logits_to_keep
-        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True)
-    return out.logits[:, -1, :].float()
 
 
 def _pick(logits, generators, temperature: float, top_p: float):

@@ -1,4 +1,5 @@
-"""The rows both decode loops (sampling/hf.py and sampling/reference.py) start from."""
+"""What both decode loops (sampling/hf.py and sampling/reference.py) share: the rows they start from
+and the forward call that returns the last position's logits."""
 
 from __future__ import annotations
 
@@ -23,3 +24,14 @@ def prepare_rows(model, tokenizer, prompts, draws, max_new_tokens, batch_size, s
     stops = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     return encoded, rows, batch_size, stops, pad_id
+
+
+def last_logits(model, input_ids, attention, positions, cache):
+    """Logits of the last position only (the full-vocabulary projection of a prefill is waste)."""
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+    except TypeError:  # a model class without logits_to_keep
+        out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                    past_key_values=cache, use_cache=True)
+    return out.logits[:, -1, :].float()
