@@ -236,11 +236,8 @@ def pruned_copy(teacher_dir: Path, keep: int, probe: Sequence[str] = ()) -> Path
     with _file_lock(target.parent / f".{name}.lock"):
         if (target / "config.json").is_file():
             return target
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
-        tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(teacher_dir)))
+        source = ModelRef(str(teacher_dir), "folder", str(teacher_dir))
+        model, tok = load_model(source), load_tokenizer(source)  # fp32 on CPU: the copy is saved as read
         total = len(model.model.layers)
         record: dict = {"teacher": str(teacher_dir), "layers": total}
         if probe:
