@@ -135,3 +135,13 @@ def test_the_probe_removes_the_layer_that_costs_nothing(tmp_path, no_op):
     plain = resolve_student("pruned:3", resolve_model(str(folder)))
     assert plain.path != ref.path
     assert json.loads((Path(plain.path) / "pruned.json").read_text())["kept"] == [0, 1, 3]
+
+
+def test_pruning_a_hub_teacher_is_exit_2_before_anything_is_written(cli, tmp_path):
+    from helpers.cli import assert_exit_2
+
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "What is 1 + 1?"}])
+    out = tmp_path / "distill"
+    r = cli("distill", "--teacher", "Qwen/Qwen2.5-7B", "--student", "pruned:20", "--data", data, "--output", out,
+            "--eval-fraction", "0")
+    assert_exit_2(r, "prunes the teacher, which must be on disk", output=out)
