@@ -20,7 +20,7 @@ import os
 from typing import Optional
 
 from chainforge.sampling.core import Completion, row_seed
-from chainforge.sampling.rows import last_logits as _forward, prepare_rows
+from chainforge.sampling.rows import completion as _completion, last_logits as _forward, prepare_rows
 
 # Admit queued rows once this share of the slots is free (each admission is one prefill call).
 _REFILL_AT = 0.125
@@ -178,17 +178,21 @@ class _SlotCache:
 
     # ---- what transformers calls (the Cache interface, see _HFCache)
     def update(self, key_states, value_states, layer_idx: int):
-        import torch
-
         q = key_states.shape[-2]
-        if layer_idx == len(self.layers):
-            shape = (self.slots, key_states.shape[1], self.capacity, key_states.shape[-1])
-            self.layers.append([torch.zeros(shape, dtype=key_states.dtype, device=self.device),
-                                torch.zeros(shape, dtype=value_states.dtype, device=self.device)])
-        keys, values = self.layers[layer_idx]
+        keys, values = self._buffers(layer_idx, key_states, value_states)
         keys[:, :, self.end:self.end + q] = key_states
         values[:, :, self.end:self.end + q] = value_states
         return keys[:, :, self.start:self.end + q], values[:, :, self.start:self.end + q]
+
+    def _buffers(self, layer_idx: int, k, v):
+        """Layer `layer_idx`'s [keys, values] buffers, allocated (shaped like `k`, `v`) on first use."""
+        import torch
+
+        if layer_idx == len(self.layers):
+            shape = (self.slots, k.shape[1], self.capacity, k.shape[-1])
+            self.layers.append([torch.zeros(shape, dtype=k.dtype, device=self.device),
+                                torch.zeros(shape, dtype=v.dtype, device=self.device)])
+        return self.layers[layer_idx]
 
     # ---- what the decode loop calls
     def step(self, model, tokens, positions):
@@ -235,11 +239,7 @@ class _SlotCache:
         lo = self.end - width
         for layer_idx, layer in enumerate(prefill.layers):
             k, v = layer.keys, layer.values
-            if layer_idx == len(self.layers):
-                shape = (self.slots, k.shape[1], self.capacity, k.shape[-1])
-                self.layers.append([torch.zeros(shape, dtype=k.dtype, device=self.device),
-                                    torch.zeros(shape, dtype=v.dtype, device=self.device)])
-            keys, values = self.layers[layer_idx]
+            keys, values = self._buffers(layer_idx, k, v)
             keys[index, :, lo:self.end] = k[rows]
             values[index, :, lo:self.end] = v[rows]
         self.mask[index] = 0
@@ -407,14 +407,3 @@ def _nucleus_draw(probs, order, uniforms, top_p: float):
     target = (uniforms * cdf[:, -1]).clamp(max=cdf[:, -1] * (1 - 1e-12))
     j = torch.searchsorted(cdf, target[:, None], right=True).clamp(max=probs.shape[1] - 1)
     return order.gather(1, j)[:, 0]
-
-
-def _completion(tokenizer, ids: list[int], stops: list[int]) -> Completion:
-    stop_at = next((k for k, t in enumerate(ids) if t in stops), None)
-    kept = ids if stop_at is None else ids[:stop_at]
-    return Completion(
-        text=tokenizer.decode(kept, skip_special_tokens=True),
-        tokens=len(ids) if stop_at is None else stop_at + 1,
-        finished=stop_at is not None,
-        ids=list(ids) if stop_at is None else list(ids[:stop_at + 1]),
-    )

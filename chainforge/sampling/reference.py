@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from chainforge.sampling.core import Completion, row_seed
-from chainforge.sampling.rows import last_logits as _forward, prepare_rows
+from chainforge.sampling.rows import completion as _completion, last_logits as _forward, prepare_rows
 
 # Compact the cache once this fraction of a batch's rows have stopped (copying it costs a step).
 _COMPACT_AT = 0.25
@@ -119,14 +119,3 @@ def _pick(logits, generators, temperature: float, top_p: float):
     uniform = torch.stack([torch.rand(vocab, generator=g, device=probs.device) for g in generators])
     race = probs / (-torch.log(uniform.clamp_min(1e-12)))
     return race.argmax(-1)
-
-
-def _completion(tokenizer, ids: list[int], stops: list[int]) -> Completion:
-    stop_at = next((k for k, t in enumerate(ids) if t in stops), None)
-    kept = ids if stop_at is None else ids[:stop_at]
-    return Completion(
-        text=tokenizer.decode(kept, skip_special_tokens=True),
-        tokens=len(ids) if stop_at is None else stop_at + 1,
-        finished=stop_at is not None,
-        ids=list(ids) if stop_at is None else list(ids[:stop_at + 1]),
-    )

@@ -1,9 +1,9 @@
-"""What both decode loops (sampling/hf.py and sampling/reference.py) share: the rows they start from
-and the forward call that returns the last position's logits."""
+"""What both decode loops (sampling/hf.py and sampling/reference.py) share: the rows they start from,
+the forward call that returns the last position's logits, and the Completion a row's ids make."""
 
 from __future__ import annotations
 
-from chainforge.sampling.core import stop_token_ids
+from chainforge.sampling.core import Completion, stop_token_ids
 from chainforge.sampling.memory import auto_batch_size
 from chainforge.sampling.prompts import render_prompt
 
@@ -35,3 +35,15 @@ def last_logits(model, input_ids, attention, positions, cache):
         out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                     past_key_values=cache, use_cache=True)
     return out.logits[:, -1, :].float()
+
+
+def completion(tokenizer, ids: list[int], stops: list[int]) -> Completion:
+    """A row's generated `ids` (the stop token included when it stopped) as a Completion."""
+    stop_at = next((k for k, t in enumerate(ids) if t in stops), None)
+    kept = ids if stop_at is None else ids[:stop_at]
+    return Completion(
+        text=tokenizer.decode(kept, skip_special_tokens=True),
+        tokens=len(ids) if stop_at is None else stop_at + 1,
+        finished=stop_at is not None,
+        ids=list(ids) if stop_at is None else list(ids[:stop_at + 1]),
+    )
