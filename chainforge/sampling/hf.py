@@ -12,6 +12,8 @@
   (`row_seed`), drawn once when the row enters; the nucleus (top-p) is found among the top-k
   logits (the whole vocabulary is sorted only for a row whose nucleus is wider than k).
 - Per step, Python touches only the rows that stopped: tokens, counts and stop flags stay tensors.
+- On CPU in bf16, every linear layer's weight is laid out for oneDNN once per call, not once per
+  step (sampling/packed.py); the numbers are the same.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from typing import Optional
 
 from chainforge.sampling.core import Completion, row_seed
+from chainforge.sampling.packed import packed_linears
 from chainforge.sampling.rows import completion as _completion, last_logits as _forward, prepare_rows
 
 # Admit queued rows once this share of the slots is free (each admission is one prefill call).
@@ -62,8 +65,9 @@ def _generate_hf(model, tokenizer, prompts, draws, temperature, top_p, max_new_t
     was_training = model.training
     model.eval()
     try:
-        decode(model, [encoded[i] for i, _ in rows], [row_seed(seed, keys[i], j) for i, j in rows],
-               temperature, top_p, max_new_tokens, stops, pad_id, min(batch_size, len(rows)), done, report)
+        with packed_linears(model):
+            decode(model, [encoded[i] for i, _ in rows], [row_seed(seed, keys[i], j) for i, j in rows],
+                   temperature, top_p, max_new_tokens, stops, pad_id, min(batch_size, len(rows)), done, report)
     finally:
         if was_training:
             model.train()
