@@ -4,7 +4,7 @@
     python -u scripts/bench_eval.py --model runs/learn/01-sft-cold    # a checkpoint (longer completions)
     python -u scripts/bench_eval.py --rounds 2 --limit 50            # quicker, interleaved twice
 
-Runs the real stage (`chainforge eval` on data/toy-2digit/test.jsonl, 2 samples per question,
+Runs the real stage (`chainforge eval` on the first 200 questions of data/toy-2digit/test.jsonl, 2 samples per question,
 144 tokens, temperature 0.6, top-p 0.95: the learn recipe's `eval` mapping) once per setting and
 round, alternating the settings so that both see the same machine load:
 
@@ -12,8 +12,11 @@ round, alternating the settings so that both see the same machine load:
              libgomp's default spin-wait (GOMP_SPINCOUNT=300000): what the code did before
   reference  the same loop, OpenMP threads not spinning (GOMP_SPINCOUNT=1000)
   engine     the engine (sampling/hf.py), libgomp's default spin-wait
-  after      the engine, with the command's own OpenMP default (spin-wait off when the machine is
-             busy: chainforge.cli._openmp_wait)
+  unpacked   the engine, with the command's own OpenMP default (spin-wait off when the machine is
+             busy: chainforge.cli._openmp_wait), linear weights not laid out once
+             (CHAINFORGE_PACKED_LINEAR=0: the engine as it was until 2026-12-06)
+  after      the engine with its defaults: + every linear weight laid out for oneDNN once per call
+             (sampling/packed.py; the same numbers, so the same samples as unpacked)
 
 (`--settings before,after` for the two ends only.)
 
@@ -41,6 +44,7 @@ SETTINGS = {
     "before": {"CHAINFORGE_SAMPLER": "reference", "GOMP_SPINCOUNT": "300000"},
     "reference": {"CHAINFORGE_SAMPLER": "reference", "GOMP_SPINCOUNT": "1000"},
     "engine": {"CHAINFORGE_SAMPLER": "engine", "GOMP_SPINCOUNT": "300000"},
+    "unpacked": {"CHAINFORGE_SAMPLER": "engine", "CHAINFORGE_PACKED_LINEAR": "0"},
     "after": {"CHAINFORGE_SAMPLER": "engine"},
 }
 
@@ -53,7 +57,7 @@ def run_eval(model: str, data: str, out: Path, env: dict, limit: int | None, ext
     log = out.with_suffix(".log")
     started = time.perf_counter()
     with open(log, "w") as fh:
-        base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+        base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_PACKED_LINEAR")}
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**base, **env}, stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (ru_maxrss, KiB)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -64,7 +68,7 @@ def run_eval(model: str, data: str, out: Path, env: dict, limit: int | None, ext
     sampled = re.search(r"sampled (\d+) completions in ([\d.]+) s", output)
     metrics = json.loads((out / "chainforge.json").read_text())["metrics"]
     return {"wall": wall, "sampling": float(sampled.group(2)) if sampled else float("nan"), "metrics": metrics,
-            "rss_mb": usage.ru_maxrss / 1024}
+            "completions": int(sampled.group(1)) if sampled else 0, "rss_mb": usage.ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -72,7 +76,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--data", default=str(ROOT / "data/toy-2digit/test.jsonl"))
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--limit", type=int, default=None, help="questions (default: all 200)")
+    ap.add_argument("--limit", type=int, default=200,
+                    help="questions (default 200, the first 200 of test.jsonl's 400: the 200 x 2 eval; 0 = all)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
     args, extra = ap.parse_known_args()
 
@@ -91,14 +96,13 @@ def main() -> None:
             for name in args.settings.split(","):
                 res = run_eval(args.model, args.data, Path(tmp) / f"{name}-{r}", SETTINGS[name], args.limit, extra)
                 mt = res["metrics"]
-                rows = 2 * (args.limit or 200)
-                tokens = mt["mean_completion_tokens"] * rows
+                tokens = mt["mean_completion_tokens"] * res["completions"]  # as the eval counted them
                 rate = tokens / res["sampling"]
                 # the bound at a full batch of 64 rows, contexts of prompt (~105) + half the completion
                 bound = decode_bound(64, 105 + int(mt["mean_completion_tokens"] / 2), m)
                 res["tokens"] = tokens
                 results.setdefault(name, []).append(res)
-                print(f"{name:7s} round {r}: process {res['wall']:6.1f} s, sampling {res['sampling']:6.1f} s, "
+                print(f"{name:8s} round {r}: {res['completions']} completions, process {res['wall']:6.1f} s, sampling {res['sampling']:6.1f} s, "
                       f"{rate:5.0f} tokens/s = {rate / bound:.2f} of the decode bound ({bound:.0f}), "
                       f"peak RSS {res['rss_mb']:.0f} MB, "
                       f"pass@1 {mt['pass@1']:.3f}, mean tokens {mt['mean_completion_tokens']:.1f}, "

@@ -17,8 +17,11 @@ setting:
                (sampling/reference.py), a bf16 copy of the policy made for every rollout, every
                row's prompt run through the update, libgomp's default OpenMP spin-wait
   +threads     + OpenMP threads that do not spin on a busy machine (chainforge.cli._openmp_wait)
-  now          + the current engine (continuous batching, shared prefix), the live policy under
-               one autocast per rollout, each group's prompt run once in the update: the defaults
+  unpacked     + the current engine (continuous batching, shared prefix), the live policy under
+               one autocast per rollout, each group's prompt run once in the update: the code
+               until 2026-12-06 (CHAINFORGE_PACKED_LINEAR=0)
+  now          + the policy's linear weights laid out for oneDNN once per rollout
+               (sampling/packed.py; the same numbers, so the same completions): the defaults
 
 Each row adds one change to the row above it. Each setting samples the same prompts from the same
 seed, but different code draws different completions, so completion lengths differ a little; the
@@ -50,6 +53,7 @@ SETTINGS = {
                     "GOMP_SPINCOUNT": "300000"}),
     "+threads": (["--precision", "auto", "--rollout-sampler", "engine"],
                  {"CF_BENCH": "no-shared-prompts,bf16-copy", "CHAINFORGE_SAMPLER": "reference"}),
+    "unpacked": (["--precision", "auto", "--rollout-sampler", "engine"], {"CHAINFORGE_PACKED_LINEAR": "0"}),
     "now": (["--precision", "auto", "--rollout-sampler", "engine"], {}),
 }
 # Runs the CLI; CF_BENCH names what the code did before, put back for the "before" rows.
@@ -101,7 +105,8 @@ def main() -> None:
                    "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens),
                    "--learning-rate", "1e-5", "--save-steps", "1000", "--seed", "0", *options]
             base = {k: v for k, v in os.environ.items()
-                    if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_SAMPLER", "CF_BENCH")}
+                    if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_SAMPLER", "CF_BENCH",
+                                 "CHAINFORGE_PACKED_LINEAR")}
             log = out.with_suffix(".log")
             started = time.perf_counter()
             with open(log, "w") as fh:
