@@ -4,8 +4,8 @@
     python -u scripts/bench_eval.py --model runs/learn/01-sft-cold    # a checkpoint (longer completions)
     python -u scripts/bench_eval.py --rounds 2 --limit 50            # quicker, interleaved twice
 
-Runs the real stage (`chainforge eval` on the first 200 questions of data/toy-2digit/test.jsonl, 2 samples per question,
-144 tokens, temperature 0.6, top-p 0.95: the learn recipe's `eval` mapping) once per setting and
+Runs the real stage (`chainforge eval` on the first 200 questions of data/toy-2digit/test.jsonl, 2
+samples per question, 144 tokens, temperature 0.6, top-p 0.95: the learn recipe's `eval` mapping) once per setting and
 round, alternating the settings so that both see the same machine load:
 
   before     sampling/reference.py (the loop the engine had before, CHAINFORGE_SAMPLER=reference) with
@@ -57,7 +57,8 @@ def run_eval(model: str, data: str, out: Path, env: dict, limit: int | None, ext
     log = out.with_suffix(".log")
     started = time.perf_counter()
     with open(log, "w") as fh:
-        base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_PACKED_LINEAR")}
+        base = {k: v for k, v in os.environ.items()
+                if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_PACKED_LINEAR")}
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**base, **env}, stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (ru_maxrss, KiB)
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -66,9 +67,11 @@ def run_eval(model: str, data: str, out: Path, env: dict, limit: int | None, ext
     if proc.returncode != 0:
         sys.exit(f"exit {proc.returncode}:\n{output[-3000:]}")
     sampled = re.search(r"sampled (\d+) completions in ([\d.]+) s", output)
+    if not sampled:  # the rates below are per completion the eval counted: without the line there are none
+        sys.exit(f"no 'sampled N completions in S s' line in the eval's output:\n{output[-3000:]}")
     metrics = json.loads((out / "chainforge.json").read_text())["metrics"]
-    return {"wall": wall, "sampling": float(sampled.group(2)) if sampled else float("nan"), "metrics": metrics,
-            "completions": int(sampled.group(1)) if sampled else 0, "rss_mb": usage.ru_maxrss / 1024}
+    return {"wall": wall, "sampling": float(sampled.group(2)), "completions": int(sampled.group(1)),
+            "metrics": metrics, "rss_mb": usage.ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -102,7 +105,8 @@ def main() -> None:
                 bound = decode_bound(64, 105 + int(mt["mean_completion_tokens"] / 2), m)
                 res["tokens"] = tokens
                 results.setdefault(name, []).append(res)
-                print(f"{name:8s} round {r}: {res['completions']} completions, process {res['wall']:6.1f} s, sampling {res['sampling']:6.1f} s, "
+                print(f"{name:8s} round {r}: {res['completions']} completions, process {res['wall']:6.1f} s, "
+                      f"sampling {res['sampling']:6.1f} s, "
                       f"{rate:5.0f} tokens/s = {rate / bound:.2f} of the decode bound ({bound:.0f}), "
                       f"peak RSS {res['rss_mb']:.0f} MB, "
                       f"pass@1 {mt['pass@1']:.3f}, mean tokens {mt['mean_completion_tokens']:.1f}, "

@@ -10,23 +10,15 @@ import torch
 
 from chainforge.sampling import generate
 from chainforge.sampling import hf as hf_sampling
-from chainforge.sampling.packed import PACKED_ENV, packed_linears, packing_applies
+from chainforge.models import load_model, load_tokenizer, resolve_model
+from chainforge.sampling.packed import PACKED_ENV, onednn_bf16, packed_linears, packing_applies
 
-
-def _bf16_capable() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-needs_onednn_bf16 = pytest.mark.skipif(not _bf16_capable(), reason="this PyTorch build has no oneDNN bf16")
+needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16(), reason="this PyTorch build has no oneDNN bf16")
 
 
 def _load(path, dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval(), AutoTokenizer.from_pretrained(path)
+    ref = resolve_model(str(path))
+    return load_model(ref, dtype=dtype).eval(), load_tokenizer(ref)
 
 
 def _logits(model, ids):

@@ -5,18 +5,19 @@ its blocked format on every call; over a decode that is one extra pass over all 
 generated token. `packed_linears(model)` lays each `nn.Linear` weight out once, on entry
 (`torch.ops.mkldnn._reorder_linear_weight`, the op PyTorch's own CPU compiler uses when it freezes
 weights), and the layers use that copy until the block exits. Measured on the dev machine
-(2 cores, AVX512-BF16, 2026-12-06): a 1536 × 576 layer at 1 / 16 / 64 / 128 rows 1.9× / 1.35× /
-1.2× / 1.06× faster, the 49,152-row LM head 2.1× at one row and 2.1× at 16; laying out all of
-SmolLM2's weights takes ~0.15 s.
+(2 cores, AVX512-BF16, 2026-12-06, one layer timed alone): a 1536 × 576 layer at 1 / 16 / 64 /
+128 rows 1.8× / 1.4× / 1.2× / 1.06× faster, the 49,152-row LM head 2.1× at 1 and at 16 rows;
+laying out all 211 of SmolLM2's layers took 70 ms in a profiled eval.
 
-The results are the same numbers: oneDNN computes the same products in the same order, so the
-outputs equal `F.linear`'s bit for bit (bf16 weights, or fp32 weights under bf16 autocast: the
-weight is cast to bf16 as autocast casts it). tests/test_packed.py checks a whole model's logits.
+The results are the same numbers: measured, the outputs equal `F.linear`'s bit for bit (bf16
+weights, or fp32 weights under bf16 autocast: the weight is cast to bf16 as autocast casts it).
+tests/test_packed.py checks a whole model's logits and the engine's samples.
 
 It applies only where that holds: a CPU model whose linear layers compute in bf16 (bf16 weights,
 or fp32 weights under CPU bf16 autocast), with no gradient wanted, on a PyTorch build with
-oneDNN bf16. Anything else (CUDA, fp32 without autocast, LoRA or quantised layers, which are not
-plain `nn.Linear`) runs as before. `CHAINFORGE_PACKED_LINEAR=0` turns it off.
+oneDNN bf16. Anything else (CUDA, fp32 without autocast, quantised layers, which are not plain
+`nn.Linear`) runs as before; a LoRA layer's own inner `nn.Linear` layers are laid out like any
+other. `CHAINFORGE_PACKED_LINEAR=0` turns it off.
 """
 
 from __future__ import annotations
@@ -26,6 +27,24 @@ import os
 from typing import Iterator
 
 PACKED_ENV = "CHAINFORGE_PACKED_LINEAR"
+
+
+def onednn_bf16() -> bool:
+    """Whether this PyTorch build has the oneDNN ops `packed_linears` uses, with bf16."""
+    import torch
+
+    ops = getattr(torch.ops, "mkldnn", None)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight")
+                    and hasattr(ops, "_linear_pointwise") and ops._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _bf16_autocast() -> bool:
+    import torch
+
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
 def packing_applies(model) -> bool:
@@ -38,19 +57,9 @@ def packing_applies(model) -> bool:
         param = next(model.parameters())
     except (StopIteration, AttributeError, TypeError):
         return False
-    if param.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if param.device.type != "cpu" or not onednn_bf16():
         return False
-    ops = getattr(torch.ops, "mkldnn", None)
-    try:
-        if not (hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")
-                and ops._is_mkldnn_bf16_supported()):
-            return False
-    except (AttributeError, RuntimeError):
-        return False
-    if param.dtype == torch.bfloat16:
-        return True
-    return (param.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+    return param.dtype == torch.bfloat16 or (param.dtype == torch.float32 and _bf16_autocast())
 
 
 @contextlib.contextmanager
@@ -87,20 +96,17 @@ def packed_linears(model) -> Iterator[int]:
 def _packed_forward(module, packed, bias, original):
     import torch
 
-    autocast_weight = module.weight.dtype == torch.float32
+    weight_bf16 = module.weight.dtype == torch.bfloat16
 
     def forward(x):
         if torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad):
             return original(x)  # the packed op has no backward
-        if x.dtype != torch.bfloat16:
-            # fp32 input: autocast would cast it to bf16 for the matmul; without autocast it is fp32 maths
-            if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-                return original(x)
-            x = x.to(torch.bfloat16)
-        elif autocast_weight and not torch.is_autocast_enabled("cpu"):
-            return original(x)  # fp32 weights outside autocast: not the bf16 product
+        autocast = _bf16_autocast()
+        if not (weight_bf16 or autocast) or (x.dtype != torch.bfloat16 and not autocast):
+            return original(x)  # not a bf16 product here: fp32 maths, as the plain layer does it
         shape = x.shape
-        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), packed, bias, "none", [], "")
+        y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).reshape(-1, shape[-1]), packed, bias,
+                                               "none", [], "")
         return y.reshape(*shape[:-1], y.shape[-1])
 
     return forward
