@@ -101,9 +101,9 @@ def _packed_forward(module, packed, bias, original):
     def forward(x):
         if torch.is_grad_enabled() and (x.requires_grad or module.weight.requires_grad):
             return original(x)  # the packed op has no backward
-        autocast = _bf16_autocast()
-        if not (weight_bf16 or autocast) or (x.dtype != torch.bfloat16 and not autocast):
-            return original(x)  # not a bf16 product here: fp32 maths, as the plain layer does it
+        # a bf16 product under bf16 autocast, or with bf16 weights and input; else the plain layer's maths
+        if not (_bf16_autocast() or (weight_bf16 and x.dtype == torch.bfloat16)):
+            return original(x)
         shape = x.shape
         y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).reshape(-1, shape[-1]), packed, bias,
                                                "none", [], "")
