@@ -146,3 +146,26 @@ def _attribute(obj, name: str):
     if inspect.isclass(obj) and f"self.{name} =" in inspect.getsource(obj.__init__):
         return None
     raise AttributeError(f"{getattr(obj, '__name__', obj)!s} has no attribute {name!r}")
+
+
+def cache_kwarg(model) -> str:
+    """The keyword a model's forward takes its KV cache by: `cache` from transformers 5.24 on
+    (`past_key_values` still works there, with a FutureWarning on every run), `past_key_values` in
+    5.23 and in models that bring their own code. Read from the model class's own signature (a PEFT
+    wrapper's base model; TRL's patched `forward` closure hides it), so a model that does not take
+    `cache` is never handed one it would silently ignore."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_kwarg(type(base))
+
+
+_CACHE_KWARG: dict = {}
+
+
+def _cache_kwarg(cls) -> str:
+    if cls not in _CACHE_KWARG:
+        try:
+            params = inspect.signature(cls.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[cls]

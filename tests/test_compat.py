@@ -137,3 +137,53 @@ def test_stages_refuse_an_untested_release_before_creating_their_output(fake_rel
     assert r.exit_code == 2, r.stderr
     assert f"{package} 9.0.0" in r.stderr and "pip install" in r.stderr
     assert not out.exists()
+
+
+def test_the_kv_cache_keyword_is_read_from_the_model_class():
+    """transformers 5.24 renamed forward's `past_key_values` to `cache` (the old name warns on every
+    run); 5.23 and models with their own code take only `past_key_values`, and would ignore a
+    `cache` they do not know. A PEFT wrapper is looked through to its base model."""
+    from chainforge.compat import cache_kwarg
+
+    class New:
+        def forward(self, input_ids=None, cache=None, use_cache=None, **kwargs): ...
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs): ...
+
+    class Wrapper:
+        def __init__(self, base):
+            self.base = base
+
+        def forward(self, *args, **kwargs): ...
+
+        def get_base_model(self):
+            return self.base
+
+    assert cache_kwarg(New()) == "cache"
+    assert cache_kwarg(Old()) == "past_key_values"
+    assert cache_kwarg(Wrapper(Old())) == "past_key_values"
+    assert cache_kwarg(Wrapper(New())) == "cache"
+
+
+def test_sampling_from_the_installed_transformers_raises_no_kv_cache_deprecation(tiny_model):
+    import inspect
+    import warnings
+
+    from transformers import Qwen2ForCausalLM
+
+    from chainforge.models import load_model, load_tokenizer, resolve_model
+    from chainforge.sampling import generate
+
+    ref = resolve_model(str(tiny_model))
+    model, tok = load_model(ref), load_tokenizer(ref)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drawn = generate(model, tok, ["What is 2 + 3?"], n=2, temperature=1.0, top_p=1.0, max_new_tokens=6,
+                         seed=0, batch_size=2)
+    assert len(drawn[0]) == 2
+    about_cache = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    assert about_cache == []
+    expected = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
+    from chainforge.compat import cache_kwarg
+    assert cache_kwarg(model) == expected

@@ -3,6 +3,7 @@ the forward call that returns the last position's logits, and the Completion a r
 
 from __future__ import annotations
 
+from chainforge.compat import cache_kwarg
 from chainforge.sampling.core import Completion, stop_token_ids
 from chainforge.sampling.memory import auto_batch_size
 from chainforge.sampling.prompts import render_prompt
@@ -28,12 +29,13 @@ def prepare_rows(model, tokenizer, prompts, draws, max_new_tokens, batch_size, s
 
 def last_logits(model, input_ids, attention, positions, cache):
     """Logits of the last position only (the full-vocabulary projection of a prefill is waste)."""
+    kv = {cache_kwarg(model): cache}
     try:
         out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **kv)
     except TypeError:  # a model class without logits_to_keep
         out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **kv)
     return out.logits[:, -1, :].float()
 
 

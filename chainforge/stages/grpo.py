@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from chainforge.compat import check_tested_versions
+from chainforge.compat import cache_kwarg, check_tested_versions
 from chainforge.config import (AnswerOptions, DataOptions, GenerationOptions, LoraOptions, ModelOptions,
                                OutputOptions, RewardOptions, StageSpec, TrainOptions, default, option)
 from chainforge.inputs import load_prompt_rows
@@ -450,11 +450,12 @@ def _shared_prompt_logits(model, ids, mask, keep: int):
     heads = torch.cat([torch.ones(1, dtype=torch.bool, device=same.device), ~same]).nonzero().flatten()
     positions = torch.arange(ids.size(1), device=ids.device)[None]
     cache = DynamicCache()
+    kv = {cache_kwarg(model): cache}
     first = model(input_ids=prompt[heads], attention_mask=prompt_mask[heads], position_ids=positions[:, :width],
-                  past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                  use_cache=True, logits_to_keep=1, **kv).logits
     cache.batch_select_indices(owner)
     rest = model(input_ids=ids[:, width:], attention_mask=mask, position_ids=positions[:, width:],
-                 past_key_values=cache, use_cache=True).logits
+                 use_cache=True, **kv).logits
     return torch.cat([first[owner], rest[:, :-1]], dim=1)
 
 
