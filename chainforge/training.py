@@ -99,7 +99,8 @@ def trainer_args(config, output_dir: str | Path, config_class, **stage_specific)
         warmup_steps=min(float(config.warmup_ratio), 0.999),
         lr_scheduler_type=LR_SCHEDULERS[config.lr_scheduler],
         max_grad_norm=config.max_grad_norm,
-        gradient_checkpointing=config.gradient_checkpointing,
+        # `activation_checkpointing` (transformers 5.23+; `gradient_checkpointing` is its deprecated alias)
+        activation_checkpointing=config.gradient_checkpointing,
         logging_steps=config.logging_steps,
         save_steps=config.save_steps,
         save_total_limit=2,

@@ -43,6 +43,26 @@ def test_zero_is_a_value_not_unset(tiny_model, tmp_path):
     assert args.learning_rate == 0.0 and args.warmup_steps == 0
 
 
+@pytest.mark.parametrize("flag", [False, True])
+def test_checkpointing_reaches_the_trainer_by_its_current_name_without_a_warning(tiny_model, tmp_path, flag):
+    """--gradient-checkpointing sets transformers' `activation_checkpointing` (its old name,
+    `gradient_checkpointing`, warns of its removal on every run) and the old name mirrors it."""
+    import warnings
+
+    from trl import GRPOConfig, SFTConfig
+
+    from chainforge import training
+    from chainforge.stages.sft import SftConfig
+
+    cfg = SftConfig(model=str(tiny_model), data="d", output=str(tmp_path / "o"), gradient_checkpointing=flag)
+    for config_class in (SFTConfig, GRPOConfig):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            args = training.trainer_args(cfg, tmp_path / "o", config_class, report_to=[])
+        assert [str(w.message) for w in caught if "checkpointing" in str(w.message)] == []
+        assert args.activation_checkpointing is flag and args.gradient_checkpointing is flag
+
+
 def test_config_checks_types_bounds_choices_and_required():
     from chainforge.stages.reject import RejectConfig
 
