@@ -20,8 +20,10 @@ setting:
   unpacked     + the current engine (continuous batching, shared prefix), the live policy under
                one autocast per rollout, each group's prompt run once in the update: the code
                until 2026-12-06 (CHAINFORGE_PACKED_LINEAR=0)
-  now          + the policy's linear weights laid out for oneDNN once per rollout
-               (sampling/packed.py; the same numbers, so the same completions): the defaults
+  packed       + the policy's linear weights laid out for oneDNN once per rollout
+               (sampling/packed.py; the same numbers, so the same completions): until 2026-12-07
+  now          + the update runs each group on its own, cut after the group's longest completion
+               instead of the batch's (stages/grpo.py `_trimmed_logits`): the defaults
 
 Each row adds one change to the row above it. Each setting samples the same prompts from the same
 seed, but different code draws different completions, so completion lengths differ a little; the
@@ -53,7 +55,9 @@ SETTINGS = {
                     "GOMP_SPINCOUNT": "300000"}),
     "+threads": (["--precision", "auto", "--rollout-sampler", "engine"],
                  {"CF_BENCH": "no-shared-prompts,bf16-copy", "CHAINFORGE_SAMPLER": "reference"}),
-    "unpacked": (["--precision", "auto", "--rollout-sampler", "engine"], {"CHAINFORGE_PACKED_LINEAR": "0"}),
+    "unpacked": (["--precision", "auto", "--rollout-sampler", "engine"],
+                 {"CHAINFORGE_PACKED_LINEAR": "0", "CF_BENCH": "untrimmed"}),
+    "packed": (["--precision", "auto", "--rollout-sampler", "engine"], {"CF_BENCH": "untrimmed"}),
     "now": (["--precision", "auto", "--rollout-sampler", "engine"], {}),
 }
 # Runs the CLI; CF_BENCH names what the code did before, put back for the "before" rows.
@@ -72,6 +76,14 @@ RUNNER = ("import contextlib, copy, os, sys\n"
           "        model = trainer.accelerator.unwrap_model(trainer.model)\n"
           "        yield copy.deepcopy(model).to(torch.bfloat16) if self.bf16 else model\n"
           "    rollouts.EngineRollouts._sampling_model = copy_of_policy\n"
+          "if 'untrimmed' in old:\n"
+          "    grpo._prompt_runs = lambda ids, mask, keep: [(0, ids.size(0))]\n"
+          "    def untrimmed(model, ids, mask, keep, share):\n"
+          "        logits = grpo._shared_prompt_logits(model, ids, mask, keep) if share else None\n"
+          "        if logits is None:\n"
+          "            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1]\n"
+          "        return logits, keep\n"
+          "    grpo._trimmed_logits = untrimmed\n"
           "from chainforge.cli import main\n"
           "sys.argv = ['chainforge'] + sys.argv[1:]\n"
           "main()\n")

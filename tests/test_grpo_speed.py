@@ -72,7 +72,8 @@ def test_completion_logps_equal_trls_fused_lm_head_path_values_and_gradients(tin
     ref = out.log_probs[:, -keep:]
     valid = mask[:, -keep:].bool()
     assert logps.shape == ref.shape == (2 * group, keep) and aux is None
-    assert [x is not None for x in shared] == [group > 1]  # the prompts ran once per group
+    # group 1: nothing shared, one batched forward; else one call per group, its prompt run once
+    assert [x is not None for x in shared] == ([True, True] if group > 1 else [False])
     torch.testing.assert_close(logps[valid], ref[valid], rtol=1e-4, atol=1e-4)
     if entropy:
         torch.testing.assert_close(entropies[valid], out.entropy[:, -keep:][valid], rtol=1e-4, atol=1e-4)
@@ -263,3 +264,58 @@ def test_the_sampling_journal_keeps_no_token_ids(tiny_model, tmp_path):
     assert all(c.ids for c in drawn[0])
     records = [json.loads(x) for x in Path(journal).read_text().splitlines() if x.strip()]
     assert records and all("ids" not in c for r in records for c in r.get("completions", []))
+
+
+@pytest.mark.parametrize("entropy", [False, True])
+def test_a_group_of_short_completions_skips_the_padding_columns(tiny_model, entropy, monkeypatch):
+    """Completions are right-padded to the batch's longest; a group whose completions all ended 3
+    tokens early runs 3 columns fewer, and still gets TRL's values and gradients on its tokens."""
+    import copy
+    import contextlib
+
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from chainforge.stages import grpo
+
+    widths = []
+    real = grpo._shared_prompt_logits
+    monkeypatch.setattr(grpo, "_shared_prompt_logits", lambda m, ids, *a: widths.append(ids.size(1)) or real(m, ids, *a))
+    ours, tokenizer = _tiny(tiny_model)
+    theirs = copy.deepcopy(ours)
+    add_fused_lm_head(theirs, temperature=0.7, outputs=("log_probs", "entropy"))
+    ids, mask, keep = _batch(tokenizer, group=3)
+    mask[3:, -3:] = 0  # the second group's completions all ended 3 tokens early
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(autocast=contextlib.nullcontext), temperature=0.7)
+
+    logps, entropies, _ = grpo.completion_logps(trainer, ours, ids, mask, keep, None, entropy)
+    assert widths == [ids.size(1), ids.size(1) - 3]  # one forward per group, the second one 3 columns shorter
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :-keep] = -100
+    out = theirs(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
+    valid = mask[:, -keep:].bool()
+    assert logps.shape == (6, keep)
+    torch.testing.assert_close(logps[valid], out.log_probs[:, -keep:][valid], rtol=1e-4, atol=1e-4)
+    assert (logps[3:, -3:] == 0).all()
+    if entropy:
+        torch.testing.assert_close(entropies[valid], out.entropy[:, -keep:][valid], rtol=1e-4, atol=1e-4)
+        assert entropies.shape == (6, keep) and (entropies[3:, -3:] == 0).all()
+    (logps * valid).sum().backward()
+    (out.log_probs[:, -keep:] * valid).sum().backward()
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_prompt_runs_split_the_batch_where_the_prompt_changes():
+    import torch
+
+    from chainforge.stages.grpo import _prompt_runs
+
+    prompts = torch.tensor([[1, 2], [1, 2], [3, 4], [3, 4], [3, 4], [5, 6]])
+    ids = torch.cat([prompts, torch.arange(12).view(6, 2)], 1)
+    mask = torch.ones_like(ids)
+    assert _prompt_runs(ids, mask, 2) == [(0, 2), (2, 5), (5, 6)]
+    assert _prompt_runs(ids[[0, 2, 5]], mask[[0, 2, 5]], 2) == [(0, 3)]  # nothing shared: one batch
+    left_padded = mask.clone()
+    left_padded[1, 0] = 0  # same ids, different padding: not the same prompt
+    assert _prompt_runs(ids, left_padded, 2) == [(0, 1), (1, 2), (2, 5), (5, 6)]

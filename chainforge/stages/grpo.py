@@ -399,7 +399,9 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
     only those positions (`logits_to_keep`), at the trainer's temperature, under its autocast —
     the same quantity as TRL's fused path, computed on the completion alone. Rows whose prompts
     are the same (a group: TRL puts its `num_generations` rows next to each other) run their
-    prompt through the model once (see `_shared_prompt_logits`)."""
+    prompt through the model once (see `_shared_prompt_logits`), and each such group stops at its
+    own longest completion (`_trimmed_logits`); the columns after it come back as 0, masked out of
+    the loss as padding."""
     import torch
     from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
@@ -411,23 +413,54 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
     logps, entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
-        with trainer.accelerator.autocast():
-            logits = _shared_prompt_logits(model, ids, mask, logits_to_keep) if share else None
-            if logits is None:
-                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=logits_to_keep + 1).logits[:, :-1]
-        logits = logits.float()
-        targets = ids[:, -logits_to_keep:]
-        if compute_entropy:
-            # the entropy needs a gradient only for TRL's entropy bonus (off by default); without one
-            # its softmax is not kept for the backward pass (GBs for a batch of 32 rollouts)
-            needs_grad = torch.is_grad_enabled() and getattr(trainer, "_entropy_bonus_enabled", True)
-            lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=needs_grad,
-                                                        temperature=trainer.temperature)
-            entropies.append(ent)
-        else:
-            lp = selective_log_softmax(logits, targets, temperature=trainer.temperature)
-        logps.append(lp)
+        runs = _prompt_runs(ids, mask, logits_to_keep) if share else [(0, ids.size(0))]
+        with trainer.accelerator.autocast():  # entered once: the weights are cast to bf16 once for all runs
+            parts = [(lo, hi, *_trimmed_logits(model, ids[lo:hi], mask[lo:hi], logits_to_keep, share))
+                     for lo, hi in runs]
+        for lo, hi, logits, keep in parts:
+            logits = logits.float()
+            first = ids.size(1) - logits_to_keep  # the first completion column
+            targets = ids[lo:hi, first:first + keep]
+            if compute_entropy:
+                # the entropy needs a gradient only for TRL's entropy bonus (off by default); without one
+                # its softmax is not kept for the backward pass (GBs for a batch of 32 rollouts)
+                needs_grad = torch.is_grad_enabled() and getattr(trainer, "_entropy_bonus_enabled", True)
+                lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=needs_grad,
+                                                            temperature=trainer.temperature)
+                entropies.append(torch.nn.functional.pad(ent, (0, logits_to_keep - keep)))
+            else:
+                lp = selective_log_softmax(logits, targets, temperature=trainer.temperature)
+            # the columns after every completion of the run ended: padding, masked out of the loss
+            logps.append(torch.nn.functional.pad(lp, (0, logits_to_keep - keep)))
     return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+
+def _prompt_runs(ids, mask, logits_to_keep: int) -> list[tuple[int, int]]:
+    """The [lo, hi) row ranges whose prompt columns are identical (TRL lays a group's rows out next to
+    each other); the whole batch as one range when no two adjacent rows share a prompt."""
+    width = ids.size(1) - logits_to_keep
+    if ids.size(0) < 2 or width < 1:
+        return [(0, ids.size(0))]
+    same = (ids[1:, :width] == ids[:-1, :width]).all(-1) & (mask[1:, :width] == mask[:-1, :width]).all(-1)
+    if not bool(same.any()):
+        return [(0, ids.size(0))]
+    starts = [0] + [int(i) + 1 for i in (~same).nonzero().flatten()]
+    return list(zip(starts, starts[1:] + [ids.size(0)]))
+
+
+def _trimmed_logits(model, ids, mask, logits_to_keep: int, share: bool):
+    """(logits predicting the completion tokens up to the rows' last real one, how many columns that
+    is): completions are right-padded to the batch's longest, so a run of shorter ones skips the
+    padding columns (15 % of the completion columns in the learn recipe's rollouts, grouped by prompt).
+    Causal attention makes the kept columns' logits those of the full rows."""
+    width = ids.size(1) - logits_to_keep
+    real = mask[:, width:].any(0).nonzero()
+    keep = int(real[-1]) + 1 if real.numel() else 1
+    ids, mask = ids[:, :width + keep], mask[:, :width + keep]
+    logits = _shared_prompt_logits(model, ids, mask, keep) if share else None
+    if logits is None:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1]
+    return logits, keep
 
 
 def _shared_prompt_logits(model, ids, mask, keep: int):
