@@ -33,6 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LABEL = "phase: "
 PHASES = ["generation", "rewards", "reference", "policy fwd", "backward", "optimizer", "other"]
 
 
@@ -62,11 +63,13 @@ def main() -> None:
 
     def timed(phase_of, fn):
         def wrapper(*a, **kw):
+            phase = phase_of(*a, **kw)
             t0 = time.perf_counter()
             try:
-                return fn(*a, **kw)
+                with torch.profiler.record_function(LABEL + phase):
+                    return fn(*a, **kw)
             finally:
-                spent[state["step"]][phase_of(*a, **kw)] += time.perf_counter() - t0
+                spent[state["step"]][phase] += time.perf_counter() - t0
         return wrapper
 
     def logps_phase(trainer, model, *a, **kw):
@@ -141,6 +144,29 @@ def main() -> None:
     if state["profiler"] is not None:
         print(f"\nstep {args.steps}, ops by self CPU time:")
         print(state["profiler"].key_averages().table(sort_by="self_cpu_time_total", row_limit=args.ops))
+        print_ops_per_phase(state["profiler"], args.ops)
+
+
+def print_ops_per_phase(profiler, n: int) -> None:
+    """Each phase's ops by self CPU time (an op counts in the innermost phase that called it)."""
+    per: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+    for event in profiler.events():
+        if event.name.startswith(LABEL):
+            continue
+        parent, phase = event.cpu_parent, "other"
+        while parent is not None:
+            if parent.name.startswith(LABEL):
+                phase = parent.name[len(LABEL):]
+                break
+            parent = parent.cpu_parent
+        cell = per[phase][event.name]
+        cell[0] += event.self_cpu_time_total / 1e6
+        cell[1] += 1
+    for phase, ops in per.items():
+        total = sum(v[0] for v in ops.values())
+        print(f"\n{phase}: {total:.2f} s of self CPU time in ops")
+        for name, (secs, calls) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:n]:
+            print(f"  {secs:8.3f} s {secs / total:6.1%} {calls:7d} calls  {name}")
 
 
 if __name__ == "__main__":
