@@ -22,8 +22,9 @@ setting:
                until 2026-12-06 (CHAINFORGE_PACKED_LINEAR=0)
   packed       + the policy's linear weights laid out for oneDNN once per rollout
                (sampling/packed.py; the same numbers, so the same completions): until 2026-12-07
-  now          + the update runs each group on its own, cut after the group's longest completion
-               instead of the batch's (stages/grpo.py `_trimmed_logits`): the defaults
+  now          + the update puts each prompt's rows back together before the loss's forward (TRL
+               shuffles them, so most rows' prompts ran again) and stops after the last column a
+               row needs (stages/grpo.py `_by_prompt`, `_trimmed_logits`): the defaults
 
 Each row adds one change to the row above it. Each setting samples the same prompts from the same
 seed, but different code draws different completions, so completion lengths differ a little; the
@@ -56,8 +57,8 @@ SETTINGS = {
     "+threads": (["--precision", "auto", "--rollout-sampler", "engine"],
                  {"CF_BENCH": "no-shared-prompts,bf16-copy", "CHAINFORGE_SAMPLER": "reference"}),
     "unpacked": (["--precision", "auto", "--rollout-sampler", "engine"],
-                 {"CHAINFORGE_PACKED_LINEAR": "0", "CF_BENCH": "untrimmed"}),
-    "packed": (["--precision", "auto", "--rollout-sampler", "engine"], {"CF_BENCH": "untrimmed"}),
+                 {"CHAINFORGE_PACKED_LINEAR": "0", "CF_BENCH": "unsorted"}),
+    "packed": (["--precision", "auto", "--rollout-sampler", "engine"], {"CF_BENCH": "unsorted"}),
     "now": (["--precision", "auto", "--rollout-sampler", "engine"], {}),
 }
 # Runs the CLI; CF_BENCH names what the code did before, put back for the "before" rows.
@@ -76,8 +77,8 @@ RUNNER = ("import contextlib, copy, os, sys\n"
           "        model = trainer.accelerator.unwrap_model(trainer.model)\n"
           "        yield copy.deepcopy(model).to(torch.bfloat16) if self.bf16 else model\n"
           "    rollouts.EngineRollouts._sampling_model = copy_of_policy\n"
-          "if 'untrimmed' in old:\n"
-          "    grpo._prompt_runs = lambda ids, mask, keep: [(0, ids.size(0))]\n"
+          "if 'unsorted' in old:\n"
+          "    grpo._by_prompt = lambda ids, mask, keep: None\n"
           "    def untrimmed(model, ids, mask, keep, share):\n"
           "        logits = grpo._shared_prompt_logits(model, ids, mask, keep) if share else None\n"
           "        if logits is None:\n"

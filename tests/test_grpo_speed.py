@@ -72,8 +72,7 @@ def test_completion_logps_equal_trls_fused_lm_head_path_values_and_gradients(tin
     ref = out.log_probs[:, -keep:]
     valid = mask[:, -keep:].bool()
     assert logps.shape == ref.shape == (2 * group, keep) and aux is None
-    # group 1: nothing shared, one batched forward; else one call per group, its prompt run once
-    assert [x is not None for x in shared] == ([True, True] if group > 1 else [False])
+    assert [x is not None for x in shared] == [group > 1]  # the prompts ran once per group
     torch.testing.assert_close(logps[valid], ref[valid], rtol=1e-4, atol=1e-4)
     if entropy:
         torch.testing.assert_close(entropies[valid], out.entropy[:, -keep:][valid], rtol=1e-4, atol=1e-4)
@@ -267,9 +266,10 @@ def test_the_sampling_journal_keeps_no_token_ids(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("entropy", [False, True])
-def test_a_group_of_short_completions_skips_the_padding_columns(tiny_model, entropy, monkeypatch):
-    """Completions are right-padded to the batch's longest; a group whose completions all ended 3
-    tokens early runs 3 columns fewer, and still gets TRL's values and gradients on its tokens."""
+def test_shuffled_rows_share_their_prompts_and_keep_trls_values(tiny_model, entropy, monkeypatch):
+    """TRL shuffles a step's rollouts before the loss: the rows of each prompt are put together (each
+    prompt runs once) and the results come back in TRL's order, with TRL's values and gradients.
+    Completions that all ended 3 tokens early: 3 columns fewer are computed, and come back as 0."""
     import copy
     import contextlib
 
@@ -278,44 +278,48 @@ def test_a_group_of_short_completions_skips_the_padding_columns(tiny_model, entr
 
     from chainforge.stages import grpo
 
-    widths = []
+    calls = []
     real = grpo._shared_prompt_logits
-    monkeypatch.setattr(grpo, "_shared_prompt_logits", lambda m, ids, *a: widths.append(ids.size(1)) or real(m, ids, *a))
+    monkeypatch.setattr(grpo, "_shared_prompt_logits",
+                        lambda m, ids, *a: calls.append((ids.size(1), real(m, ids, *a))) or calls[-1][1])
     ours, tokenizer = _tiny(tiny_model)
     theirs = copy.deepcopy(ours)
     add_fused_lm_head(theirs, temperature=0.7, outputs=("log_probs", "entropy"))
     ids, mask, keep = _batch(tokenizer, group=3)
-    mask[3:, -3:] = 0  # the second group's completions all ended 3 tokens early
+    mask[:, -3:] = 0  # every completion ended 3 tokens early
+    shuffled = torch.tensor([0, 3, 1, 4, 5, 2])  # no two neighbours share a prompt
+    ids, mask = ids[shuffled], mask[shuffled]
     trainer = SimpleNamespace(accelerator=SimpleNamespace(autocast=contextlib.nullcontext), temperature=0.7)
 
     logps, entropies, _ = grpo.completion_logps(trainer, ours, ids, mask, keep, None, entropy)
-    assert widths == [ids.size(1), ids.size(1) - 3]  # one forward per group, the second one 3 columns shorter
+    assert len(calls) == 1 and calls[0][1] is not None  # one call, the prompts shared
+    assert calls[0][0] == ids.size(1) - 3  # the 3 padding columns were not computed
     labels = ids.masked_fill(mask == 0, -100)
     labels[:, :-keep] = -100
     out = theirs(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True)
     valid = mask[:, -keep:].bool()
-    assert logps.shape == (6, keep)
+    assert logps.shape == (6, keep) and (logps[:, -3:] == 0).all()
     torch.testing.assert_close(logps[valid], out.log_probs[:, -keep:][valid], rtol=1e-4, atol=1e-4)
-    assert (logps[3:, -3:] == 0).all()
     if entropy:
         torch.testing.assert_close(entropies[valid], out.entropy[:, -keep:][valid], rtol=1e-4, atol=1e-4)
-        assert entropies.shape == (6, keep) and (entropies[3:, -3:] == 0).all()
     (logps * valid).sum().backward()
     (out.log_probs[:, -keep:] * valid).sum().backward()
     for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_prompt_runs_split_the_batch_where_the_prompt_changes():
+def test_rows_are_reordered_only_when_a_prompt_is_split():
     import torch
 
-    from chainforge.stages.grpo import _prompt_runs
+    from chainforge.stages.grpo import _by_prompt
 
-    prompts = torch.tensor([[1, 2], [1, 2], [3, 4], [3, 4], [3, 4], [5, 6]])
-    ids = torch.cat([prompts, torch.arange(12).view(6, 2)], 1)
+    prompts = torch.tensor([[3, 4], [1, 2], [3, 4], [1, 2], [5, 6]])
+    ids = torch.cat([prompts, torch.arange(10).view(5, 2)], 1)
     mask = torch.ones_like(ids)
-    assert _prompt_runs(ids, mask, 2) == [(0, 2), (2, 5), (5, 6)]
-    assert _prompt_runs(ids[[0, 2, 5]], mask[[0, 2, 5]], 2) == [(0, 3)]  # nothing shared: one batch
+    order = _by_prompt(ids, mask, 2)
+    assert order.tolist() == [1, 3, 0, 2, 4]  # each prompt's rows together, in their own order
+    assert _by_prompt(ids[[0, 2, 1, 3, 4]], mask, 2) is None  # already together
+    assert _by_prompt(ids[[0, 1, 4]], mask[[0, 1, 4]], 2) is None  # nothing shared
     left_padded = mask.clone()
-    left_padded[1, 0] = 0  # same ids, different padding: not the same prompt
-    assert _prompt_runs(ids, left_padded, 2) == [(0, 1), (1, 2), (2, 5), (5, 6)]
+    left_padded[2, 0] = 0  # same ids, other padding: another prompt (it sorts before row 0's)
+    assert _by_prompt(ids, left_padded, 2).tolist() == [1, 3, 2, 0, 4]

@@ -399,9 +399,9 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
     only those positions (`logits_to_keep`), at the trainer's temperature, under its autocast —
     the same quantity as TRL's fused path, computed on the completion alone. Rows whose prompts
     are the same (a group: TRL puts its `num_generations` rows next to each other) run their
-    prompt through the model once (see `_shared_prompt_logits`), and each such group stops at its
-    own longest completion (`_trimmed_logits`); the columns after it come back as 0, masked out of
-    the loss as padding."""
+    prompt through the model once (see `_shared_prompt_logits`; rows TRL shuffled are put back in
+    groups first, `_by_prompt`), and the forward stops after the longest completion that is not
+    masked out (`_trimmed_logits`); the columns after it come back as 0, masked out of the loss."""
     import torch
     from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
@@ -413,46 +413,55 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
     logps, entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
-        runs = _prompt_runs(ids, mask, logits_to_keep) if share else [(0, ids.size(0))]
-        with trainer.accelerator.autocast():  # entered once: the weights are cast to bf16 once for all runs
-            parts = [(lo, hi, *_trimmed_logits(model, ids[lo:hi], mask[lo:hi], logits_to_keep, share))
-                     for lo, hi in runs]
-        for lo, hi, logits, keep in parts:
-            logits = logits.float()
-            first = ids.size(1) - logits_to_keep  # the first completion column
-            targets = ids[lo:hi, first:first + keep]
-            if compute_entropy:
-                # the entropy needs a gradient only for TRL's entropy bonus (off by default); without one
-                # its softmax is not kept for the backward pass (GBs for a batch of 32 rollouts)
-                needs_grad = torch.is_grad_enabled() and getattr(trainer, "_entropy_bonus_enabled", True)
-                lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=needs_grad,
-                                                            temperature=trainer.temperature)
-                entropies.append(torch.nn.functional.pad(ent, (0, logits_to_keep - keep)))
-            else:
-                lp = selective_log_softmax(logits, targets, temperature=trainer.temperature)
-            # the columns after every completion of the run ended: padding, masked out of the loss
-            logps.append(torch.nn.functional.pad(lp, (0, logits_to_keep - keep)))
+        # TRL shuffles a step's rollouts before the loss: put rows of the same prompt back together
+        order = _by_prompt(ids, mask, logits_to_keep) if share else None
+        if order is not None:
+            ids, mask = ids[order], mask[order]
+        with trainer.accelerator.autocast():
+            logits, keep = _trimmed_logits(model, ids, mask, logits_to_keep, share)
+        logits = logits.float()
+        first = ids.size(1) - logits_to_keep  # the first completion column
+        targets = ids[:, first:first + keep]
+        back = torch.argsort(order) if order is not None else None
+        pad = logits_to_keep - keep  # columns after every completion ended: padding, masked out of the loss
+        if compute_entropy:
+            # the entropy needs a gradient only for TRL's entropy bonus (off by default); without one
+            # its softmax is not kept for the backward pass (GBs for a batch of 32 rollouts)
+            needs_grad = torch.is_grad_enabled() and getattr(trainer, "_entropy_bonus_enabled", True)
+            lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=needs_grad,
+                                                        temperature=trainer.temperature)
+            ent = torch.nn.functional.pad(ent, (0, pad))
+            entropies.append(ent[back] if back is not None else ent)
+        else:
+            lp = selective_log_softmax(logits, targets, temperature=trainer.temperature)
+        lp = torch.nn.functional.pad(lp, (0, pad))
+        logps.append(lp[back] if back is not None else lp)
     return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
 
-def _prompt_runs(ids, mask, logits_to_keep: int) -> list[tuple[int, int]]:
-    """The [lo, hi) row ranges whose prompt columns are identical (TRL lays a group's rows out next to
-    each other); the whole batch as one range when no two adjacent rows share a prompt."""
+def _by_prompt(ids, mask, logits_to_keep: int):
+    """A row order that puts the rows of each prompt next to each other (stable: in their own order),
+    or None when the rows already are (TRL's layout at generation) or no two rows share a prompt.
+    TRL shuffles a step's rollouts before the loss, so without it the policy's forward ran the prompt
+    of every row whose neighbour has another prompt: in the learn recipe (8 × 4) about 25 of the 32
+    (a random order leaves 7 of 31 neighbours equal on average), where 4 would do."""
+    import torch
+
     width = ids.size(1) - logits_to_keep
     if ids.size(0) < 2 or width < 1:
-        return [(0, ids.size(0))]
-    same = (ids[1:, :width] == ids[:-1, :width]).all(-1) & (mask[1:, :width] == mask[:-1, :width]).all(-1)
-    if not bool(same.any()):
-        return [(0, ids.size(0))]
-    starts = [0] + [int(i) + 1 for i in (~same).nonzero().flatten()]
-    return list(zip(starts, starts[1:] + [ids.size(0)]))
+        return None
+    _, group = torch.unique(torch.cat([ids[:, :width], mask[:, :width]], 1), dim=0, return_inverse=True)
+    groups = int(group.max()) + 1
+    runs = int((group[1:] != group[:-1]).sum()) + 1  # stretches of adjacent rows with one prompt
+    if groups == ids.size(0) or runs == groups:
+        return None
+    return torch.sort(group, stable=True).indices
 
 
 def _trimmed_logits(model, ids, mask, logits_to_keep: int, share: bool):
-    """(logits predicting the completion tokens up to the rows' last real one, how many columns that
-    is): completions are right-padded to the batch's longest, so a run of shorter ones skips the
-    padding columns (15 % of the completion columns in the learn recipe's rollouts, grouped by prompt).
-    Causal attention makes the kept columns' logits those of the full rows."""
+    """(logits predicting the completion tokens up to the last column any row still needs, how many
+    columns that is): the columns after every row's completion ended, or was masked out, are not
+    computed. Causal attention makes the kept columns' logits those of the full rows."""
     width = ids.size(1) - logits_to_keep
     real = mask[:, width:].any(0).nonzero()
     keep = int(real[-1]) + 1 if real.numel() else 1
