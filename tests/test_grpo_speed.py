@@ -308,18 +308,19 @@ def test_shuffled_rows_share_their_prompts_and_keep_trls_values(tiny_model, entr
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_rows_are_reordered_only_when_a_prompt_is_split():
+def test_rows_with_one_prompt_are_grouped_wherever_they_sit():
     import torch
 
-    from chainforge.stages.grpo import _by_prompt
+    from chainforge.stages.grpo import _prompt_groups
 
     prompts = torch.tensor([[3, 4], [1, 2], [3, 4], [1, 2], [5, 6]])
-    ids = torch.cat([prompts, torch.arange(10).view(5, 2)], 1)
-    mask = torch.ones_like(ids)
-    order = _by_prompt(ids, mask, 2)
-    assert order.tolist() == [1, 3, 0, 2, 4]  # each prompt's rows together, in their own order
-    assert _by_prompt(ids[[0, 2, 1, 3, 4]], mask, 2) is None  # already together
-    assert _by_prompt(ids[[0, 1, 4]], mask[[0, 1, 4]], 2) is None  # nothing shared
+    mask = torch.ones_like(prompts)
+    owner, heads = _prompt_groups(prompts, mask)
+    assert prompts[heads].tolist() == [[1, 2], [3, 4], [5, 6]]  # each prompt once
+    assert heads.tolist() == [1, 0, 4]  # its first row
+    assert (prompts[heads][owner] == prompts).all()  # every row points at its own prompt
+    assert _prompt_groups(prompts[[0, 1, 4]], mask[[0, 1, 4]]) is None  # nothing shared
     left_padded = mask.clone()
-    left_padded[2, 0] = 0  # same ids, other padding: another prompt (it sorts before row 0's)
-    assert _by_prompt(ids, left_padded, 2).tolist() == [1, 3, 2, 0, 4]
+    left_padded[2, 0] = 0  # same ids, other padding: another prompt
+    owner, heads = _prompt_groups(prompts, left_padded)
+    assert len(heads) == 4 and owner[0] != owner[2] and owner[1] == owner[3]

@@ -398,10 +398,9 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
     """Per-token log-probs (and entropies) of the last `logits_to_keep` tokens: the model projects
     only those positions (`logits_to_keep`), at the trainer's temperature, under its autocast —
     the same quantity as TRL's fused path, computed on the completion alone. Rows whose prompts
-    are the same (a group: TRL puts its `num_generations` rows next to each other) run their
-    prompt through the model once (see `_shared_prompt_logits`; rows TRL shuffled are put back in
-    groups first, `_by_prompt`), and the forward stops after the longest completion that is not
-    masked out (`_trimmed_logits`); the columns after it come back as 0, masked out of the loss."""
+    are the same (a group, wherever TRL's shuffle put its rows) run their prompt through the model
+    once (see `_shared_prompt_logits`), and the forward stops after the last completion column any
+    row needs (`_trimmed_logits`); the columns after it come back as 0, masked out of the loss."""
     import torch
     from trl.trainer.utils import selective_log_softmax, selective_log_softmax_and_entropy
 
@@ -413,16 +412,11 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
     logps, entropies = [], []
     for start in range(0, input_ids.size(0), batch_size):
         ids, mask = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
-        # TRL shuffles a step's rollouts before the loss: put rows of the same prompt back together
-        order = _by_prompt(ids, mask, logits_to_keep) if share else None
-        if order is not None:
-            ids, mask = ids[order], mask[order]
         with trainer.accelerator.autocast():
             logits, keep = _trimmed_logits(model, ids, mask, logits_to_keep, share)
         logits = logits.float()
         first = ids.size(1) - logits_to_keep  # the first completion column
         targets = ids[:, first:first + keep]
-        back = torch.argsort(order) if order is not None else None
         pad = logits_to_keep - keep  # columns after every completion ended: padding, masked out of the loss
         if compute_entropy:
             # the entropy needs a gradient only for TRL's entropy bonus (off by default); without one
@@ -430,38 +424,20 @@ def completion_logps(trainer, model, input_ids, attention_mask, logits_to_keep: 
             needs_grad = torch.is_grad_enabled() and getattr(trainer, "_entropy_bonus_enabled", True)
             lp, ent = selective_log_softmax_and_entropy(logits, targets, entropy_requires_grad=needs_grad,
                                                         temperature=trainer.temperature)
-            ent = torch.nn.functional.pad(ent, (0, pad))
-            entropies.append(ent[back] if back is not None else ent)
+            entropies.append(torch.nn.functional.pad(ent, (0, pad)))
         else:
             lp = selective_log_softmax(logits, targets, temperature=trainer.temperature)
-        lp = torch.nn.functional.pad(lp, (0, pad))
-        logps.append(lp[back] if back is not None else lp)
+        logps.append(torch.nn.functional.pad(lp, (0, pad)))
     return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
-
-
-def _by_prompt(ids, mask, logits_to_keep: int):
-    """A row order that puts the rows of each prompt next to each other (stable: in their own order),
-    or None when the rows already are (TRL's layout at generation) or no two rows share a prompt.
-    TRL shuffles a step's rollouts before the loss, so without it the policy's forward ran the prompt
-    of every row whose neighbour has another prompt: in the learn recipe (8 × 4) about 25 of the 32
-    (a random order leaves 7 of 31 neighbours equal on average), where 4 would do."""
-    import torch
-
-    width = ids.size(1) - logits_to_keep
-    if ids.size(0) < 2 or width < 1:
-        return None
-    _, group = torch.unique(torch.cat([ids[:, :width], mask[:, :width]], 1), dim=0, return_inverse=True)
-    groups = int(group.max()) + 1
-    runs = int((group[1:] != group[:-1]).sum()) + 1  # stretches of adjacent rows with one prompt
-    if groups == ids.size(0) or runs == groups:
-        return None
-    return torch.sort(group, stable=True).indices
 
 
 def _trimmed_logits(model, ids, mask, logits_to_keep: int, share: bool):
     """(logits predicting the completion tokens up to the last column any row still needs, how many
     columns that is): the columns after every row's completion ended, or was masked out, are not
-    computed. Causal attention makes the kept columns' logits those of the full rows."""
+    computed. Completions are padded to the longest of the whole generation batch, so this trims a
+    micro-batch of it (grad-accum > 1) or one whose longest rows `mask_truncated_completions` masked;
+    with grad-accum 1 and no masking it keeps every column. Causal attention makes the kept
+    columns' logits those of the full rows."""
     width = ids.size(1) - logits_to_keep
     real = mask[:, width:].any(0).nonzero()
     keep = int(real[-1]) + 1 if real.numel() else 1
@@ -474,10 +450,10 @@ def _trimmed_logits(model, ids, mask, logits_to_keep: int, share: bool):
 
 def _shared_prompt_logits(model, ids, mask, keep: int):
     """The logits that predict the last `keep` tokens of each row, [rows, keep, vocab], with each
-    distinct prompt (the columns before them, identical in adjacent rows) run once: its KV cache
-    (gradients kept) is repeated for its rows, then only the completions run. The positions are
-    the column indices, as in a forward over the whole rows, so the result is that forward's.
-    None when no two adjacent rows share a prompt (nothing to save)."""
+    distinct prompt (the columns before them) run once: its KV cache (gradients kept) is repeated
+    for its rows, then only the completions run. The positions are the column indices, as in a
+    forward over the whole rows, so the result is that forward's. None when no two rows share a
+    prompt (nothing to save)."""
     import torch
     from transformers import DynamicCache
 
@@ -485,11 +461,10 @@ def _shared_prompt_logits(model, ids, mask, keep: int):
     if width < 1 or ids.size(0) < 2:
         return None
     prompt, prompt_mask = ids[:, :width], mask[:, :width]
-    same = (prompt[1:] == prompt[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
-    if not bool(same.any()):
+    groups = _prompt_groups(prompt, prompt_mask)
+    if groups is None:
         return None
-    owner = torch.cat([same.new_zeros(1, dtype=torch.long), (~same).long().cumsum(0)])
-    heads = torch.cat([torch.ones(1, dtype=torch.bool, device=same.device), ~same]).nonzero().flatten()
+    owner, heads = groups
     positions = torch.arange(ids.size(1), device=ids.device)[None]
     cache = DynamicCache()
     kv = {cache_kwarg(model): cache}
@@ -499,6 +474,23 @@ def _shared_prompt_logits(model, ids, mask, keep: int):
     rest = model(input_ids=ids[:, width:], attention_mask=mask, position_ids=positions[:, width:],
                  use_cache=True, **kv).logits
     return torch.cat([first[owner], rest[:, :-1]], dim=1)
+
+
+def _prompt_groups(prompt, prompt_mask):
+    """(owner: each row's group, heads: one row per group) for the rows with identical prompt columns
+    (ids and padding), wherever they sit: TRL shuffles a step's rollouts before the loss, and a
+    grouping of adjacent rows only ran the prompt of every row whose neighbour had another prompt
+    (in the learn recipe's 8 × 4, about 25 of the 32 prompts where 4 would do). None when every row's
+    prompt is its own."""
+    import torch
+
+    _, owner = torch.unique(torch.cat([prompt, prompt_mask], 1), dim=0, return_inverse=True)
+    count = int(owner.max()) + 1
+    if count == prompt.size(0):
+        return None
+    rows = torch.arange(prompt.size(0), device=prompt.device)
+    heads = torch.full((count,), prompt.size(0), device=prompt.device).scatter_reduce(0, owner, rows, "amin")
+    return owner, heads
 
 
 def _parse(text: str):
