@@ -22,9 +22,9 @@ setting:
                until 2026-12-06 (CHAINFORGE_PACKED_LINEAR=0)
   packed       + the policy's linear weights laid out for oneDNN once per rollout
                (sampling/packed.py; the same numbers, so the same completions): until 2026-12-07
-  now          + the update puts each prompt's rows back together before the loss's forward (TRL
-               shuffles them, so most rows' prompts ran again) and stops after the last column a
-               row needs (stages/grpo.py `_by_prompt`, `_trimmed_logits`): the defaults
+  now          + the update runs each prompt once wherever TRL's shuffle put its rows (before, only
+               adjacent rows shared one, so most rows' prompts ran again: stages/grpo.py
+               `_prompt_groups`): the defaults
 
 Each row adds one change to the row above it. Each setting samples the same prompts from the same
 seed, but different code draws different completions, so completion lengths differ a little; the
@@ -57,8 +57,8 @@ SETTINGS = {
     "+threads": (["--precision", "auto", "--rollout-sampler", "engine"],
                  {"CF_BENCH": "no-shared-prompts,bf16-copy", "CHAINFORGE_SAMPLER": "reference"}),
     "unpacked": (["--precision", "auto", "--rollout-sampler", "engine"],
-                 {"CHAINFORGE_PACKED_LINEAR": "0", "CF_BENCH": "unsorted"}),
-    "packed": (["--precision", "auto", "--rollout-sampler", "engine"], {"CF_BENCH": "unsorted"}),
+                 {"CHAINFORGE_PACKED_LINEAR": "0", "CF_BENCH": "adjacent-prompts"}),
+    "packed": (["--precision", "auto", "--rollout-sampler", "engine"], {"CF_BENCH": "adjacent-prompts"}),
     "now": (["--precision", "auto", "--rollout-sampler", "engine"], {}),
 }
 # Runs the CLI; CF_BENCH names what the code did before, put back for the "before" rows.
@@ -77,27 +77,49 @@ RUNNER = ("import contextlib, copy, os, sys\n"
           "        model = trainer.accelerator.unwrap_model(trainer.model)\n"
           "        yield copy.deepcopy(model).to(torch.bfloat16) if self.bf16 else model\n"
           "    rollouts.EngineRollouts._sampling_model = copy_of_policy\n"
-          "if 'unsorted' in old:\n"
-          "    grpo._by_prompt = lambda ids, mask, keep: None\n"
-          "    def untrimmed(model, ids, mask, keep, share):\n"
-          "        logits = grpo._shared_prompt_logits(model, ids, mask, keep) if share else None\n"
-          "        if logits is None:\n"
-          "            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1]\n"
-          "        return logits, keep\n"
-          "    grpo._trimmed_logits = untrimmed\n"
+          "if 'adjacent-prompts' in old:\n"
+          "    sys.path.insert(0, os.path.join(os.getcwd(), 'scripts'))\n"
+          "    from bench_grpo import adjacent_groups\n"
+          "    grpo._prompt_groups = adjacent_groups\n"
           "from chainforge.cli import main\n"
           "sys.argv = ['chainforge'] + sys.argv[1:]\n"
           "main()\n")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def adjacent_groups(prompt, prompt_mask):
+    """The GRPO update's prompt grouping until 2026-12-07 (for the rows that put it back): only
+    adjacent rows with one prompt shared its forward pass."""
+    import torch
+
+    same = (prompt[1:] == prompt[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
+    if not bool(same.any()):
+        return None
+    owner = torch.cat([same.new_zeros(1, dtype=torch.long), (~same).long().cumsum(0)])
+    heads = torch.cat([torch.ones(1, dtype=torch.bool, device=same.device), ~same]).nonzero().flatten()
+    return owner, heads
+
+
+def add_step_options(ap: argparse.ArgumentParser, prompts_per_step: int) -> None:
+    """The options of the GRPO run a step is measured in (also scripts/profile_grpo.py's)."""
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--data", default=str(ROOT / "data/toy-2digit/train.jsonl"))
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--num-generations", type=int, default=8)
-    ap.add_argument("--prompts-per-step", type=int, default=2)
+    ap.add_argument("--prompts-per-step", type=int, default=prompts_per_step)
     ap.add_argument("--max-new-tokens", type=int, default=144)
+
+
+def grpo_args(args, output) -> list[str]:
+    """`chainforge grpo`'s arguments for that run (lr 1e-5, seed 0, no checkpoint saved)."""
+    return ["grpo", "--model", args.model, "--data", args.data, "--output", str(output),
+            "--max-steps", str(args.steps), "--num-generations", str(args.num_generations),
+            "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens),
+            "--learning-rate", "1e-5", "--save-steps", "1000", "--seed", "0"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_step_options(ap, prompts_per_step=2)
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of " + ", ".join(SETTINGS))
     args = ap.parse_args()
 
@@ -113,10 +135,7 @@ def main() -> None:
         for name in args.settings.split(","):
             out = Path(tmp) / name
             options, env = SETTINGS[name]
-            cmd = [sys.executable, "-c", RUNNER, "grpo", "--model", args.model, "--data", args.data,
-                   "--output", str(out), "--max-steps", str(args.steps), "--num-generations", str(args.num_generations),
-                   "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens),
-                   "--learning-rate", "1e-5", "--save-steps", "1000", "--seed", "0", *options]
+            cmd = [sys.executable, "-c", RUNNER, *grpo_args(args, out), *options]
             base = {k: v for k, v in os.environ.items()
                     if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_SAMPLER", "CF_BENCH",
                                  "CHAINFORGE_PACKED_LINEAR")}

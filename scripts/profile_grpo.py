@@ -3,7 +3,7 @@
     python -u scripts/profile_grpo.py --model runs/learn/00-sft-cold              # learn recipe: 8 × 4
     python -u scripts/profile_grpo.py --model runs/learn/00-sft-cold --ops 25     # + torch.profiler, top 25 ops
     python -u scripts/profile_grpo.py --beta 0                                    # without the reference model
-    python -u scripts/profile_grpo.py --model runs/learn/00-sft-cold --unsorted   # the update before 2026-12-07
+    python -u scripts/profile_grpo.py --model runs/learn/00-sft-cold --adjacent-prompts  # the update before 2026-12-07
 
 Runs the real `chainforge grpo` stage in this process (the learn recipe's GRPO settings: 8
 completions × 4 prompts, 144 tokens, lr 1e-5, toy-2digit prompts, seed 0) for `--steps` optimizer
@@ -33,23 +33,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_grpo import add_step_options, adjacent_groups, grpo_args  # noqa: E402  (a sibling script)
 LABEL = "phase: "
 PHASES = ["generation", "rewards", "reference", "policy fwd", "backward", "optimizer", "other"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--data", default=str(ROOT / "data/toy-2digit/train.jsonl"))
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--num-generations", type=int, default=8)
-    ap.add_argument("--prompts-per-step", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=144)
+    add_step_options(ap, prompts_per_step=4)
     ap.add_argument("--beta", type=float, default=None, help="GRPO's KL weight (default: the stage's)")
     ap.add_argument("--ops", type=int, default=0, help="profile the last step with torch.profiler; print N ops")
-    ap.add_argument("--unsorted", action="store_true",
-                    help="the update as before 2026-12-07: rows of a prompt not regrouped after TRL's shuffle")
+    ap.add_argument("--adjacent-prompts", action="store_true",
+                    help="the update as before 2026-12-07: only adjacent rows share a prompt's forward pass")
     args = ap.parse_args()
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is reported apart)")
@@ -78,15 +74,8 @@ def main() -> None:
     def logps_phase(trainer, model, *a, **kw):
         return "policy fwd" if torch.is_grad_enabled() else ("reference" if model is trainer.ref_model else "old logps")
 
-    if args.unsorted:
-        grpo._by_prompt = lambda ids, mask, keep: None
-
-        def untrimmed(model, ids, mask, keep, share):
-            logits = grpo._shared_prompt_logits(model, ids, mask, keep) if share else None
-            if logits is None:
-                logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep + 1).logits[:, :-1]
-            return logits, keep
-        grpo._trimmed_logits = untrimmed
+    if args.adjacent_prompts:
+        grpo._prompt_groups = adjacent_groups
 
     G = trl.GRPOTrainer
     rollouts.EngineRollouts.__call__ = timed(lambda *a, **k: "generation", rollouts.EngineRollouts.__call__)
@@ -123,12 +112,9 @@ def main() -> None:
           f"native bf16: {native_bf16('cpu')}, load average {open('/proc/loadavg').read().split()[0]}; model "
           f"{args.model}; {args.num_generations} × {args.prompts_per_step} completions, {args.max_new_tokens} tokens, "
           f"{args.steps} steps" + (f", beta {args.beta}" if args.beta is not None else "")
-          + (", the update before 2026-12-07 (--unsorted)" if args.unsorted else ""), flush=True)
+          + (", the update before 2026-12-07 (--adjacent-prompts)" if args.adjacent_prompts else ""), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["chainforge", "grpo", "--model", args.model, "--data", args.data, "--output", str(Path(tmp) / "out"),
-                "--max-steps", str(args.steps), "--num-generations", str(args.num_generations),
-                "--prompts-per-step", str(args.prompts_per_step), "--max-new-tokens", str(args.max_new_tokens),
-                "--learning-rate", "1e-5", "--save-steps", "1000", "--seed", "0"]
+        argv = ["chainforge", *grpo_args(args, Path(tmp) / "out")]
         if args.beta is not None:
             argv += ["--beta", str(args.beta)]
         sys.argv = argv
