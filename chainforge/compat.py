@@ -14,6 +14,7 @@ checks that the two agree). To move to a new release, run the default test suite
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -158,14 +159,10 @@ def cache_kwarg(model) -> str:
     return _cache_kwarg(type(base))
 
 
-_CACHE_KWARG: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _cache_kwarg(cls) -> str:
-    if cls not in _CACHE_KWARG:
-        try:
-            params = inspect.signature(cls.forward).parameters
-        except (TypeError, ValueError):
-            params = {}
-        _CACHE_KWARG[cls] = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KWARG[cls]
+    try:
+        params = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    return "cache" if "cache" in params else "past_key_values"
