@@ -74,6 +74,41 @@ def test_the_slot_loop_draws_what_a_one_row_loop_draws(loaded, temperature, top_
         assert got[r] == _one_row(model, prompt, seeds[r], temperature, top_p, 24, stops), f"row {r}"
 
 
+def test_a_decode_step_keeps_its_mask_when_no_column_is_masked(loaded, monkeypatch):
+    """Rows of one prompt length filling every slot leave no column masked; transformers would then
+    drop the mask and run SDPA's unmasked `enable_gqa` path, several times slower on CPU. Every
+    decode step must reach SDPA with a mask, and still draw what the one-row loop draws."""
+    import torch
+    import torch.nn.functional as F
+
+    from chainforge.sampling import hf
+
+    model, tok = loaded
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query attention
+    prompt = tok("What is 12 + 34?", add_special_tokens=False)["input_ids"]
+    rows = [prompt] * 4
+    seeds = [7, 8, 9, 10]
+    stops = [tok.eos_token_id]
+    calls: list[tuple[int, bool]] = []  # (query positions, had a mask) of each SDPA call
+    real = F.scaled_dot_product_attention
+
+    def spy(query, key, value, attn_mask=None, *args, **kwargs):
+        calls.append((query.shape[-2], attn_mask is not None))
+        return real(query, key, value, attn_mask, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    got: dict[int, list[int]] = {}
+    hf.decode(model, rows, seeds, 1.0, 1.0, 12, stops, tok.pad_token_id, 4, got.__setitem__)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", real)
+    layers = model.config.num_hidden_layers
+    unmasked_decode = [c for c in calls if c == (1, False)]
+    assert not unmasked_decode, f"{len(unmasked_decode) // layers} decode steps ran SDPA without a mask"
+    masked = [c for c in calls if c[1]]
+    assert len(masked) >= 11 * layers  # every decode step after the prefill's first token, in every layer
+    for r in range(len(rows)):
+        assert got[r] == _one_row(model, prompt, seeds[r], 1.0, 1.0, 12, stops), f"row {r}"
+
+
 def _exact(logits, temperature: float, top_p: float):
     """softmax(logits / T), cut to the smallest prefix (by probability) whose mass reaches top_p."""
     import torch
