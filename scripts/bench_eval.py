@@ -15,8 +15,12 @@ round, alternating the settings so that both see the same machine load:
   unpacked   the engine, with the command's own OpenMP default (spin-wait off when the machine is
              busy: chainforge.cli._openmp_wait), linear weights not laid out once
              (CHAINFORGE_PACKED_LINEAR=0: the engine as it was until 2026-12-06)
-  after      the engine with its defaults: + every linear weight laid out for oneDNN once per call
-             (sampling/packed.py; the same numbers, so the same samples as unpacked)
+  packed     + every linear weight laid out for oneDNN once per call (sampling/packed.py; the same
+             numbers, so the same samples as unpacked): the engine until 2026-12-07 07:00
+  after      the engine with its defaults: + every decode step hands SDPA its mask (sampling/hf.py
+             `_keep_decode_mask`; before, a step with no column masked, as at an eval's start when
+             every prompt has one length, let transformers drop the mask and run SDPA's slower
+             unmasked grouped-query path)
 
 (`--settings before,after` for the two ends only.)
 
@@ -43,14 +47,23 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
     "before": {"CHAINFORGE_SAMPLER": "reference", "GOMP_SPINCOUNT": "300000"},
     "reference": {"CHAINFORGE_SAMPLER": "reference", "GOMP_SPINCOUNT": "1000"},
-    "engine": {"CHAINFORGE_SAMPLER": "engine", "GOMP_SPINCOUNT": "300000"},
-    "unpacked": {"CHAINFORGE_SAMPLER": "engine", "CHAINFORGE_PACKED_LINEAR": "0"},
+    "engine": {"CHAINFORGE_SAMPLER": "engine", "GOMP_SPINCOUNT": "300000", "CF_BENCH": "dropped-mask"},
+    "unpacked": {"CHAINFORGE_SAMPLER": "engine", "CHAINFORGE_PACKED_LINEAR": "0", "CF_BENCH": "dropped-mask"},
+    "packed": {"CHAINFORGE_SAMPLER": "engine", "CF_BENCH": "dropped-mask"},
     "after": {"CHAINFORGE_SAMPLER": "engine"},
 }
+# `python -m chainforge`, with what CF_BENCH names put back as it was (for the rows before "after")
+RUNNER = ("import os, sys\n"
+          "if 'dropped-mask' in os.environ.get('CF_BENCH', '').split(','):\n"
+          "    import chainforge.sampling.hf as hf\n"
+          "    hf._keep_decode_mask = lambda *a: False\n"
+          "from chainforge.cli import main\n"
+          "sys.argv = ['chainforge'] + sys.argv[1:]\n"
+          "main()\n")
 
 
 def run_eval(model: str, data: str, out: Path, env: dict, limit: int | None, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "chainforge", "eval", "--model", model, "--data", data, "--output", str(out),
+    cmd = [sys.executable, "-c", RUNNER, "eval", "--model", model, "--data", data, "--output", str(out),
            "--num-samples", "2", "--max-new-tokens", "144", "--temperature", "0.6", "--seed", "0", *extra]
     if limit:
         cmd += ["--limit", str(limit)]
@@ -58,7 +71,7 @@ def run_eval(model: str, data: str, out: Path, env: dict, limit: int | None, ext
     started = time.perf_counter()
     with open(log, "w") as fh:
         base = {k: v for k, v in os.environ.items()
-                if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_PACKED_LINEAR")}
+                if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "CHAINFORGE_PACKED_LINEAR", "CF_BENCH")}
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**base, **env}, stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (ru_maxrss, KiB)
         proc.returncode = os.waitstatus_to_exitcode(status)

@@ -22,9 +22,12 @@ setting:
                until 2026-12-06 (CHAINFORGE_PACKED_LINEAR=0)
   packed       + the policy's linear weights laid out for oneDNN once per rollout
                (sampling/packed.py; the same numbers, so the same completions): until 2026-12-07
-  now          + the update runs each prompt once wherever TRL's shuffle put its rows (before, only
+  grouped      + the update runs each prompt once wherever TRL's shuffle put its rows (before, only
                adjacent rows shared one, so most rows' prompts ran again: stages/grpo.py
-               `_prompt_groups`): the defaults
+               `_prompt_groups`): until 2026-12-07 07:00
+  now          + every decode step hands SDPA its mask (sampling/hf.py `_keep_decode_mask`): with
+               no column masked (a group's 8 rows of one prompt, prompts of one length) transformers
+               dropped it and ran SDPA's several times slower unmasked grouped-query path: the defaults
 
 Each row adds one change to the row above it. Each setting samples the same prompts from the same
 seed, but different code draws different completions, so completion lengths differ a little; the
@@ -59,6 +62,7 @@ SETTINGS = {
     "unpacked": (["--precision", "auto", "--rollout-sampler", "engine"],
                  {"CHAINFORGE_PACKED_LINEAR": "0", "CF_BENCH": "adjacent-prompts"}),
     "packed": (["--precision", "auto", "--rollout-sampler", "engine"], {"CF_BENCH": "adjacent-prompts"}),
+    "grouped": (["--precision", "auto", "--rollout-sampler", "engine"], {"CF_BENCH": "dropped-mask"}),
     "now": (["--precision", "auto", "--rollout-sampler", "engine"], {}),
 }
 # Runs the CLI; CF_BENCH names what the code did before, put back for the "before" rows.
@@ -77,6 +81,9 @@ RUNNER = ("import contextlib, copy, os, sys\n"
           "        model = trainer.accelerator.unwrap_model(trainer.model)\n"
           "        yield copy.deepcopy(model).to(torch.bfloat16) if self.bf16 else model\n"
           "    rollouts.EngineRollouts._sampling_model = copy_of_policy\n"
+          "if 'dropped-mask' in old or 'adjacent-prompts' in old:\n"
+          "    import chainforge.sampling.hf as hf\n"
+          "    hf._keep_decode_mask = lambda *a: False\n"
           "if 'adjacent-prompts' in old:\n"
           "    sys.path.insert(0, os.path.join(os.getcwd(), 'scripts'))\n"
           "    from bench_grpo import adjacent_groups\n"

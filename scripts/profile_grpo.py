@@ -4,6 +4,7 @@
     python -u scripts/profile_grpo.py --model runs/learn/00-sft-cold --ops 25     # + torch.profiler, top 25 ops
     python -u scripts/profile_grpo.py --beta 0                                    # without the reference model
     python -u scripts/profile_grpo.py --model runs/learn/00-sft-cold --adjacent-prompts  # the update before 2026-12-07
+    python -u scripts/profile_grpo.py --model runs/learn/00-sft-cold --dropped-mask      # the rollouts before 2026-12-07 07:00
 
 Runs the real `chainforge grpo` stage in this process (the learn recipe's GRPO settings: 8
 completions × 4 prompts, 144 tokens, lr 1e-5, toy-2digit prompts, seed 0) for `--steps` optimizer
@@ -46,6 +47,9 @@ def main() -> None:
     ap.add_argument("--ops", type=int, default=0, help="profile the last step with torch.profiler; print N ops")
     ap.add_argument("--adjacent-prompts", action="store_true",
                     help="the update as before 2026-12-07: only adjacent rows share a prompt's forward pass")
+    ap.add_argument("--dropped-mask", action="store_true",
+                    help="the rollouts as before 2026-12-07 07:00: a decode step with no column masked let "
+                         "transformers drop the mask (SDPA's unmasked grouped-query path)")
     args = ap.parse_args()
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is reported apart)")
@@ -76,6 +80,10 @@ def main() -> None:
 
     if args.adjacent_prompts:
         grpo._prompt_groups = adjacent_groups
+    if args.dropped_mask:
+        import chainforge.sampling.hf as hf
+
+        hf._keep_decode_mask = lambda *a: False
 
     G = trl.GRPOTrainer
     rollouts.EngineRollouts.__call__ = timed(lambda *a, **k: "generation", rollouts.EngineRollouts.__call__)
@@ -112,7 +120,8 @@ def main() -> None:
           f"native bf16: {native_bf16('cpu')}, load average {open('/proc/loadavg').read().split()[0]}; model "
           f"{args.model}; {args.num_generations} × {args.prompts_per_step} completions, {args.max_new_tokens} tokens, "
           f"{args.steps} steps" + (f", beta {args.beta}" if args.beta is not None else "")
-          + (", the update before 2026-12-07 (--adjacent-prompts)" if args.adjacent_prompts else ""), flush=True)
+          + (", the update before 2026-12-07 (--adjacent-prompts)" if args.adjacent_prompts else "")
+          + (", the rollouts before 2026-12-07 07:00 (--dropped-mask)" if args.dropped_mask else ""), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         argv = ["chainforge", *grpo_args(args, Path(tmp) / "out")]
         if args.beta is not None:
