@@ -78,7 +78,6 @@ def test_a_decode_step_keeps_its_mask_when_no_column_is_masked(loaded, monkeypat
     """Rows of one prompt length filling every slot leave no column masked; transformers would then
     drop the mask and run SDPA's unmasked `enable_gqa` path, several times slower on CPU. Every
     decode step must reach SDPA with a mask, and still draw what the one-row loop draws."""
-    import torch
     import torch.nn.functional as F
 
     from chainforge.sampling import hf
