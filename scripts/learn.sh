@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The learning experiment (configs/learn.yaml): every training stage on the embedded SmolLM2 and the
-# two-digit toy task, each checkpoint evaluated on the same 200 held-out questions, then the report
+# two-digit toy task, each checkpoint evaluated on the same 400 held-out questions (and the 200 reworded ones), then the report
 # card with the per-stage table and plot.
 #   scripts/learn.sh                 # resumes / skips finished stages when run again
 #   RUN_DIR=runs/learn scripts/learn.sh
