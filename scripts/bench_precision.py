@@ -6,7 +6,9 @@ Prints (1) one 2048×576×1536 matmul in GFLOPS, (2) a SmolLM2 forward+backward 
 tokens (fp32 weights; bf16 under autocast, as training runs it), (3) decoding 8 completions of
 96 tokens for each of 4 prompts with the sampling engine from fp32 and from bf16 weights, and the
 bf16/fp32 ratio of each. On a CPU without native bf16 (see chainforge.models.native_bf16) bf16 is
-emulated, which is why auto picks fp32 there (no such CPU was measured).
+emulated, which is why auto picks fp32 there: on a 2-core Ice Lake Xeon (AVX512 without BF16,
+2026-12-07) this script printed matmul fp32 249 / bf16 65 GFLOPS (0.26x), forward+backward fp32
+19.5 s / bf16 autocast 51.4 s (0.38x), engine decoding fp32 111 / bf16 91 tokens/s (0.81x).
 """
 
 from __future__ import annotations
