@@ -383,6 +383,19 @@ def _plan_existing(p: Path, stage: str, redacted: dict, overwrite: bool, ignore:
     return OutputPlan(p, stage, redacted, "resume", previous)
 
 
+def _precision_used(config) -> Optional[str]:
+    """What a stage's `--precision` resolved to on this machine (chainforge.models.precision_used);
+    None for stages without the option and for vLLM sampling, whose dtype vLLM chooses."""
+    if not isinstance(config, dict) or config.get("precision") is None or config.get("backend") == "vllm":
+        return None
+    from chainforge.models import precision_used
+
+    try:
+        return precision_used(str(config["precision"]))
+    except UsageError:
+        return None
+
+
 @dataclass
 class StageOutput:
     path: Path
@@ -403,6 +416,9 @@ class StageOutput:
             "status": status,
             **(extra or {}),
         }
+        used = _precision_used(self.config)
+        if used:
+            m["precision_used"] = used
         m["fingerprint"] = _fingerprint(m)
         return m
 

@@ -37,6 +37,29 @@ def test_native_bf16_is_what_the_cpu_flags_say():
     assert models.use_bf16("fp32", "cpu") is False and models.use_bf16("bf16", "cpu") is True
 
 
+@pytest.mark.skipif(not CPUINFO.is_file(), reason="no /proc/cpuinfo on this system")
+def test_manifest_records_the_precision_that_auto_resolved_to(cli, tiny_model, tmp_path):
+    """The same command computes in bf16 on a CPU with native bf16 and in fp32 on one without, and
+    the numbers differ: the manifest says which (`precision_used`), a forced one says itself, and a
+    stage without the option, or sampling in vLLM (whose dtype vLLM picks), records nothing."""
+    import torch
+
+    from chainforge.outputs import _precision_used
+
+    if torch.cuda.is_available():
+        pytest.skip("auto resolves against the GPU here")
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    data = write_jsonl(tmp_path / "q.jsonl", [{"id": "a", "prompt": "What is 2 + 3?", "answer": "5"}])
+    for precision, expected in (("auto", "bf16" if native else "fp32"), ("fp32", "fp32"), ("bf16", "bf16")):
+        out = tmp_path / precision
+        r = cli("eval", "--model", tiny_model, "--data", data, "--output", out, "--max-new-tokens", "4",
+                "--precision", precision)
+        assert r.exit_code == 0, r.stderr
+        assert manifest(out)["precision_used"] == expected, precision
+    assert _precision_used({"input": "x"}) is None
+    assert _precision_used({"precision": "auto", "backend": "vllm"}) is None
+
+
 def test_gradient_checkpointing_recomputes_on_cpu_and_trains_the_same_weights(cli, tiny_model, tmp_path,
                                                                               monkeypatch):
     """--gradient-checkpointing on a CPU run: the model has it on while training, a decoder layer's
