@@ -3,11 +3,15 @@
     python -u scripts/bench_roofline.py                  # measure the machine, then decode and training
     python -u scripts/bench_roofline.py --machine-only   # matmul rates and bandwidth only
     python -u scripts/bench_roofline.py --threads        # OpenMP spin-wait and thread count, compared
+    python -u scripts/bench_roofline.py --precision fp32 # bounds and code in fp32 (default: what auto picks)
 
 1. The machine, measured: matmul rate in bf16 and fp32 (a 2048×576×1536 product, the shape of a
    SmolLM2 MLP projection over 2048 tokens) and memory bandwidth (reading a 1 GiB tensor; copying one).
 2. The bounds for SmolLM2-135M (30 layers, hidden 576, 3 KV heads, 49,152-token tied LM head),
-   roofline style: a step takes at least max(FLOPs / matmul rate, bytes / bandwidth).
+   roofline style: a step takes at least max(FLOPs / matmul rate, bytes / bandwidth), in the
+   precision the stages compute in here (`--precision auto`: bf16 on a CPU with AVX512-BF16 or AMX,
+   fp32 on one without, where bf16 is emulated and slower: chainforge.models.native_bf16); the
+   byte counts below are bf16's, twice them in fp32.
    - decode at batch B with contexts of C tokens: 2 × 134.5M FLOPs per row (LM head included) plus
      attention (4 × 576 × C per layer), and one read of the bf16 weights (269 MB) plus the KV cache
      (23,040 bytes per token per row in bf16: B × C of them);
@@ -17,9 +21,10 @@
 in fresh processes with 2 threads and libgomp's default spin-wait, 2 threads with
 GOMP_SPINCOUNT=1000, and 1 thread, interleaved: on a machine that other processes keep busy the
 spinning threads wait for each other (chainforge.cli._openmp_wait).
-3. What the code reaches: the sampling engine's decode step (`sampling.hf.decode`, bf16 weights) at
-   batch 1/16/64 with 200-token contexts, and a bf16-autocast forward+backward of 8 × 512 tokens
-   (the learn recipe's SFT batch), each as a fraction of its bound.
+3. What the code reaches: the sampling engine's decode step (`sampling.hf.decode`, weights in that
+   precision) at batch 1/16/64 with 200-token contexts, and a forward+backward of 8 × 512 tokens
+   (the learn recipe's SFT batch; under bf16 autocast when the precision is bf16), each as a
+   fraction of its bound.
 
 Other benchmarks import `machine()`, `decode_bound()` and `train_bound()` to print their own
 fraction of the limit (bench_eval.py, bench_grpo.py, bench_sft.py).
@@ -85,14 +90,29 @@ def decode_flops(batch: int, context: int) -> float:
     return batch * (2 * MATMUL_PARAMS + LAYERS * 4 * HEADS * HEAD_DIM * context)
 
 
-def decode_bytes(batch: int, context: int) -> float:
-    return WEIGHT_BYTES_BF16 + batch * context * KV_BYTES_PER_TOKEN
+def auto_precision() -> str:
+    """What `--precision auto` computes in on this CPU: "bf16" or "fp32"."""
+    from chainforge.models import precision_used
+
+    return precision_used("auto", "cpu")
 
 
-def decode_bound(batch: int, context: int, m: Machine | None = None) -> float:
-    """Tokens/s a bf16 decode step of `batch` rows with `context`-token caches cannot exceed."""
+def _rate(m: Machine, precision: str | None) -> float:
+    return m.bf16_flops if (precision or auto_precision()) == "bf16" else m.fp32_flops
+
+
+def decode_bytes(batch: int, context: int, precision: str | None = None) -> float:
+    """Weights and KV cache read by one decode step (bf16: 2 bytes a value; fp32: 4)."""
+    scale = 1 if (precision or auto_precision()) == "bf16" else 2
+    return scale * (WEIGHT_BYTES_BF16 + batch * context * KV_BYTES_PER_TOKEN)
+
+
+def decode_bound(batch: int, context: int, m: Machine | None = None, precision: str | None = None) -> float:
+    """Tokens/s a decode step of `batch` rows with `context`-token caches cannot exceed, in
+    `precision` ("bf16" / "fp32"; default: what auto picks on this CPU)."""
     m = m or machine()
-    step = max(decode_flops(batch, context) / m.bf16_flops, decode_bytes(batch, context) / m.read_bytes_s)
+    step = max(decode_flops(batch, context) / _rate(m, precision),
+               decode_bytes(batch, context, precision) / m.read_bytes_s)
     return batch / step
 
 
@@ -102,10 +122,11 @@ def train_flops(tokens: int, sequence: int) -> float:
     return 3 * forward
 
 
-def train_bound(sequence: int = 512, m: Machine | None = None) -> float:
-    """Trained tokens/s a bf16 forward+backward cannot exceed (matmuls at the bf16 rate)."""
+def train_bound(sequence: int = 512, m: Machine | None = None, precision: str | None = None) -> float:
+    """Trained tokens/s a forward+backward cannot exceed, its matmuls at `precision`'s rate (bf16:
+    autocast; default: what auto picks on this CPU)."""
     m = m or machine()
-    return m.bf16_flops / (train_flops(1, sequence))
+    return _rate(m, precision) / (train_flops(1, sequence))
 
 
 def _decode_rate(model, batch: int, context: int, steps: int = 24) -> float:
@@ -129,14 +150,14 @@ def _decode_rate(model, batch: int, context: int, steps: int = 24) -> float:
         return batch * steps / (time.perf_counter() - started)
 
 
-def _train_rate(model, rows: int = 8, sequence: int = 512) -> float:
+def _train_rate(model, rows: int = 8, sequence: int = 512, autocast: bool = True) -> float:
     import torch
 
     ids = torch.randint(0, VOCAB, (rows, sequence))
     rates = []
     for _ in range(3):
         started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = model(input_ids=ids).logits
         loss = torch.nn.functional.cross_entropy(logits.float().view(-1, VOCAB), ids.view(-1))
         loss.backward()
@@ -190,6 +211,8 @@ def main() -> None:
     ap.add_argument("--machine-only", action="store_true")
     ap.add_argument("--threads", action="store_true", help="compare OpenMP spin-wait settings and thread counts")
     ap.add_argument("--context", type=int, default=200)
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="the precision of the bounds and of the code measured (auto: what the stages pick here)")
     args = ap.parse_args()
     if args.threads:
         threads()
@@ -202,17 +225,21 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average {open('/proc/loadavg').read().split()[0]}", flush=True)
     m = machine()
+    precision = auto_precision() if args.precision == "auto" else args.precision
     print(m.line(), flush=True)
+    print(f"precision: {precision} ({'--precision auto' if args.precision == 'auto' else 'forced'}; native bf16 on "
+          f"this CPU: {auto_precision() == 'bf16'})", flush=True)
     print(f"SmolLM2-135M: {MATMUL_PARAMS / 1e6:.1f}M matmul parameters per token (LM head included), "
-          f"{WEIGHT_BYTES_BF16 / 1e6:.0f} MB of bf16 weights, KV cache {KV_BYTES_PER_TOKEN} bytes per token per row")
+          f"{decode_bytes(0, 0, precision) / 1e6:.0f} MB of {precision} weights, KV cache "
+          f"{decode_bytes(1, 1, precision) - decode_bytes(0, 0, precision):.0f} bytes per token per row")
     print(f"\n{'bound':34s} {'FLOPs':>9s} {'bytes':>9s} {'tokens/s':>9s}  limited by")
     for batch in (1, 16, 64):
-        f, b = decode_flops(batch, args.context), decode_bytes(batch, args.context)
-        by = "compute" if f / m.bf16_flops > b / m.read_bytes_s else "memory"
+        f, b = decode_flops(batch, args.context), decode_bytes(batch, args.context, precision)
+        by = "compute" if f / _rate(m, precision) > b / m.read_bytes_s else "memory"
         print(f"decode, batch {batch:2d}, {args.context}-token context  {f / 1e9:7.1f} G {b / 1e6:7.0f} M "
-              f"{decode_bound(batch, args.context, m):9.0f}  {by}")
+              f"{decode_bound(batch, args.context, m, precision):9.0f}  {by}")
     print(f"forward+backward, 512-token rows     {train_flops(1, 512) / 1e9:7.2f} G per token "
-          f"{train_bound(512, m):11.0f}  compute")
+          f"{train_bound(512, m, precision):11.0f}  compute")
     if args.machine_only:
         return
 
@@ -220,17 +247,17 @@ def main() -> None:
 
     ref = resolve_model("smollm2")
     load_tokenizer(ref)
-    model = load_model(ref, dtype=torch.bfloat16).eval()
+    model = load_model(ref, dtype=torch.bfloat16 if precision == "bf16" else torch.float32).eval()
     print(f"\n{'achieved':34s} {'tokens/s':>9s} {'bound':>9s} {'fraction':>9s}", flush=True)
     for batch in (1, 16, 64, 128):
         rate = _decode_rate(model, batch, args.context)
-        bound = decode_bound(batch, args.context, m)
+        bound = decode_bound(batch, args.context, m, precision)
         print(f"engine decode step, batch {batch:3d}      {rate:9.0f} {bound:9.0f} {rate / bound:9.2f}", flush=True)
     del model
     model = load_model(ref, dtype=torch.float32).train()
-    rate = _train_rate(model)
-    print(f"forward+backward, 8 × 512 (autocast) {rate:9.0f} {train_bound(512, m):9.0f} "
-          f"{rate / train_bound(512, m):9.2f}", flush=True)
+    rate = _train_rate(model, autocast=precision == "bf16")
+    bound = train_bound(512, m, precision)
+    print(f"forward+backward, 8 × 512 ({precision})  {rate:9.0f} {bound:9.0f} {rate / bound:9.2f}", flush=True)
 
 
 if __name__ == "__main__":
