@@ -419,8 +419,8 @@ def use_bf16(precision: str = "auto", device: Optional[str] = None) -> bool:
 def precision_used(precision: str = "auto", device: Optional[str] = None) -> str:
     """What `--precision` resolves to here: "bf16" (training under bf16 autocast, sampling on bf16
     weights) or "fp32". Manifests record it: the same command computes different numbers on a CPU
-    with native bf16 and on one without (a cold SFT checkpoint of the learn recipe scored 0.583 on
-    the validation questions trained on the first, 0.555 on the second)."""
+    with native bf16 and on one without (the learn recipe's cold SFT, trained and evaluated on each,
+    scored 0.583 and 0.555 on the validation questions)."""
     return "bf16" if use_bf16(precision, device) else "fp32"
 
 

@@ -390,10 +390,7 @@ def _precision_used(config) -> Optional[str]:
         return None
     from chainforge.models import precision_used
 
-    try:
-        return precision_used(str(config["precision"]))
-    except UsageError:
-        return None
+    return precision_used(str(config["precision"]))
 
 
 @dataclass
