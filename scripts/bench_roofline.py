@@ -90,6 +90,7 @@ def decode_flops(batch: int, context: int) -> float:
     return batch * (2 * MATMUL_PARAMS + LAYERS * 4 * HEADS * HEAD_DIM * context)
 
 
+@lru_cache(maxsize=1)
 def auto_precision() -> str:
     """What `--precision auto` computes in on this CPU: "bf16" or "fp32"."""
     from chainforge.models import precision_used
@@ -97,14 +98,18 @@ def auto_precision() -> str:
     return precision_used("auto", "cpu")
 
 
+def _scale(precision: str | None) -> int:
+    """Bytes per value relative to bf16 (1 in bf16, 2 in fp32); None: what auto picks here."""
+    return 1 if (precision or auto_precision()) == "bf16" else 2
+
+
 def _rate(m: Machine, precision: str | None) -> float:
-    return m.bf16_flops if (precision or auto_precision()) == "bf16" else m.fp32_flops
+    return m.bf16_flops if _scale(precision) == 1 else m.fp32_flops
 
 
 def decode_bytes(batch: int, context: int, precision: str | None = None) -> float:
     """Weights and KV cache read by one decode step (bf16: 2 bytes a value; fp32: 4)."""
-    scale = 1 if (precision or auto_precision()) == "bf16" else 2
-    return scale * (WEIGHT_BYTES_BF16 + batch * context * KV_BYTES_PER_TOKEN)
+    return _scale(precision) * (WEIGHT_BYTES_BF16 + batch * context * KV_BYTES_PER_TOKEN)
 
 
 def decode_bound(batch: int, context: int, m: Machine | None = None, precision: str | None = None) -> float:
@@ -230,8 +235,8 @@ def main() -> None:
     print(f"precision: {precision} ({'--precision auto' if args.precision == 'auto' else 'forced'}; native bf16 on "
           f"this CPU: {auto_precision() == 'bf16'})", flush=True)
     print(f"SmolLM2-135M: {MATMUL_PARAMS / 1e6:.1f}M matmul parameters per token (LM head included), "
-          f"{decode_bytes(0, 0, precision) / 1e6:.0f} MB of {precision} weights, KV cache "
-          f"{decode_bytes(1, 1, precision) - decode_bytes(0, 0, precision):.0f} bytes per token per row")
+          f"{_scale(precision) * WEIGHT_BYTES_BF16 / 1e6:.0f} MB of {precision} weights, KV cache "
+          f"{_scale(precision) * KV_BYTES_PER_TOKEN} bytes per token per row")
     print(f"\n{'bound':34s} {'FLOPs':>9s} {'bytes':>9s} {'tokens/s':>9s}  limited by")
     for batch in (1, 16, 64):
         f, b = decode_flops(batch, args.context), decode_bytes(batch, args.context, precision)
